@@ -1,0 +1,52 @@
+"""Matplotlib figures that callbacks log into MLflow (Agg backend, no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 -- the backend must be chosen first
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
+    """Counts with row-normalised colour; ``(L, 2, 2)`` multi-label matrices get one small panel per label."""
+    if matrix.ndim == 3:
+        return _multilabel_figure(matrix, class_names, title)
+    n = len(matrix)
+    size = max(3.5, 0.55 * n + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    _draw(ax, matrix, class_names)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def _multilabel_figure(matrix: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
+    cols = min(5, len(matrix))
+    rows = -(-len(matrix) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False)
+    for ax, m, name in zip(axes.flat, matrix, class_names, strict=False):
+        _draw(ax, m, ["neg", "pos"], fontsize=7)
+        ax.set_title(name[:24], fontsize=8)
+    for ax in axes.flat[len(matrix) :]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _draw(ax: plt.Axes, matrix: np.ndarray, names: Sequence[str], fontsize: int = 9) -> None:
+    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    labels = [name[:14] for name in names]
+    ax.set_xticks(range(len(matrix)), labels, rotation=45, ha="right", fontsize=fontsize)
+    ax.set_yticks(range(len(matrix)), labels, fontsize=fontsize)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, f"{int(count)}", ha="center", va="center", fontsize=fontsize,
+                color="white" if rates[i, j] > 0.5 else "black")

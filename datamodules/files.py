@@ -1,0 +1,213 @@
+"""Find, verify, download and explain MedMNIST ``.npz`` files.
+
+The ``medmnist`` package is the source of truth for metadata (``medmnist.INFO``): URLs, MD5s, tasks, labels and split
+sizes. It is imported lazily because importing it creates ``~/.medmnist`` as a side effect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SIZES = (28, 64, 128, 224)
+SPLITS = ("train", "val", "test")
+ENV_ROOT = "MEDMNIST_ROOT"
+DEFAULT_ROOT = "~/.medmnist"
+
+# medmnist's task strings, mapped onto the three loss/metric regimes a classifier needs. Ordinal regression
+# (RetinaMNIST) is trained as multi-class, as in the MedMNIST v2 benchmark.
+TASKS = {
+    "binary-class": "multiclass",
+    "multi-class": "multiclass",
+    "ordinal-regression": "multiclass",
+    "multi-label, binary-class": "multilabel",
+}
+
+
+class MedMNISTFileError(RuntimeError):
+    """A MedMNIST file is missing, corrupt or malformed. The message says what to do about it."""
+
+
+@cache
+def medmnist_info() -> dict[str, dict[str, Any]]:
+    """``medmnist.INFO`` restricted to the 2D datasets."""
+    from medmnist import INFO  # lazy: the import creates ~/.medmnist
+
+    return {flag: info for flag, info in INFO.items() if not info["python_class"].endswith("3D")}
+
+
+@dataclass(frozen=True)
+class MedMNISTSpec:
+    """Metadata of one 2D MedMNIST dataset at one size.
+
+    Args:
+        flag: MedMNIST flag, e.g. ``"pneumoniamnist"``.
+        size: image side in pixels, one of 28, 64, 128, 224.
+    """
+
+    flag: str
+    size: int = 28
+
+    def __post_init__(self) -> None:
+        flags = medmnist_info()
+        if self.flag not in flags:
+            raise ValueError(f"Unknown 2D MedMNIST flag {self.flag!r}. Valid flags: {', '.join(sorted(flags))}.")
+        if self.size not in SIZES:
+            raise ValueError(f"MedMNIST has no size {self.size!r} for {self.flag}. Valid sizes: {SIZES}.")
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return medmnist_info()[self.flag]
+
+    @property
+    def _suffix(self) -> str:
+        return "" if self.size == 28 else f"_{self.size}"
+
+    @property
+    def filename(self) -> str:
+        return f"{self.flag}{self._suffix}.npz"
+
+    @property
+    def url(self) -> str:
+        return self.info[f"url{self._suffix}"]
+
+    @property
+    def md5(self) -> str:
+        return self.info[f"MD5{self._suffix}"]
+
+    @property
+    def task(self) -> str:
+        """``"multiclass"`` or ``"multilabel"``."""
+        return TASKS[self.info["task"]]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.info["label"])
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.info["n_channels"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return [self.info["label"][str(i)] for i in range(self.num_classes)]
+
+    @property
+    def n_samples(self) -> dict[str, int]:
+        return dict(self.info["n_samples"])
+
+
+def resolve_root(root: str | os.PathLike | None) -> Path:
+    """``root`` if given, else ``$MEDMNIST_ROOT``, else ``~/.medmnist``."""
+    return Path(root or os.environ.get(ENV_ROOT) or DEFAULT_ROOT).expanduser()
+
+
+_md5_cache: dict[tuple[str, int, int], str] = {}
+
+
+def file_md5(path: Path, chunk: int = 1 << 22) -> str:
+    """MD5 of a file, memoised per process on (path, size, mtime) so fit-then-test reads hash once."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _md5_cache:
+        digest = hashlib.md5()
+        with path.open("rb") as fh:
+            while block := fh.read(chunk):
+                digest.update(block)
+        _md5_cache[key] = digest.hexdigest()
+    return _md5_cache[key]
+
+
+def missing_file_message(spec: MedMNISTSpec, root: Path, reason: str = "") -> str:
+    return (
+        f"MedMNIST file {spec.filename} not found in {root}{f' ({reason})' if reason else ''}.\n"
+        f"  Download it from {spec.url}\n"
+        f"  (MD5 {spec.md5}) and save it as {root / spec.filename},\n"
+        f"  or point --data.root / ${ENV_ROOT} at the folder that holds it, or pass --data.download true online."
+    )
+
+
+def download(spec: MedMNISTSpec, root: Path) -> Path:
+    """Download the official file with torchvision's MD5-checking downloader, exactly as ``medmnist`` does."""
+    from torchvision.datasets.utils import download_url
+
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        download_url(spec.url, str(root), filename=spec.filename, md5=spec.md5)
+    except Exception as err:  # network errors come in many types (URLError, HTTPError, socket errors)
+        raise MedMNISTFileError(missing_file_message(spec, root, f"download failed: {err}")) from err
+    return root / spec.filename
+
+
+def locate(spec: MedMNISTSpec, root: Path, download_missing: bool = False) -> Path:
+    """Path of the official file under ``root``, downloading it if allowed; raises a helpful error otherwise."""
+    path = root / spec.filename
+    if path.is_file():
+        return path
+    if download_missing:
+        return download(spec, root)
+    raise MedMNISTFileError(missing_file_message(spec, root))
+
+
+def verify_official(spec: MedMNISTSpec, path: Path) -> str:
+    """Check an official file's MD5 against ``medmnist.INFO``; returns the MD5."""
+    md5 = file_md5(path)
+    if md5 != spec.md5:
+        raise MedMNISTFileError(
+            f"MD5 mismatch for {path}: got {md5}, expected {spec.md5} for {spec.flag} at size {spec.size}.\n"
+            f"  The file is corrupt, truncated or a different dataset. Delete it and download {spec.url} again.\n"
+            f"  To use a modified MedMNIST-format file on purpose, pass it as --data.path instead of --data.root."
+        )
+    return md5
+
+
+def load_arrays(spec: MedMNISTSpec, path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Read and validate ``{split}_images`` / ``{split}_labels`` for every split.
+
+    Returns:
+        ``{split: (images, labels)}`` with images uint8 ``(N, H, W)`` or ``(N, H, W, 3)`` and labels ``(N, L)``.
+    """
+    try:
+        npz = np.load(path)
+    except Exception as err:  # np.load raises ValueError, OSError, zipfile.BadZipFile, EOFError...
+        raise MedMNISTFileError(f"{path} is not a readable .npz file: {err}") from err
+    with npz:
+        expected = [f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels")]
+        missing = [key for key in expected if key not in npz.files]
+        if missing:
+            raise MedMNISTFileError(
+                f"{path} lacks keys {missing}; a MedMNIST-format file holds {expected} (found {sorted(npz.files)})."
+            )
+        arrays = {split: (npz[f"{split}_images"], npz[f"{split}_labels"]) for split in SPLITS}
+    for split, (images, labels) in arrays.items():
+        _check_split(spec, path, split, images, labels)
+    return arrays
+
+
+def _check_split(spec: MedMNISTSpec, path: Path, split: str, images: np.ndarray, labels: np.ndarray) -> None:
+    want = (spec.size, spec.size) if spec.in_chans == 1 else (spec.size, spec.size, 3)
+    if images.dtype != np.uint8 or images.shape[1:] != want:
+        raise MedMNISTFileError(
+            f"{path}: {split}_images has dtype {images.dtype} and shape {images.shape}; {spec.flag} at size "
+            f"{spec.size} needs uint8 (N, {', '.join(map(str, want))})."
+        )
+    n_labels = spec.num_classes if spec.task == "multilabel" else 1
+    if labels.ndim != 2 or labels.shape != (len(images), n_labels):
+        raise MedMNISTFileError(
+            f"{path}: {split}_labels has shape {labels.shape}; expected ({len(images)}, {n_labels}) to match "
+            f"{split}_images for {spec.flag}."
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= (2 if spec.task == "multilabel" else spec.num_classes)):
+        raise MedMNISTFileError(
+            f"{path}: {split}_labels holds values in [{labels.min()}, {labels.max()}], outside the "
+            f"{spec.num_classes} classes of {spec.flag}."
+        )

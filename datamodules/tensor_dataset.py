@@ -1,0 +1,55 @@
+"""An in-memory image dataset that serves whole batches in one indexing operation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+class TensorImageDataset(Dataset):
+    """uint8 images held in memory, served as float in [0, 1].
+
+    ``__getitems__`` lets ``DataLoader`` fetch a batch with one tensor index instead of ``batch_size`` Python calls
+    and a ``default_collate``; pair it with :func:`identity_collate`.
+
+    Args:
+        images: uint8 ``(N, C, H, W)``.
+        labels: int64 ``(N,)`` for single-label tasks, float ``(N, L)`` for multi-label ones.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images = images
+        self.labels = labels
+
+    @classmethod
+    def from_numpy(cls, images: np.ndarray, labels: np.ndarray, multilabel: bool) -> TensorImageDataset:
+        """From MedMNIST arrays: images ``(N, H, W)`` or ``(N, H, W, C)``, labels ``(N, L)``."""
+        x = torch.from_numpy(np.ascontiguousarray(images))
+        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+        y = torch.from_numpy(labels.astype(np.float32 if multilabel else np.int64))
+        return cls(x.contiguous(), y if multilabel else y.reshape(-1))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index].float().div_(255), self.labels[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[index].float().div_(255), self.labels[index]
+
+    def subset(self, indices: torch.Tensor) -> TensorImageDataset:
+        return TensorImageDataset(self.images[indices], self.labels[indices])
+
+
+def identity_collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch from ``__getitems__`` is already collated (module-level so worker processes can pickle it)."""
+    return batch
