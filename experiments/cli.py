@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -13,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from callbacks.mlflow_run_recorder import MLflowRunRecorder
+from datamodules.files import MedMNISTFileError
 from datamodules.medmnist import MedMNISTDataModule
 from experiments.mlflow_logger import MLflowRunLogger
 from experiments.mlflow_save_config import MLflowSaveConfig
@@ -104,6 +107,14 @@ class MedRobustCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console entry point."""
+    """Console entry point. Bad input exits with status 2 and one clear message (the traceback with
+    ``MEDROBUST_TRACEBACK=1``); the MLflow run, if one was started, is marked FAILED by the logger."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    MedRobustCLI(args=args)
+    try:
+        MedRobustCLI(args=args)
+    except (ValueError, FileNotFoundError, MedMNISTFileError) as err:
+        if os.environ.get("MEDROBUST_TRACEBACK"):
+            raise
+        print(f"medrobust: error: {type(err).__name__}: {err}", file=sys.stderr)
+        print("(set MEDROBUST_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None

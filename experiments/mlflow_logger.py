@@ -66,6 +66,8 @@ class MLflowRunLogger(MLFlowLogger):
         )
         self.resumed = run_id is not None
         self._keep_open = False
+        #: set by :class:`~experiments.mlflow_save_config.MLflowSaveConfig`, which logs the whole config as params
+        self.params_from_config = False
 
     @property
     def tracking_uri(self) -> str:
@@ -85,6 +87,12 @@ class MLflowRunLogger(MLFlowLogger):
     @override
     @rank_zero_only
     def log_hyperparams(self, params: Any) -> None:
+        if not self.params_from_config:
+            self.log_params(params)
+
+    @rank_zero_only
+    def log_params(self, params: Any) -> None:
+        """Log (nested) params; on a resumed run, only those not logged yet."""
         from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
 
         # LightningCLI's bookkeeping keys (``_instantiator``, ``_class_path``) are not hyperparameters.

@@ -81,7 +81,9 @@ class ClassifierModule(LightningModule):
         timm_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # Factories are not data: keeping them out makes checkpoints load with weights_only=True. Under the CLI the
+        # full config, optimizer included, is saved with the run.
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.task = task
         self.num_classes = num_classes
         self.net = NormalizedClassifier.from_timm(
@@ -147,7 +149,7 @@ class ClassifierModule(LightningModule):
             loss = task + sum(terms.values())
             terms["task"] = task
             self.log_dict({metric_name("train", "loss", k): v.detach() for k, v in terms.items()}, on_epoch=True)
-        self.train_metrics.update(scores(self.task, logits.detach()), y)
+        self.train_metrics.update(scores(self.task, logits.detach()), y.long())
         self.log(metric_name("train", "loss"), loss.detach(), prog_bar=True, on_epoch=True)
         self.log_dict({metric_name("train", k): m for k, m in self.train_metrics.items()}, on_epoch=True)
         return loss
@@ -157,7 +159,7 @@ class ClassifierModule(LightningModule):
         logits = self.net(x)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         probs = scores(self.task, logits)
-        metrics.update(probs, y)
+        metrics.update(probs, y.long())
         if stage == "test":
             self.test_confusion.update(probs, y.long())
         self.log(metric_name(stage, "loss"), self.task_loss(logits, y), sync_dist=True, prog_bar=stage == "val")

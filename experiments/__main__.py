@@ -1,0 +1,5 @@
+"""``python -m experiments`` is the ``medrobust`` command."""
+
+from experiments.cli import main
+
+main()

@@ -1,0 +1,118 @@
+"""ClassifierModule: tasks, seams, and real Trainer runs on synthetic MedMNIST-format files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import Callback, Trainer
+
+from datamodules.medmnist import MedMNISTDataModule
+from lightning_modules.classifier import ClassifierModule, TrainingStep
+
+
+def make(dm: MedMNISTDataModule, **kwargs) -> ClassifierModule:
+    return ClassifierModule("test_resnet", dm.num_classes, dm.in_chans, dm.task, **kwargs)
+
+
+def trainer(tmp_path, **kwargs) -> Trainer:
+    defaults = dict(accelerator="cpu", default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False)
+    return Trainer(**(defaults | kwargs))
+
+
+@pytest.mark.parametrize("flag", ["pneumoniamnist", "pathmnist", "chestmnist", "retinamnist"])
+def test_fit_and_test_every_task(tmp_path, synthetic_npz, flag: str) -> None:
+    dm = MedMNISTDataModule(flag, path=str(synthetic_npz(flag)), batch_size=16)
+    model = make(dm)
+    trainer(tmp_path, fast_dev_run=2).fit(model, dm)
+    metrics = trainer(tmp_path).test(model, dm, verbose=False)[0]
+    assert set(metrics) == {"test/loss", "test/acc", "test/bal_acc", "test/auroc"}
+    cm = model.last_test_confusion
+    assert cm.shape == ((14, 2, 2) if flag == "chestmnist" else (dm.num_classes, dm.num_classes))
+    assert int(cm.sum()) == 16 * (14 if flag == "chestmnist" else 1)
+
+
+def test_learns_the_synthetic_signal(tmp_path, synthetic_npz) -> None:
+    dm = MedMNISTDataModule("pneumoniamnist", path=str(synthetic_npz("pneumoniamnist", n=(128, 32, 64))), batch_size=32)
+    model = make(dm, optimizer=lambda p: torch.optim.Adam(p, lr=3e-3))
+    trainer(tmp_path, max_epochs=4).fit(model, dm)
+    assert trainer(tmp_path).test(model, dm, verbose=False)[0]["test/auroc"] > 0.9
+
+
+class Seams(Callback):
+    """A callback that uses both seams the way adversarial training and distillation will."""
+
+    def __init__(self) -> None:
+        self.seen: list[TrainingStep] = []
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        pl_module.add_input_transform("noise", lambda x, y: ((x + 0.01 * torch.randn_like(x)).clamp(0, 1), y))
+        pl_module.add_loss_term("l2", self.l2)
+        self.module = pl_module
+
+    def l2(self, step: TrainingStep) -> torch.Tensor:
+        self.seen.append(step)
+        return 1e-4 * sum(p.square().sum() for p in self.module.net.parameters())
+
+    def teardown(self, trainer, pl_module, stage) -> None:
+        pl_module.remove_input_transform("noise")
+        pl_module.remove_loss_term("l2")
+
+
+def test_seams_transform_input_and_add_named_terms(tmp_path, synthetic_npz) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    dm = MedMNISTDataModule("pathmnist", path=str(synthetic_npz("pathmnist")), batch_size=16)
+    model, seams, logger = make(dm), Seams(), CSVLogger(tmp_path)
+    trainer(tmp_path, max_steps=3, limit_val_batches=0, callbacks=[seams], logger=logger, log_every_n_steps=1).fit(
+        model, dm
+    )
+    assert len(seams.seen) == 3
+    step = seams.seen[0]
+    assert not torch.equal(step.x, step.x_clean) and torch.equal(step.y, step.y_clean)
+    assert step.logits.requires_grad
+    header = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/loss/l2_step", "train/loss/task_step", "train/loss_step"} <= set(header)
+    assert model.input_transforms == () and model.loss_terms == ()  # removed in teardown
+
+
+def test_loss_terms_are_added_to_the_task_loss(synthetic_npz) -> None:
+    dm = MedMNISTDataModule("pneumoniamnist", path=str(synthetic_npz()), batch_size=8)
+    dm.setup("fit")
+    model = make(dm)
+    model.log = model.log_dict = lambda *a, **k: None  # outside a Trainer there is nowhere to log
+    batch = next(iter(dm.train_dataloader()))
+    base = model.training_step(batch, 0)
+    model.add_loss_term("const", lambda step: torch.tensor(2.5))
+    assert model.training_step(batch, 0).item() == pytest.approx(base.item() + 2.5, rel=1e-5)
+
+
+def test_seam_names_are_unique_and_valid(synthetic_npz) -> None:
+    model = ClassifierModule("test_resnet")
+    model.add_loss_term("trades", lambda s: s.logits.sum())
+    with pytest.raises(ValueError, match="already registered"):
+        model.add_loss_term("trades", lambda s: s.logits.sum())
+    with pytest.raises(ValueError, match="task loss itself"):
+        model.add_loss_term("task", lambda s: s.logits.sum())
+    with pytest.raises(ValueError, match="MLflow would strip"):
+        model.add_loss_term("kl(x,x')", lambda s: s.logits.sum())
+    model.add_input_transform("pgd", lambda x, y: (x, y))
+    with pytest.raises(ValueError, match="already registered"):
+        model.add_input_transform("pgd", lambda x, y: (x, y))
+
+
+def test_multilabel_uses_bce(synthetic_npz) -> None:
+    model = ClassifierModule("test_resnet", num_classes=14, task="multilabel")
+    logits, y = torch.randn(4, 14), (torch.rand(4, 14) > 0.5).float()
+    assert torch.allclose(model.task_loss(logits, y), torch.nn.functional.binary_cross_entropy_with_logits(logits, y))
+
+
+def test_checkpoint_round_trip(tmp_path, synthetic_npz) -> None:
+    dm = MedMNISTDataModule("pathmnist", path=str(synthetic_npz("pathmnist")), batch_size=16)
+    model = make(dm)
+    t = trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    t.fit(model, dm)
+    t.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = ClassifierModule.load_from_checkpoint(tmp_path / "m.ckpt").eval()
+    x = torch.rand(2, 3, 28, 28)
+    assert torch.equal(loaded(x), model.eval()(x))
