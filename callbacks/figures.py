@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 -- the backend must be chosen first
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
@@ -48,5 +48,12 @@ def _draw(ax: plt.Axes, matrix: np.ndarray, names: Sequence[str], fontsize: int 
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     for (i, j), count in np.ndenumerate(matrix):
-        ax.text(j, i, f"{int(count)}", ha="center", va="center", fontsize=fontsize,
-                color="white" if rates[i, j] > 0.5 else "black")
+        ax.text(
+            j,
+            i,
+            f"{int(count)}",
+            ha="center",
+            va="center",
+            fontsize=fontsize,
+            color="white" if rates[i, j] > 0.5 else "black",
+        )

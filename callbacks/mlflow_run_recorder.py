@@ -79,8 +79,13 @@ class MLflowRunRecorder(Callback):
         ]
         client, run_id = logger.experiment, logger.run_id
         client.log_inputs(run_id, datasets=inputs)
-        tags = {"data.flag": info["flag"], "data.size": info["size"], "data.md5": info["md5"],
-                "data.file": info["file"], "data.official": info["official"]}
+        tags = {
+            "data.flag": info["flag"],
+            "data.size": info["size"],
+            "data.md5": info["md5"],
+            "data.file": info["file"],
+            "data.official": info["official"],
+        }
         tags |= {f"data.n_{split}": n for split, n in info["n_samples"].items()}
         for key, value in tags.items():
             client.set_tag(run_id, key, str(value))
@@ -90,7 +95,9 @@ class MLflowRunRecorder(Callback):
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
             self._monitor = SystemMetricsMonitor(
-                logger.run_id, sampling_interval=self.system_metrics_interval, tracking_uri=logger._tracking_uri,
+                logger.run_id,
+                sampling_interval=self.system_metrics_interval,
+                tracking_uri=logger._tracking_uri,
                 resume_logging=getattr(logger, "resumed", False),
             )
             self._monitor.start()
@@ -128,8 +135,11 @@ class MLflowRunRecorder(Callback):
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         logger = self._logger(trainer)
         if logger is not None and trainer.is_global_zero:
-            checkpoint["mlflow"] = {"run_id": logger.run_id, "experiment_id": logger.experiment_id,
-                                    "tracking_uri": logger._tracking_uri}
+            checkpoint["mlflow"] = {
+                "run_id": logger.run_id,
+                "experiment_id": logger.experiment_id,
+                "tracking_uri": logger._tracking_uri,
+            }
 
     @override
     @rank_zero_only

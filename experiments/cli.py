@@ -101,7 +101,9 @@ class MedRobustCLI(LightningCLI):
 
     def _find_last(self) -> Path | None:
         dirpaths = [cb.dirpath for cb in self.trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
-        patterns = [f"{d}/last*.ckpt" for d in dirpaths] or [f"{self.trainer.default_root_dir}/*/*/checkpoints/last*.ckpt"]
+        # Without an explicit dirpath, checkpoints live in <default_root_dir>/<experiment_id>/<run_id>/checkpoints.
+        patterns = [f"{d}/last*.ckpt" for d in dirpaths]
+        patterns = patterns or [f"{self.trainer.default_root_dir}/*/*/checkpoints/last*.ckpt"]
         found = [Path(p) for pattern in patterns for p in glob.glob(pattern)]
         return max(found, key=lambda p: p.stat().st_mtime) if found else None
 

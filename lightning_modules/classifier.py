@@ -180,7 +180,7 @@ class ClassifierModule(LightningModule):
         self.test_confusion.reset()
 
     @override
-    def configure_optimizers(self):  # noqa: ANN201 -- Lightning accepts several return shapes
+    def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
         if self.lr_scheduler_factory is None:
             return optimizer

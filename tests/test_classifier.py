@@ -15,8 +15,14 @@ def make(dm: MedMNISTDataModule, **kwargs) -> ClassifierModule:
 
 
 def trainer(tmp_path, **kwargs) -> Trainer:
-    defaults = dict(accelerator="cpu", default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
-                    enable_progress_bar=False, enable_model_summary=False)
+    defaults = dict(
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     return Trainer(**(defaults | kwargs))
 
 

@@ -13,9 +13,14 @@ from mlflow import MlflowClient
 
 from experiments.cli import MedRobustCLI
 
-TINY = ["--model.model_name=test_resnet", "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false",
-        "--trainer.logger.init_args.experiment_name=tests", "--mlflow.system_metrics_interval=0.2",
-        "--trainer.log_every_n_steps=1"]
+TINY = [
+    "--model.model_name=test_resnet",
+    "--trainer.max_epochs=2",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.logger.init_args.experiment_name=tests",
+    "--mlflow.system_metrics_interval=0.2",
+    "--trainer.log_every_n_steps=1",
+]
 QUICKSTART = str(REPO / "experiments" / "configs" / "quickstart.yaml")
 
 
@@ -49,16 +54,29 @@ def test_fit_records_a_complete_run(tracking_uri, pneumonia_data_args) -> None:
     (dataset,) = {d.dataset.digest for d in run.inputs.dataset_inputs}
     contexts = {t.value for d in run.inputs.dataset_inputs for t in d.tags}
     assert contexts == {"train", "val", "test"} and run.data.tags["data.md5"] == dataset
-    assert {"config.yaml", "plots/confusion_matrix_test.png", "confusion_matrix_test.json",
-            "checkpoints/best.ckpt"} <= artifacts(client, run.info.run_id)
+    assert {
+        "config.yaml",
+        "plots/confusion_matrix_test.png",
+        "confusion_matrix_test.json",
+        "checkpoints/best.ckpt",
+    } <= artifacts(client, run.info.run_id)
     # the logged best checkpoint evaluates on its own, with the safe loader
     best = client.download_artifacts(run.info.run_id, "checkpoints/best.ckpt")
     assert "optimizer_states" not in torch.load(best, weights_only=True)
 
 
 def test_test_after_fit_can_be_turned_off(tracking_uri, pneumonia_data_args) -> None:
-    MedRobustCLI(args=["fit", "--config", QUICKSTART, *TINY, *pneumonia_data_args, "--test_after_fit=false",
-                       "--trainer.max_epochs=1"])
+    MedRobustCLI(
+        args=[
+            "fit",
+            "--config",
+            QUICKSTART,
+            *TINY,
+            *pneumonia_data_args,
+            "--test_after_fit=false",
+            "--trainer.max_epochs=1",
+        ]
+    )
     (run,) = runs(tracking_uri)
     assert run.info.status == "FINISHED" and not any(k.startswith("test/") for k in run.data.metrics)
 
@@ -73,15 +91,22 @@ def test_test_subcommand_on_a_checkpoint(tracking_uri, pneumonia_data_args) -> N
 
 
 def medrobust(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "experiments", *args], cwd=cwd, env=subprocess_env(**env),
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "experiments", *args],
+        cwd=cwd,
+        env=subprocess_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_resume_after_kill_continues_the_same_run(tmp_path, pneumonia_data_args) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     base = ["fit", "--config", QUICKSTART, *TINY, *pneumonia_data_args, "--trainer.max_epochs=3"]
-    killed = medrobust(*base, "--trainer.callbacks+=kill_after_epochs.KillAfterEpochs", cwd=tmp_path,
-                       MLFLOW_TRACKING_URI=uri)
+    killed = medrobust(
+        *base, "--trainer.callbacks+=kill_after_epochs.KillAfterEpochs", cwd=tmp_path, MLFLOW_TRACKING_URI=uri
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     (run,) = runs(uri)
     assert run.info.status == "RUNNING"  # killed outright: nothing could mark it
@@ -100,20 +125,24 @@ def test_crash_marks_the_run_failed(tmp_path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     root = tmp_path / "root"
     write_medmnist_npz(root / "pneumoniamnist.npz", "pneumoniamnist")  # right name, wrong bytes
-    result = medrobust("fit", "--config", QUICKSTART, *TINY, f"--data.root={root}", cwd=tmp_path,
-                       MLFLOW_TRACKING_URI=uri)
+    result = medrobust(
+        "fit", "--config", QUICKSTART, *TINY, f"--data.root={root}", cwd=tmp_path, MLFLOW_TRACKING_URI=uri
+    )
     assert result.returncode == 2
     assert "MD5 mismatch" in result.stderr and "Traceback" not in result.stderr
     assert [r.info.status for r in runs(uri)] == ["FAILED"]
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--data.flag=pneumonia"], "Unknown 2D MedMNIST flag 'pneumonia'"),
-    (["--data.size=32"], "no size 32"),
-    (["--model.model_name=resnet_18"], "Did you mean: resnet18"),
-    (["--data.path=null", "--data.root={tmp}/empty"], "pneumoniamnist.npz not found in {tmp}/empty"),
-    (["--data.path={tmp}/bad.npz"], "lacks keys"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data.flag=pneumonia"], "Unknown 2D MedMNIST flag 'pneumonia'"),
+        (["--data.size=32"], "no size 32"),
+        (["--model.model_name=resnet_18"], "Did you mean: resnet18"),
+        (["--data.path=null", "--data.root={tmp}/empty"], "pneumoniamnist.npz not found in {tmp}/empty"),
+        (["--data.path={tmp}/bad.npz"], "lacks keys"),
+    ],
+)
 def test_bad_input_exits_nonzero_without_a_finished_run(tmp_path, args, message) -> None:
     import numpy as np
 

@@ -29,7 +29,7 @@ def test_synthetic_file_every_task(synthetic_npz, flag: str, size: int) -> None:
     assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 48, "val": 16, "test": 16}
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (8, chans, size, size) and x.dtype == torch.float32
-    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert x.min() >= 0.0 and x.max() <= 1.0
     if task == "multilabel":
         assert y.shape == (8, classes) and y.dtype == torch.float32
     else:
@@ -49,10 +49,13 @@ def test_served_values_match_file(synthetic_npz) -> None:
     assert torch.equal(x, expected) and torch.equal(y, labels)
 
 
-@pytest.mark.parametrize(("flag", "md5"), [
-    ("pneumoniamnist", "28209eda62fecd6e6a2d98b1501bb15f"),
-    ("breastmnist", "750601b1f35ba3300ea97c75c52ff8f6"),
-])
+@pytest.mark.parametrize(
+    ("flag", "md5"),
+    [
+        ("pneumoniamnist", "28209eda62fecd6e6a2d98b1501bb15f"),
+        ("breastmnist", "750601b1f35ba3300ea97c75c52ff8f6"),
+    ],
+)
 def test_real_official_files(real_root, flag: str, md5: str) -> None:
     dm = MedMNISTDataModule(flag, root=str(real_root))
     dm.setup("fit")
@@ -129,7 +132,8 @@ def test_download_failure_explains(tmp_path) -> None:
 
 def test_md5_mismatch(synthetic_npz, tmp_path) -> None:
     root = tmp_path / "root"
-    synthetic_npz("pneumoniamnist").rename(root.mkdir() or root / "pneumoniamnist.npz")
+    root.mkdir()
+    synthetic_npz("pneumoniamnist").rename(root / "pneumoniamnist.npz")
     dm = MedMNISTDataModule("pneumoniamnist", root=str(root))
     with pytest.raises(MedMNISTFileError, match="MD5 mismatch.*expected 28209eda62fecd6e6a2d98b1501bb15f"):
         dm.setup("fit")
