@@ -57,3 +57,25 @@ def _draw(ax: plt.Axes, matrix: np.ndarray, names: Sequence[str], fontsize: int 
             fontsize=fontsize,
             color="white" if rates[i, j] > 0.5 else "black",
         )
+
+
+def robustness_figure(results: list[dict]) -> Figure:
+    """Accuracy against eps, one line per attack, one panel per norm; eps 0 is clean accuracy."""
+    norms = sorted({r["norm"] for r in results if r["norm"]})
+    clean = next((r["acc"] for r in results if r["attack"] == "clean"), None)
+    fig, axes = plt.subplots(1, max(len(norms), 1), figsize=(5 * max(len(norms), 1), 3.8), squeeze=False)
+    for ax, norm in zip(axes.flat, norms, strict=False):
+        for attack in sorted({r["attack"] for r in results if r["norm"] == norm}):
+            rows = sorted((r for r in results if r["norm"] == norm and r["attack"] == attack), key=lambda r: r["eps"])
+            eps = [0.0] + [r["eps"] for r in rows] if clean is not None else [r["eps"] for r in rows]
+            acc = [clean] + [r["acc"] for r in rows] if clean is not None else [r["acc"] for r in rows]
+            label = rows[0]["key"].split("/")[0]
+            ax.plot([e * 255 for e in eps] if norm == "linf" else eps, acc, marker="o", label=label)
+        ax.set_xlabel("eps (x/255)" if norm == "linf" else "eps (L2, pixel units)")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{norm.upper()} robustness")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 from typing_extensions import override
@@ -143,10 +145,16 @@ class MedMNISTDataModule(LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for the {split} loader")
+        dataset = self.datasets[split]
+        sampler = None
+        if split != "train" and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # DistributedSampler pads the last batch with repeated samples; evaluation must count each sample once.
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=identity_collate,
             pin_memory=torch.cuda.is_available(),

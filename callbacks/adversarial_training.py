@@ -1,0 +1,201 @@
+"""AdversarialTraining: PGD-AT, TRADES and fast FGSM-RS training through the module's seams."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
+
+from lightning_modules.components.metric_names import metric_name
+from lightning_modules.components.pgd import PGD, bce_sum, cross_entropy_sum, kl_sum
+from lightning_modules.components.threat_model import parse_eps, threat_model
+
+log = logging.getLogger(__name__)
+
+Method = Literal["pgd", "trades", "fgsm_rs"]
+
+
+class AdversarialTraining(Callback):
+    """Train on adversarial examples (Madry PGD-AT, FGSM-RS) or with the TRADES regulariser.
+
+    * ``pgd``: each training batch (or its first ``mix_ratio`` fraction) is replaced by PGD-``steps`` adversarial
+      images, step ``alpha`` (default ``2.5 * eps / steps``), random start. Cost about ``steps + 1`` standard steps.
+    * ``fgsm_rs``: one FGSM step of ``1.25 * eps`` from a uniform random start in the ball (Wong et al. 2020). Cost
+      about 2 standard steps. A catastrophic-overfitting guard runs PGD-10 on a fixed validation batch before each
+      validation; when that robust accuracy falls more than ``co_threshold`` below its best, the guard logs it and, with
+      ``co_action="stop"``, restores the weights of the best guarded epoch and stops training (so the epoch's
+      validation, checkpoint and the final test all see the pre-collapse weights).
+    * ``trades``: the task loss stays cross-entropy on clean images; the loss term ``beta * KL(f(x) || f(x'))`` is
+      added, with ``x'`` maximising that KL by PGD from ``x + 0.001 * N(0, 1)`` (Zhang et al. 2019).
+
+    Attacks run on the bare network (``pl_module.net``) in eval mode, so BatchNorm statistics are not updated by the
+    inner maximisation, and every submodule's mode is restored afterwards. Budgets are in pixel units.
+
+    Args:
+        method: ``"pgd"``, ``"trades"`` or ``"fgsm_rs"``.
+        eps: budget, a float or a string such as ``"8/255"``.
+        norm: ``"linf"`` or ``"l2"``.
+        steps: PGD steps for ``pgd`` and ``trades`` (``fgsm_rs`` takes one).
+        alpha: step size; defaults as above.
+        beta: TRADES trade-off (larger: more robust, less accurate).
+        mix_ratio: fraction of each batch made adversarial (``pgd``, ``fgsm_rs``); the rest stays clean.
+        warmup_epochs: eps grows linearly from 0 to ``eps`` over these epochs.
+        co_guard: run the catastrophic-overfitting guard (``fgsm_rs`` only).
+        co_threshold: absolute fall in guarded PGD accuracy that counts as a collapse.
+        co_action: ``"stop"`` (restore and stop) or ``"warn"``.
+        name: seam name; give two instances different names.
+    """
+
+    def __init__(
+        self,
+        method: Method = "pgd",
+        eps: float | str = "8/255",
+        norm: Literal["linf", "l2"] = "linf",
+        steps: int = 7,
+        alpha: float | str | None = None,
+        beta: float = 6.0,
+        mix_ratio: float = 1.0,
+        warmup_epochs: int = 0,
+        co_guard: bool = True,
+        co_threshold: float = 0.2,
+        co_action: Literal["stop", "warn"] = "stop",
+        name: str = "adversarial",
+    ) -> None:
+        if method not in ("pgd", "trades", "fgsm_rs"):
+            raise ValueError(f"Unknown adversarial training method {method!r}; valid: pgd, trades, fgsm_rs")
+        if not 0.0 < mix_ratio <= 1.0:
+            raise ValueError(f"mix_ratio must be in (0, 1], got {mix_ratio}")
+        threat_model(norm, eps)  # validates norm and eps
+        self.method = method
+        self.eps = parse_eps(eps)
+        self.norm = norm
+        self.steps = 1 if method == "fgsm_rs" else steps
+        self.alpha = parse_eps(alpha) if alpha is not None else None
+        self.beta = beta
+        self.mix_ratio = mix_ratio
+        self.warmup_epochs = warmup_epochs
+        self.co_guard = co_guard and method == "fgsm_rs"
+        self.co_threshold = co_threshold
+        self.co_action = co_action
+        self.name = name
+        self._module: LightningModule | None = None
+        self._trainer: Trainer | None = None
+        self._guard_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._guard_best: tuple[float, dict[str, torch.Tensor]] | None = None
+        self.collapsed_at: int | None = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(name=self.name, method=self.method)
+
+    # ------------------------------------------------------------------------------------------ registration
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if self.method == "trades" and getattr(pl_module, "task", "multiclass") != "multiclass":
+            raise ValueError("TRADES' KL term is defined for softmax classifiers; use method='pgd' for multi-label")
+        self._module, self._trainer = pl_module, trainer
+        if self.method == "trades":
+            pl_module.add_loss_term(self.name, self._trades_term)
+        else:
+            pl_module.add_input_transform(self.name, self._adversarial_batch)
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            pl_module.remove_input_transform(self.name)
+            pl_module.remove_loss_term(self.name)
+            self._module = self._trainer = None
+
+    # ---------------------------------------------------------------------------------------------- attacks
+    def current_eps(self) -> float:
+        """``eps`` after warm-up: linear in training progress over ``warmup_epochs``."""
+        trainer = self._trainer
+        if not self.warmup_epochs or trainer is None:
+            return self.eps
+        per_epoch = max(int(trainer.num_training_batches), 1)
+        progress = (trainer.global_step + 1) / (self.warmup_epochs * per_epoch)
+        return self.eps * min(1.0, progress)
+
+    def _attack(self, loss_fn: Any, eps: float) -> PGD:
+        if self.method == "fgsm_rs":
+            alpha = self.alpha if self.alpha is not None else 1.25 * eps
+        else:
+            alpha = self.alpha if self.alpha is not None else 2.5 * eps / self.steps
+        return PGD(
+            threat_model(self.norm, eps), self.steps, alpha, random_start=self.method != "trades", loss_fn=loss_fn
+        )
+
+    def _adversarial_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        module = self._module
+        eps = self.current_eps()
+        module.log(metric_name("train", "adv", "eps"), eps, on_step=True, on_epoch=False)
+        loss_fn = bce_sum if module.task == "multilabel" else cross_entropy_sum
+        n_adv = max(1, round(self.mix_ratio * len(x)))
+        x_adv = self._attack(loss_fn, eps).perturb(module.net, x[:n_adv], y[:n_adv])
+        if n_adv == len(x):
+            return x_adv, y
+        return torch.cat([x_adv, x[n_adv:]]), y
+
+    def _trades_term(self, step: Any) -> torch.Tensor:
+        module = self._module
+        eps = self.current_eps()
+        module.log(metric_name("train", "adv", "eps"), eps, on_step=True, on_epoch=False)
+        clean_probs = F.softmax(step.logits.detach(), dim=1)
+        x = step.x_clean
+        start = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
+        x_adv = self._attack(kl_sum, eps).perturb(module.net, x, clean_probs, x_init=start)
+        # The outer KL runs in the module's training mode, as in the TRADES reference code.
+        log_adv = F.log_softmax(module.net(x_adv), dim=1)
+        return self.beta * F.kl_div(log_adv, F.softmax(step.logits, dim=1), reduction="batchmean")
+
+    # ---------------------------------------------------------------------- catastrophic-overfitting guard
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.co_guard:
+            loaders = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
+            if loaders is None:
+                rank_zero_warn("fgsm_rs guard needs a validation loader; catastrophic overfitting is not watched")
+                self.co_guard = False
+                return
+            x, y = next(iter(loaders))
+            self._guard_batch = (x.to(pl_module.device), y.to(pl_module.device))
+
+    @override
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.co_guard or trainer.sanity_checking or self._guard_batch is None or trainer.state.fn != "fit":
+            return
+        x, y = self._guard_batch
+        attack = PGD(threat_model(self.norm, self.eps), steps=10, alpha=self.eps / 4, random_start=True)
+        with torch.no_grad():
+            x_adv = attack.perturb(pl_module.net, x, y)
+            was_training = pl_module.net.training
+            pl_module.net.eval()
+            correct = (pl_module.net(x_adv).argmax(1) == y).float().mean()
+            pl_module.net.train(was_training)
+        acc = float(trainer.strategy.reduce(correct, reduce_op="mean"))
+        pl_module.log(metric_name("train", "co_guard", "pgd_acc"), acc, on_epoch=True, sync_dist=False)
+        if self._guard_best is None or acc >= self._guard_best[0]:
+            state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.net.state_dict().items()}
+            self._guard_best = (acc, state)
+            return
+        best_acc, best_state = self._guard_best
+        if best_acc - acc > self.co_threshold:
+            self.collapsed_at = trainer.current_epoch
+            pl_module.log(metric_name("train", "co_guard", "collapsed"), 1.0, on_epoch=True)
+            rank_zero_warn(
+                f"Catastrophic overfitting at epoch {trainer.current_epoch}: PGD-10 accuracy on the guard batch fell "
+                f"from {best_acc:.3f} to {acc:.3f}."
+                + (" Restoring the best guarded weights and stopping." if self.co_action == "stop" else "")
+            )
+            if self.co_action == "stop":
+                pl_module.net.load_state_dict(copy.deepcopy(best_state))
+                trainer.should_stop = True

@@ -1,0 +1,188 @@
+"""Attacks and threat models: budget, box, loss ascent, mode restoration; agreement with torchattacks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchattacks
+from torch import nn
+
+from lightning_modules.components.attack_suite import AttackSpec, autoattack_components, build_attack
+from lightning_modules.components.frozen_mode import attack_mode
+from lightning_modules.components.pgd import PGD, kl_sum
+from lightning_modules.components.threat_model import L2Threat, LinfThreat, eps_label, parse_eps, threat_model
+
+
+class TinyNet(nn.Module):
+    """A small CNN with BatchNorm and dropout, so that mode handling matters; plus a frozen 'teacher' submodule."""
+
+    def __init__(self, in_chans: int = 1, num_classes: int = 2) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_chans, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Dropout(0.2),
+        )
+        self.head = nn.Linear(128, num_classes)
+        self.teacher = nn.Linear(4, 4).eval()  # deliberately in eval mode: must stay so
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def trained_net(in_chans: int, num_classes: int) -> TinyNet:
+    torch.manual_seed(0)
+    net = TinyNet(in_chans, num_classes)
+    x = torch.rand(64, in_chans, 16, 16)
+    y = (x.mean((1, 2, 3)) * num_classes * 0.999 // (x.mean((1, 2, 3)).max() + 1e-6)).long().clamp(max=num_classes - 1)
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    for _ in range(20):
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    net.train()
+    net.teacher.eval()
+    return net
+
+
+EPS = {"linf": 8 / 255, "l2": 0.5}
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("attack", ["fgsm", "pgd", "autoattack", "square"])
+def test_attack_properties(attack: str, norm: str, in_chans: int) -> None:
+    num_classes = 4 if attack == "autoattack" else 2
+    net = trained_net(in_chans, num_classes)
+    modes = {name: m.training for name, m in net.named_modules()}
+    x = torch.rand(8, in_chans, 16, 16)
+    y = torch.arange(8) % num_classes
+    spec = AttackSpec(attack, norm, EPS[norm], steps=5)
+    fn = build_attack(spec, "multiclass", num_classes, autoattack_steps=5, square_queries=20)
+    x_adv = fn(net, x, y)
+    dist = threat_model(norm, EPS[norm]).distance(x_adv, x)
+    assert (dist <= EPS[norm] + 1e-5).all()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1 and x_adv.shape == x.shape
+    assert {name: m.training for name, m in net.named_modules()} == modes  # train stays train, eval stays eval
+    assert not net.teacher.training
+    net.eval()
+    with torch.no_grad():
+        clean_loss = F.cross_entropy(net(x), y, reduction="none")
+        adv_loss = F.cross_entropy(net(x_adv), y, reduction="none")
+        clean_ok = net(x).argmax(1) == y
+        adv_ok = net(x_adv).argmax(1) == y
+    if attack in ("fgsm", "pgd"):  # gradient ascent on the loss itself
+        assert adv_loss.sum() >= clean_loss.sum() - 1e-4
+    assert adv_ok.sum() <= clean_ok.sum()  # AutoAttack keeps the clean image where it finds nothing
+
+
+def test_attack_mode_restores_on_error() -> None:
+    net = TinyNet().train()
+    net.teacher.eval()
+    with pytest.raises(RuntimeError), attack_mode(net):
+        assert not net.training
+        raise RuntimeError("boom")
+    assert net.training and not net.teacher.training
+
+
+def test_attacks_work_inside_inference_mode() -> None:
+    net = trained_net(1, 2).eval()
+    with torch.inference_mode():
+        x, y = torch.rand(4, 1, 16, 16), torch.tensor([0, 1, 0, 1])
+    with torch.inference_mode():
+        x_adv = PGD(LinfThreat(8 / 255), steps=3).perturb(net, x, y)
+    assert (x_adv - x).abs().max() > 0
+
+
+def test_parse_and_label_eps() -> None:
+    assert parse_eps("8/255") == pytest.approx(8 / 255) and parse_eps(0.5) == 0.5 and parse_eps("0.25") == 0.25
+    assert eps_label(8 / 255) == "8_255" and eps_label(0.5) == "0.5"
+    with pytest.raises(ValueError, match="fraction like"):
+        parse_eps("8//255")
+    with pytest.raises(ValueError, match="Unknown norm"):
+        threat_model("l1", 0.1)
+
+
+def test_autoattack_components_follow_class_count() -> None:
+    assert autoattack_components(2) == ["apgd-ce", "fab", "square"]
+    assert autoattack_components(3) == ["apgd-ce", "apgd-dlr", "fab", "square"]
+    assert autoattack_components(9) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+
+
+def test_autoattack_on_three_classes() -> None:
+    net = trained_net(1, 3)
+    x, y = torch.rand(6, 1, 16, 16), torch.arange(6) % 3
+    fn = build_attack(AttackSpec("autoattack", "linf", 8 / 255), "multiclass", 3, autoattack_steps=3, square_queries=5)
+    assert (fn(net, x, y) - x).abs().max() <= 8 / 255 + 1e-6
+
+
+def test_multilabel_pgd_uses_bce() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16 * 16, 5))
+    x, y = torch.rand(4, 1, 16, 16), (torch.rand(4, 5) > 0.5).float()
+    x_adv = build_attack(AttackSpec("pgd", "linf", 8 / 255, 5), "multilabel", 5)(net, x, y)
+    bce = lambda z: F.binary_cross_entropy_with_logits(net(z), y)  # noqa: E731
+    assert bce(x_adv) > bce(x)
+    with pytest.raises(ValueError, match="multi-label tasks get fgsm and pgd"):
+        build_attack(AttackSpec("autoattack", "linf", 8 / 255), "multilabel", 5)
+
+
+# ------------------------------------------------------------------------------ agreement with torchattacks
+def _same_start(ours, theirs, net, x, y) -> None:
+    torch.manual_seed(123)
+    a = ours(net, x, y)
+    torch.manual_seed(123)
+    b = theirs(x, y)
+    assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_pgd_linf_matches_torchattacks(in_chans: int) -> None:
+    net = trained_net(in_chans, 2).eval()
+    x, y = torch.rand(16, in_chans, 16, 16), torch.arange(16) % 2
+    ours = PGD(LinfThreat(8 / 255), steps=10, alpha=2 / 255, random_start=True)
+    _same_start(ours.perturb, torchattacks.PGD(net, eps=8 / 255, alpha=2 / 255, steps=10, random_start=True), net, x, y)
+
+
+def test_pgd_l2_matches_torchattacks() -> None:
+    net = trained_net(3, 2).eval()
+    x, y = torch.rand(16, 3, 16, 16), torch.arange(16) % 2
+    ours = PGD(L2Threat(0.5), steps=10, alpha=0.1, random_start=True)
+    theirs = torchattacks.PGDL2(net, eps=0.5, alpha=0.1, steps=10, random_start=True)
+    _same_start(ours.perturb, theirs, net, x, y)
+
+
+def test_fgsm_matches_torchattacks() -> None:
+    net = trained_net(1, 2).eval()
+    x, y = torch.rand(16, 1, 16, 16), torch.arange(16) % 2
+    ours = build_attack(AttackSpec("fgsm", "linf", 4 / 255), "multiclass", 2)
+    _same_start(ours, torchattacks.FGSM(net, eps=4 / 255), net, x, y)
+
+
+def test_fgsm_rs_matches_torchattacks_ffgsm() -> None:
+    net = trained_net(1, 2).eval()
+    x, y = torch.rand(16, 1, 16, 16), torch.arange(16) % 2
+    pgd = PGD(LinfThreat(8 / 255), steps=1, alpha=10 / 255, random_start=True)
+
+    def ours(net, x, y):  # FFGSM draws its start as randn_like(x).uniform_(): give ours that same start
+        return pgd.perturb(net, x, y, x_init=(x + torch.randn_like(x).uniform_(-8 / 255, 8 / 255)).clamp(0, 1))
+
+    _same_start(ours, torchattacks.FFGSM(net, eps=8 / 255, alpha=10 / 255), net, x, y)
+
+
+def test_trades_inner_matches_torchattacks_tpgd() -> None:
+    net = trained_net(1, 2).eval()
+    x = torch.rand(16, 1, 16, 16)
+    with torch.no_grad():
+        clean = F.softmax(net(x), dim=1)
+    pgd = PGD(LinfThreat(8 / 255), steps=7, alpha=2 / 255, random_start=False, loss_fn=kl_sum)
+
+    def ours(net, x, y):
+        return pgd.perturb(net, x, clean, x_init=(x + 0.001 * torch.randn_like(x)).clamp(0, 1))
+
+    theirs = torchattacks.TPGD(net, eps=8 / 255, alpha=2 / 255, steps=7)
+    _same_start(ours, lambda x, y: theirs(x, y), net, x, torch.zeros(16, dtype=torch.long))
