@@ -183,19 +183,21 @@ class AdversarialTraining(Callback):
             pl_module.net.train(was_training)
         acc = float(trainer.strategy.reduce(correct, reduce_op="mean"))
         pl_module.log(metric_name("train", "co_guard", "pgd_acc"), acc, on_epoch=True, sync_dist=False)
-        if self._guard_best is None or acc >= self._guard_best[0]:
+        if self._guard_best is not None and self._guard_best[0] - acc > self.co_threshold:
+            self._collapse(trainer, pl_module, acc)
+        elif self._guard_best is None or acc >= self._guard_best[0]:
             state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.net.state_dict().items()}
             self._guard_best = (acc, state)
-            return
+
+    def _collapse(self, trainer: Trainer, pl_module: LightningModule, acc: float) -> None:
         best_acc, best_state = self._guard_best
-        if best_acc - acc > self.co_threshold:
-            self.collapsed_at = trainer.current_epoch
-            pl_module.log(metric_name("train", "co_guard", "collapsed"), 1.0, on_epoch=True)
-            rank_zero_warn(
-                f"Catastrophic overfitting at epoch {trainer.current_epoch}: PGD-10 accuracy on the guard batch fell "
-                f"from {best_acc:.3f} to {acc:.3f}."
-                + (" Restoring the best guarded weights and stopping." if self.co_action == "stop" else "")
-            )
-            if self.co_action == "stop":
-                pl_module.net.load_state_dict(copy.deepcopy(best_state))
-                trainer.should_stop = True
+        self.collapsed_at = trainer.current_epoch
+        pl_module.log(metric_name("train", "co_guard", "collapsed"), 1.0, on_epoch=True)
+        action = " Restoring the best guarded weights and stopping." if self.co_action == "stop" else ""
+        rank_zero_warn(
+            f"Catastrophic overfitting at epoch {trainer.current_epoch}: PGD-10 accuracy on the guard batch fell from "
+            f"{best_acc:.3f} to {acc:.3f}.{action}"
+        )
+        if self.co_action == "stop":
+            pl_module.net.load_state_dict(copy.deepcopy(best_state))
+            trainer.should_stop = True

@@ -1,0 +1,169 @@
+"""RobustnessEvaluation: metrics, report and checks; `medrobust test` on a checkpoint; DDP equals one process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import write_medmnist_npz
+from lightning.pytorch import Trainer
+from mlflow import MlflowClient
+from test_cli import QUICKSTART, TINY, medrobust, runs
+
+from callbacks.robustness_evaluation import RobustnessEvaluation
+from datamodules.medmnist import MedMNISTDataModule
+from experiments.cli import MedRobustCLI
+from experiments.mlflow_logger import MLflowRunLogger
+from lightning_modules.classifier import ClassifierModule
+
+
+@pytest.fixture
+def trained(tmp_path, synthetic_npz):
+    dm = MedMNISTDataModule("pathmnist", path=str(synthetic_npz("pathmnist", n=(96, 16, 24))), batch_size=16)
+    model = ClassifierModule("test_resnet", dm.num_classes, dm.in_chans, dm.task)
+    Trainer(
+        accelerator="cpu",
+        max_epochs=3,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    ).fit(model, dm)
+    return model, dm
+
+
+def test_report_metrics_and_artifacts(tmp_path, trained) -> None:
+    model, dm = trained
+    callback = RobustnessEvaluation(
+        attacks=["fgsm", "pgd", "autoattack"],
+        linf_eps=["2/255", "8/255"],
+        l2_eps=[0.5],
+        pgd_steps=5,
+        autoattack_steps=5,
+        square_queries=20,
+        sanity_square_queries=20,
+    )
+    logger = MLflowRunLogger(
+        "robust", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_location=str(tmp_path / "artifacts")
+    )
+    metrics = Trainer(
+        accelerator="cpu", logger=logger, callbacks=[callback], enable_progress_bar=False, default_root_dir=tmp_path
+    ).test(model, dm, verbose=False)[0]
+    for attack in ("fgsm", "pgd5", "autoattack"):
+        for grid in ("linf_2_255", "linf_8_255", "l2_0.5"):
+            assert f"test/adv/{attack}/{grid}/acc" in metrics and f"test/adv/{attack}/{grid}/bal_acc" in metrics
+            assert metrics[f"test/adv/{attack}/{grid}/acc"] <= metrics["test/acc"] + 1e-6
+    assert metrics["test/adv/pgd5/linf_8_255/acc"] <= metrics["test/adv/pgd5/linf_2_255/acc"] + 0.05
+    report = callback.report
+    assert {r["key"] for r in report["results"]} >= {"clean", "pgd5/linf_8_255"}
+    assert next(r for r in report["results"] if r["key"] == "clean")["acc"] == pytest.approx(metrics["test/acc"])
+    assert all(r["n"] == 24 for r in report["results"])
+    checks = report["checks"]
+    assert checks["outputs_are_logits"] and checks["deterministic"] and checks["nonzero_input_grad"]
+    client = MlflowClient(logger.tracking_uri)
+    run = client.get_run(logger.run_id)
+    assert run.data.params["robustness.pgd_steps"] == "5" and run.data.tags["robustness.check.deterministic"] == "True"
+    logged = json.loads(Path(client.download_artifacts(logger.run_id, "robustness.json")).read_text())
+    assert logged["results"] == report["results"]
+    assert [a.path for a in client.list_artifacts(logger.run_id, "plots")] == ["plots/robustness.png"]
+
+
+def test_softmax_outputs_fail_the_logit_check(tmp_path, trained) -> None:
+    model, dm = trained
+    model.net.backbone = torch.nn.Sequential(model.net.backbone, torch.nn.Softmax(1))
+    callback = RobustnessEvaluation(attacks=["fgsm"], linf_eps=["8/255"], l2_eps=[], sanity_square_queries=5)
+    with pytest.warns(UserWarning, match="outputs_are_logits"):
+        Trainer(
+            accelerator="cpu", logger=False, callbacks=[callback], enable_progress_bar=False, default_root_dir=tmp_path
+        ).test(model, dm, verbose=False)
+    assert callback.report["checks"]["outputs_are_logits"] is False
+
+
+def test_max_samples(tmp_path, trained) -> None:
+    model, dm = trained
+    callback = RobustnessEvaluation(
+        attacks=["pgd", "autoattack"],
+        linf_eps=["8/255"],
+        l2_eps=[],
+        pgd_steps=2,
+        autoattack_steps=2,
+        square_queries=5,
+        max_samples=20,
+        autoattack_max_samples=10,
+        sanity_checks=False,
+    )
+    Trainer(
+        accelerator="cpu", logger=False, callbacks=[callback], enable_progress_bar=False, default_root_dir=tmp_path
+    ).test(model, dm, verbose=False)
+    n = {r["key"]: r["n"] for r in callback.report["results"]}
+    assert n == {"clean": 20, "pgd2/linf_8_255": 20, "autoattack/linf_8_255": 10}
+
+
+ROBUST = {
+    "trainer": {
+        "callbacks": [
+            {
+                "class_path": "callbacks.RobustnessEvaluation",
+                "init_args": {
+                    "attacks": ["fgsm", "pgd"],
+                    "linf_eps": ["2/255", "8/255"],
+                    "l2_eps": [0.5],
+                    "pgd_steps": 5,
+                    "sanity_checks": False,
+                },
+            }
+        ]
+    }
+}
+
+
+def test_medrobust_test_on_a_checkpoint_single_and_ddp(tmp_path, monkeypatch) -> None:
+    """`medrobust test --ckpt_path` runs the report; 2 DDP processes (gloo) give exactly the single-process numbers.
+
+    61 test samples do not split evenly over 2 processes: a padding sampler would count one twice.
+    """
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    data = write_medmnist_npz(tmp_path / "pneumonia.npz", "pneumoniamnist", n=(128, 32, 61))
+    common = [*TINY, f"--data.path={data}", "--data.eval_batch_size=16"]
+    MedRobustCLI(args=["fit", "--config", QUICKSTART, *common, "--trainer.max_epochs=2", "--test_after_fit=false"])
+    best = runs(uri)[0].data.tags["best_checkpoint"]
+    (tmp_path / "robust.yaml").write_text(yaml.safe_dump(ROBUST))
+    test_args = [
+        "test",
+        "--config",
+        QUICKSTART,
+        "--config",
+        str(tmp_path / "robust.yaml"),
+        *common,
+        f"--ckpt_path={best}",
+        "--mlflow.system_metrics=false",
+    ]
+    single = medrobust(*test_args, cwd=tmp_path, MLFLOW_TRACKING_URI=uri)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = medrobust(
+        *test_args,
+        "--trainer.strategy=ddp",
+        "--trainer.devices=2",
+        "--trainer.accelerator=cpu",
+        cwd=tmp_path,
+        MLFLOW_TRACKING_URI=uri,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    _fit_run, *test_runs = sorted(runs(uri), key=lambda r: r.info.start_time)
+    assert len(test_runs) == 2 and all(r.info.status == "FINISHED" for r in test_runs)
+    one, two = (r.data.metrics for r in test_runs)
+    adv = [k for k in one if k.startswith("test/adv/")]
+    assert len(adv) == 12
+    for key in [*adv, "test/acc", "test/bal_acc", "test/auroc"]:
+        assert two[key] == pytest.approx(one[key], abs=1e-6), key
+    client = MlflowClient(uri)
+    reports = [
+        json.loads(Path(client.download_artifacts(r.info.run_id, "robustness.json")).read_text()) for r in test_runs
+    ]
+    assert all(r["n"] == 61 for report in reports for r in report["results"])  # every sample once, none twice
