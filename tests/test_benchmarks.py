@@ -1,0 +1,33 @@
+"""The benchmark scripts run (tiny settings, no timing asserted: these machines are shared and noisy)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, subprocess_env
+
+
+@pytest.mark.parametrize(
+    "script, args",
+    [
+        ("train_step.py", ["--model", "test_resnet", "--steps", "2", "--warmup", "1", "--rounds", "1"]),
+        ("data_path.py", ["--rounds", "1"]),
+        (
+            "adversarial_step.py",
+            ["--model", "test_resnet", "--steps", "1", "--warmup", "1", "--rounds", "1", "--k", "2"],
+        ),
+    ],
+)
+def test_benchmark_runs_and_prints_a_ratio(script: str, args: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        cwd=REPO / "benchmarks",
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ratio" in result.stdout
