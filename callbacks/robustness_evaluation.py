@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -93,6 +94,7 @@ class RobustnessEvaluation(Callback):
             if eps > 0
         ]
         self._counts: dict[str, torch.Tensor] = {}
+        self._seconds: dict[str, float] = {}
         self._seen = 0
         self._checks: dict[str, Any] = {}
         self._report: dict[str, Any] | None = None
@@ -100,7 +102,7 @@ class RobustnessEvaluation(Callback):
     # ------------------------------------------------------------------------------------------------ test
     @override
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._counts, self._seen, self._checks = {}, 0, {}
+        self._counts, self._seen, self._checks, self._seconds = {}, 0, {}, {}
         task, c = pl_module.task, pl_module.num_classes
         self._fns = {
             spec.label: build_attack(
@@ -136,6 +138,7 @@ class RobustnessEvaluation(Callback):
                 self.autoattack_max_samples is not None and self._seen - len(x) >= self.autoattack_max_samples
             )
             for spec in self.specs:
+                start = time.perf_counter()
                 if spec.attack in ("autoattack", "square"):
                     if expensive_done:
                         continue
@@ -143,11 +146,20 @@ class RobustnessEvaluation(Callback):
                         keep = self.autoattack_max_samples - (self._seen - len(x))
                         x_adv = self._fns[spec.label](net, x[:keep], y[:keep])
                         self._add(spec.label, net, x_adv, y[:keep], pl_module)
+                        self._time(spec.attack, start)
                         continue
                 x_adv = self._fns[spec.label](net, x, y)
                 self._add(spec.label, net, x_adv, y, pl_module)
+                self._time(spec.attack, start)
             if self.sanity_checks and batch_idx == 0:
                 self._checks |= self._black_box_check(net, x, y, pl_module)
+        if trainer.is_global_zero:
+            total = trainer.num_test_batches[0] if trainer.num_test_batches else "?"
+            spent = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in self._seconds.items())
+            log.info("robustness: batch %d/%s, %d samples attacked (%s)", batch_idx + 1, total, self._seen, spent)
+
+    def _time(self, attack: str, start: float) -> None:
+        self._seconds[attack] = self._seconds.get(attack, 0.0) + time.perf_counter() - start
 
     def _add(self, key: str, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, pl_module: Any) -> None:
         was_training = net.training
