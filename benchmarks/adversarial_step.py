@@ -29,9 +29,15 @@ def step_time(dm: MedMNISTDataModule, args: argparse.Namespace, callback: Advers
     model = ClassifierModule(args.model, dm.num_classes, dm.in_chans, dm.task)
     timer = StepTimer(args.warmup)
     trainer = Trainer(
-        accelerator="cpu", max_steps=args.warmup + args.steps, limit_val_batches=0, logger=False,
-        callbacks=[timer] + ([callback] if callback else []), enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        accelerator="cpu",
+        max_steps=args.warmup + args.steps,
+        limit_val_batches=0,
+        logger=False,
+        callbacks=[timer] + ([callback] if callback else []),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
     trainer.fit(model, dm)
     return (timer.end - timer.start) / args.steps
@@ -62,8 +68,10 @@ def main() -> None:
         for name, (callback, _goal) in methods.items():
             times[name].append(step_time(dm, args, callback))
     base = statistics.median(times["standard"])
-    print(f"data: {args.flag} {args.size}px ({'real' if real else 'synthetic'}), model {args.model}, "
-          f"batch {args.batch_size}, {args.steps} timed steps, {args.rounds} rounds, {torch.get_num_threads()} threads")
+    print(
+        f"data: {args.flag} {args.size}px ({'real' if real else 'synthetic'}), model {args.model}, "
+        f"batch {args.batch_size}, {args.steps} timed steps, {args.rounds} rounds, {torch.get_num_threads()} threads"
+    )
     print(f"{'method':<12} {'ms/step':>9} {'ratio':>7} {'goal':>7}")
     for name, (_callback, goal) in methods.items():
         t = statistics.median(times[name])
