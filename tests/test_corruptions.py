@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -62,7 +64,7 @@ def _strength(clean: torch.Tensor, out: torch.Tensor) -> float:
 )
 def test_stronger_with_severity(grey, flag, name) -> None:
     strengths = [_strength(grey, corrupt(grey, flag, name, s)) for s in SEVERITIES]
-    assert all(a < b for a, b in zip(strengths, strengths[1:], strict=False)), strengths
+    assert all(a < b for a, b in itertools.pairwise(strengths)), strengths
     assert strengths[0] > 0
 
 
@@ -94,9 +96,8 @@ def test_bad_input_lists_valid_choices(grey, kwargs, match) -> None:
 # ----------------------------------------------------------------------------- against MedMNIST-C's reference
 def _reference(images: torch.Tensor, flag: str, name: str, severity: int) -> torch.Tensor:
     """MedMNIST-C's own pipeline: grey -> RGB PIL, corrupt, -> L (as its DatasetManager does)."""
-    from PIL import Image
-
     from medmnistc.corruptions import compression, enhance, noise
+    from PIL import Image
 
     classes = {
         "gaussian_noise": noise.GaussianNoise,
