@@ -79,3 +79,29 @@ def robustness_figure(results: list[dict]) -> Figure:
         ax.legend()
     fig.tight_layout()
     return fig
+
+
+def shift_heatmap(report: dict) -> Figure:
+    """Balanced accuracy per corruption (rows) and severity (columns), with the clean value in the title."""
+    corruptions = report["corruptions"]
+    names = list(corruptions)
+    grid = np.array(
+        [[corruptions[n]["severities"].get(k, {}).get("bal_acc", np.nan) for k in range(1, 6)] for n in names]
+    )
+    fig, ax = plt.subplots(figsize=(6.5, 0.42 * len(names) + 1.6))
+    image = ax.imshow(grid, cmap="viridis", vmin=0.5 if np.nanmin(grid) >= 0.5 else 0, vmax=1, aspect="auto")
+    ax.set_xticks(range(5), [f"s{k}" for k in range(1, 6)])
+    ax.set_yticks(range(len(names)), names)
+    for (i, j), value in np.ndenumerate(grid):
+        if not np.isnan(value):
+            ax.text(
+                j, i, f"{value:.2f}", ha="center", va="center", fontsize=8, color="white" if value < 0.75 else "black"
+            )
+    clean = report.get("clean") or {}
+    title = f"{report['flag']}: balanced accuracy under corruption"
+    if clean:
+        title += f" (clean {clean['bal_acc']:.2f})"
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    return fig

@@ -15,7 +15,7 @@ from typing_extensions import override
 
 from callbacks.figures import robustness_figure
 from lightning_modules.components.attack_suite import AttackSpec, build_attack
-from lightning_modules.components.confusion import balanced_accuracy, confusion_counts
+from lightning_modules.components.confusion import accuracy, balanced_accuracy, confusion_counts
 from lightning_modules.components.metric_names import metric_name
 from lightning_modules.components.pgd import bce_sum, cross_entropy_sum
 from lightning_modules.components.threat_model import parse_eps
@@ -195,7 +195,7 @@ class RobustnessEvaluation(Callback):
         results = []
         for key, counts in self._counts.items():
             total = trainer.strategy.reduce(counts.to(pl_module.device), reduce_op="sum").cpu()
-            acc, bal = _accuracy(total), float(balanced_accuracy(total))
+            acc, bal = accuracy(total), float(balanced_accuracy(total))
             results.append({"key": key, "acc": acc, "bal_acc": bal, "n": _n(total, pl_module.task)})
             if key != "clean":
                 pl_module.log(metric_name("test", "adv", key, "acc"), acc, sync_dist=False)
@@ -274,18 +274,11 @@ class RobustnessEvaluation(Callback):
                 counts = confusion_counts(pl_module.net(x_adv), y, pl_module.task, pl_module.num_classes)
         pl_module.log(
             metric_name("val", "adv", spec.label, "acc"),
-            _accuracy(counts),
+            accuracy(counts),
             batch_size=len(x),
             on_epoch=True,
             sync_dist=True,
         )
-
-
-def _accuracy(counts: torch.Tensor) -> float:
-    """Top-1 accuracy from a (C, C) confusion matrix; mean per-label accuracy from (L, 2, 2)."""
-    if counts.ndim == 3:
-        return float((counts.diagonal(dim1=1, dim2=2).sum(1) / counts.sum((1, 2)).clamp_min(1)).mean())
-    return float(counts.diagonal().sum() / counts.sum().clamp_min(1))
 
 
 def _n(counts: torch.Tensor, task: str) -> int:

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
@@ -24,6 +25,7 @@ from datamodules.files import (
     resolve_root,
     verify_official,
 )
+from datamodules.shifts import corrupted_split, official_test_split, parse_shifts, to_channels
 from datamodules.tensor_dataset import TensorImageDataset, identity_collate
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,11 @@ class MedMNISTDataModule(LightningDataModule):
         subsample: keep a seeded random subset for quick runs: a count (``int``) or fraction (``float``) for every
             split, or a dict per split such as ``{"train": 1000, "val": 0.5}``.
         subsample_seed: seed of that subset, independent of the training seed.
+        shifts: extra test splits, after the in-distribution one: ``"corruptions"`` (every MedMNIST-C corruption of the
+            dataset at severities 1-5), ``"corruption:<name>[@<k>]"``, ``"resolution:<size>"`` (the official test
+            split at another size, fed at that size), ``"ood:<flag>"`` (another dataset's test split, labels -1).
+        shift_seed: seed of the random corruptions.
+        cache_dir: where corrupted splits are cached; default ``$MEDROBUST_CACHE``, else ``~/.cache/medrobust``.
 
     Example:
         >>> dm = MedMNISTDataModule("pneumoniamnist", root="../shared/data/medmnist")  # doctest: +SKIP
@@ -68,6 +75,9 @@ class MedMNISTDataModule(LightningDataModule):
         num_workers: int = 0,
         subsample: Subsample = None,
         subsample_seed: int = 0,
+        shifts: list[str] | None = None,
+        shift_seed: int = 0,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -80,8 +90,12 @@ class MedMNISTDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.subsample = _per_split(subsample)
         self.subsample_seed = subsample_seed
+        self.shifts = parse_shifts(shifts or [], flag, size)  # raises, listing valid choices
+        self.shift_seed = shift_seed
+        self.cache_dir = cache_dir
         self.md5: str | None = None
         self.datasets: dict[str, TensorImageDataset] = {}
+        self.shifted: dict[str, TensorImageDataset] = {}
         # Fail before any run is created when the file cannot be there.
         if self.path is not None and not self.path.is_file():
             raise MedMNISTFileError(f"--data.path {self.path} does not exist.")
@@ -114,10 +128,19 @@ class MedMNISTDataModule(LightningDataModule):
         if self.path is None:
             locate(self.spec, self.root, download_missing=self.download)
 
+    @property
+    def test_split_names(self) -> list[str]:
+        """Names of the test loaders, in order: ``id`` first, then each shift's split name."""
+        return ["id", *(shift.split for shift in self.shifts)]
+
     @override
     def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+        if not self.datasets:
+            self._load()
+        if stage in (None, "test") and self.shifts and not self.shifted:
+            self._build_shifts()
+
+    def _load(self) -> None:
         file = self.file
         if self.path is None:
             self.md5 = verify_official(self.spec, locate(self.spec, self.root))
@@ -131,6 +154,27 @@ class MedMNISTDataModule(LightningDataModule):
         sizes = {split: len(ds) for split, ds in self.datasets.items()}
         rank_zero_info(f"{self.spec.flag} ({self.spec.size}px) from {file}, md5 {self.md5}: {sizes}")
 
+    def _build_shifts(self) -> None:
+        test = self.datasets["test"]
+        names = sorted({s.name for s in self.shifts if s.kind == "corruption"})
+        corrupted = corrupted_split(test.images, self.spec.flag, names, self.shift_seed, self.cache_dir)
+        for shift in self.shifts:
+            if shift.kind == "corruption":
+                images, labels = corrupted[(shift.name, shift.severity)], test.labels
+            elif shift.kind == "resolution":
+                other = TensorImageDataset.from_numpy(
+                    *official_test_split(self.spec.flag, int(shift.name), self.hparams.root),
+                    multilabel=self.task == "multilabel",
+                )
+                images, labels = other.images, other.labels
+            else:
+                arrays = official_test_split(shift.name, self.spec.size, self.hparams.root)
+                other = TensorImageDataset.from_numpy(arrays[0], np.zeros((len(arrays[0]), 1)), multilabel=False)
+                images = to_channels(other.images, self.in_chans)
+                shape = (len(images), self.num_classes) if self.task == "multilabel" else (len(images),)
+                labels = torch.full(shape, -1, dtype=test.labels.dtype)
+            self.shifted[shift.split] = TensorImageDataset(images, labels)
+
     def _subsample(self, split: str, dataset: TensorImageDataset) -> TensorImageDataset:
         amount = self.subsample.get(split)
         if amount is None:
@@ -143,9 +187,9 @@ class MedMNISTDataModule(LightningDataModule):
         return dataset.subset(keep)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if split not in self.datasets:
+        dataset = self.datasets.get(split) or self.shifted.get(split)
+        if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for the {split} loader")
-        dataset = self.datasets[split]
         sampler = None
         if split != "train" and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             # DistributedSampler pads the last batch with repeated samples; evaluation must count each sample once.
@@ -170,8 +214,10 @@ class MedMNISTDataModule(LightningDataModule):
         return self._loader("val", shuffle=False)
 
     @override
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        if not self.shifts:
+            return self._loader("test", shuffle=False)
+        return [self._loader("test", shuffle=False), *(self._loader(s.split, shuffle=False) for s in self.shifts)]
 
     def describe(self) -> dict[str, Any]:
         """What a run records about its data (call after ``setup``)."""

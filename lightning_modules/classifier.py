@@ -162,8 +162,9 @@ class ClassifierModule(LightningModule):
         metrics.update(probs, y.long())
         if stage == "test":
             self.test_confusion.update(probs, y.long())
-        self.log(metric_name(stage, "loss"), self.task_loss(logits, y), sync_dist=True, prog_bar=stage == "val")
-        self.log_dict({metric_name(stage, k): m for k, m in metrics.items()}, prog_bar=stage == "val")
+        log = {"sync_dist": True, "prog_bar": stage == "val", "add_dataloader_idx": False}
+        self.log(metric_name(stage, "loss"), self.task_loss(logits, y), **log)
+        self.log_dict({metric_name(stage, k): m for k, m in metrics.items()}, **log)
         return logits
 
     @override
@@ -171,8 +172,12 @@ class ClassifierModule(LightningModule):
         self._evaluate("val", batch)
 
     @override
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate("test", batch)
+    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        """Loader 0 is the in-distribution test split and feeds ``test/*``; further loaders (shifted or
+        out-of-distribution splits) are only forwarded, and callbacks such as ShiftEvaluation read the logits."""
+        if dataloader_idx == 0:
+            return self._evaluate("test", batch)
+        return self.net(batch[0])
 
     @override
     def on_test_epoch_end(self) -> None:

@@ -14,6 +14,7 @@ from conftest import REPO, subprocess_env
     [
         ("train_step.py", ["--model", "test_resnet", "--steps", "2", "--warmup", "1", "--rounds", "1"]),
         ("data_path.py", ["--rounds", "1"]),
+        ("shift_suite.py", []),
         (
             "adversarial_step.py",
             ["--model", "test_resnet", "--steps", "1", "--warmup", "1", "--rounds", "1", "--k", "2"],

@@ -26,3 +26,10 @@ def balanced_accuracy(counts: torch.Tensor) -> torch.Tensor:
     support = counts.sum(1)
     recall = counts.diagonal()[support > 0] / support[support > 0]
     return recall.float().mean()
+
+
+def accuracy(counts: torch.Tensor) -> float:
+    """Top-1 accuracy from ``(C, C)`` counts; mean per-label accuracy from ``(L, 2, 2)``."""
+    if counts.ndim == 3:
+        return float((counts.diagonal(dim1=1, dim2=2).sum(1) / counts.sum((1, 2)).clamp_min(1)).mean())
+    return float(counts.diagonal().sum() / counts.sum().clamp_min(1))

@@ -1,0 +1,173 @@
+"""ShiftEvaluation: accuracy, balanced accuracy and AUC on every shifted test split, with MedMNIST-C's BE and rBE."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from typing import Any
+
+import matplotlib.pyplot as plt
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
+from torchmetrics.functional.classification import multiclass_auroc, multilabel_auroc
+from typing_extensions import override
+
+from callbacks.figures import shift_heatmap
+from datamodules.corruptions import ALEXNET_BASELINE
+from lightning_modules.components.confusion import accuracy, balanced_accuracy, confusion_counts
+from lightning_modules.components.metric_names import metric_name
+
+log = logging.getLogger(__name__)
+
+
+class ShiftEvaluation(Callback):
+    """Evaluate the shifted test splits a datamodule serves after its in-distribution one.
+
+    Needs a datamodule with ``test_split_names`` (:class:`MedMNISTDataModule` with ``shifts``). Logs, per split,
+    ``test/<split>/{acc,bal_acc,auroc}`` (e.g. ``test/shift/gaussian_noise/s3/bal_acc``,
+    ``test/shift/resolution_64/auroc``); per corruption the mean over severities
+    (``test/shift/<corruption>/mean/bal_acc``) and MedMNIST-C's balanced error normalised by AlexNet
+    (``test/shift/<corruption>/be``, ``/rbe``, and their means ``test/shift/be``, ``test/shift/rbe``); the mean shifted
+    balanced accuracy ``test/shift/mean/bal_acc``. Also ``shift.json`` and ``plots/shift_heatmap.png``
+    (corruption x severity). OOD splits (``ood/...``) have no labels for this task and are left to detection callbacks.
+
+    BE of a corruption is its balanced error averaged over severities divided by AlexNet's; rBE subtracts the clean
+    balanced error from both first (Di Salvo et al. 2024). Both are reported where MedMNIST-C publishes the baseline.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[str, torch.Tensor] = {}
+        self._scores: dict[str, list[torch.Tensor]] = {}
+        self._labels: dict[str, list[torch.Tensor]] = {}
+        self._report: dict[str, Any] | None = None
+
+    @override
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._counts, self._scores, self._labels, self._report = {}, {}, {}, None
+        names = getattr(trainer.datamodule, "test_split_names", None)
+        if names is None:
+            raise ValueError(
+                "ShiftEvaluation needs a datamodule with test_split_names (MedMNISTDataModule(shifts=...))"
+            )
+        self._names = names
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        split = self._names[dataloader_idx]
+        if split.startswith("ood/") or outputs is None:
+            return
+        logits, y = outputs.detach(), batch[1]
+        counts = confusion_counts(logits, y, pl_module.task, pl_module.num_classes).cpu()
+        self._counts[split] = self._counts.get(split, 0) + counts
+        probs = logits.softmax(1) if pl_module.task == "multiclass" else logits.sigmoid()
+        self._scores.setdefault(split, []).append(probs.cpu())
+        self._labels.setdefault(split, []).append(y.cpu())
+
+    @override
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not any(name.startswith("shift/") for name in self._counts):
+            return
+        splits = {}
+        for split in self._names:
+            if split not in self._counts:
+                continue
+            counts = trainer.strategy.reduce(self._counts[split].to(pl_module.device), reduce_op="sum").cpu()
+            scores = _gather_rows(trainer, torch.cat(self._scores[split]), pl_module.device)
+            labels = _gather_rows(trainer, torch.cat(self._labels[split]), pl_module.device)
+            splits[split] = {
+                "acc": accuracy(counts),
+                "bal_acc": float(balanced_accuracy(counts)),
+                "auroc": _auroc(scores, labels, pl_module.task, pl_module.num_classes),
+                "n": len(labels),
+            }
+        report = self._summarise(splits, trainer.datamodule.spec.flag)
+        for name, value in report["metrics"].items():
+            pl_module.log(name, value, sync_dist=False, add_dataloader_idx=False)
+        self._report = report
+
+    def _summarise(self, splits: dict[str, dict], flag: str) -> dict[str, Any]:
+        metrics: dict[str, float] = {}
+        for split, values in splits.items():
+            if split != "id":
+                metrics |= {metric_name("test", split, k): v for k, v in values.items() if k != "n"}
+        corruptions: dict[str, dict[str, Any]] = {}
+        for split, values in splits.items():
+            parts = split.split("/")
+            if len(parts) == 3 and parts[0] == "shift":
+                entry = corruptions.setdefault(parts[1], {"severities": {}})
+                entry["severities"][int(parts[2][1:])] = values
+        clean_error = 1 - splits["id"]["bal_acc"] if "id" in splits else None
+        baseline = ALEXNET_BASELINE.get(flag)
+        for name, entry in corruptions.items():
+            severities = entry["severities"].values()
+            entry["mean_bal_acc"] = statistics.mean(v["bal_acc"] for v in severities)
+            entry["mean_auroc"] = statistics.mean(v["auroc"] for v in severities)
+            metrics[metric_name("test", "shift", name, "mean", "bal_acc")] = entry["mean_bal_acc"]
+            metrics[metric_name("test", "shift", name, "mean", "auroc")] = entry["mean_auroc"]
+            if baseline and name in baseline[1] and clean_error is not None and len(entry["severities"]) == 5:
+                error = 1 - entry["mean_bal_acc"]
+                entry["be"] = error / baseline[1][name]
+                entry["rbe"] = (error - clean_error) / (baseline[1][name] - baseline[0])
+                metrics[metric_name("test", "shift", name, "be")] = entry["be"]
+                metrics[metric_name("test", "shift", name, "rbe")] = entry["rbe"]
+        if corruptions:
+            metrics[metric_name("test", "shift", "mean", "bal_acc")] = statistics.mean(
+                e["mean_bal_acc"] for e in corruptions.values()
+            )
+        for key in ("be", "rbe"):
+            values = [e[key] for e in corruptions.values() if key in e]
+            if values:
+                metrics[metric_name("test", "shift", key)] = statistics.mean(values)
+        return {
+            "flag": flag,
+            "clean": splits.get("id"),
+            "corruptions": corruptions,
+            "other": {k: v for k, v in splits.items() if k != "id" and k.count("/") == 1},
+            "alexnet_baseline": {"clean_error": baseline[0], "errors": baseline[1]} if baseline else None,
+            "metrics": metrics,
+        }
+
+    @override
+    @rank_zero_only
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        logger = next((lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)), None)
+        if self._report is None or logger is None:
+            return
+        client, run_id = logger.experiment, logger.run_id
+        client.log_dict(run_id, self._report, "shift.json")
+        if self._report["corruptions"]:
+            fig = shift_heatmap(self._report)
+            client.log_figure(run_id, fig, "plots/shift_heatmap.png")
+            plt.close(fig)
+
+    @property
+    def report(self) -> dict[str, Any] | None:
+        return self._report
+
+
+def _gather_rows(trainer: Trainer, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """All ranks' rows, concatenated (ranks may hold different counts: pad, gather, trim)."""
+    if trainer.world_size == 1:
+        return rows
+    n = torch.tensor([len(rows)], device=device)
+    sizes = trainer.strategy.all_gather(n).flatten().tolist()
+    padded = torch.zeros((max(sizes), *rows.shape[1:]), dtype=rows.dtype, device=device)
+    padded[: len(rows)] = rows.to(device)
+    gathered = trainer.strategy.all_gather(padded)
+    return torch.cat([gathered[i, :size] for i, size in enumerate(sizes)]).cpu()
+
+
+def _auroc(scores: torch.Tensor, labels: torch.Tensor, task: str, num_classes: int) -> float:
+    if task == "multilabel":
+        return float(multilabel_auroc(scores, labels.long(), num_labels=num_classes))
+    return float(multiclass_auroc(scores, labels.long(), num_classes=num_classes))
