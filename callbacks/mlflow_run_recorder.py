@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from callbacks.figures import confusion_matrix_figure
+from callbacks.mlflow_logger_lookup import mlflow_logger
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,10 @@ class MLflowRunRecorder(Callback):
         self.log_best_checkpoint = log_best_checkpoint
         self._monitor: Any = None
 
-    @staticmethod
-    def _logger(trainer: Trainer) -> MLFlowLogger | None:
-        return next((lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)), None)
-
     @override
     @rank_zero_only
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        logger = self._logger(trainer)
+        logger = mlflow_logger(trainer)
         if logger is None:
             return
         describe = getattr(trainer.datamodule, "describe", None)
@@ -108,7 +105,7 @@ class MLflowRunRecorder(Callback):
     @override
     @rank_zero_only
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        logger = self._logger(trainer)
+        logger = mlflow_logger(trainer)
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         if logger is None or not self.log_best_checkpoint or not best:
             return
@@ -133,7 +130,7 @@ class MLflowRunRecorder(Callback):
 
     @override
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        logger = self._logger(trainer)
+        logger = mlflow_logger(trainer)
         if logger is not None and trainer.is_global_zero:
             checkpoint["mlflow"] = {
                 "run_id": logger.run_id,
@@ -144,7 +141,7 @@ class MLflowRunRecorder(Callback):
     @override
     @rank_zero_only
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        logger = self._logger(trainer)
+        logger = mlflow_logger(trainer)
         matrix = getattr(pl_module, "last_test_confusion", None)
         if logger is None or matrix is None:
             return

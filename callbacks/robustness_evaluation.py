@@ -9,11 +9,11 @@ from typing import Any
 import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
 from callbacks.figures import robustness_figure
+from callbacks.mlflow_logger_lookup import mlflow_logger
 from lightning_modules.components.attack_suite import AttackSpec, build_attack
 from lightning_modules.components.confusion import accuracy, balanced_accuracy, confusion_counts
 from lightning_modules.components.metric_names import metric_name
@@ -218,7 +218,7 @@ class RobustnessEvaluation(Callback):
         failed = [name for name, ok in self._checks.items() if isinstance(ok, bool) and not ok]
         if failed:
             rank_zero_warn(f"Gradient-masking checks failed: {failed}; robust accuracy may be overestimated.")
-        logger = next((lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)), None)
+        logger = mlflow_logger(trainer)
         if logger is None:
             return
         client, run_id = logger.experiment, logger.run_id

@@ -9,12 +9,12 @@ from typing import Any
 import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics.functional.classification import multiclass_auroc, multilabel_auroc
 from typing_extensions import override
 
 from callbacks.figures import shift_heatmap
+from callbacks.mlflow_logger_lookup import mlflow_logger
 from datamodules.corruptions import ALEXNET_BASELINE
 from lightning_modules.components.confusion import accuracy, balanced_accuracy, confusion_counts
 from lightning_modules.components.metric_names import metric_name
@@ -140,7 +140,7 @@ class ShiftEvaluation(Callback):
     @override
     @rank_zero_only
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        logger = next((lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)), None)
+        logger = mlflow_logger(trainer)
         if self._report is None or logger is None:
             return
         client, run_id = logger.experiment, logger.run_id

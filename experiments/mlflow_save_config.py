@@ -7,9 +7,9 @@ from typing import Any
 import yaml
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
-from lightning.pytorch.loggers import MLFlowLogger
 from typing_extensions import override
 
+from callbacks.mlflow_logger_lookup import mlflow_logger
 from experiments.mlflow_logger import MLflowRunLogger
 
 
@@ -24,7 +24,7 @@ class MLflowSaveConfig(SaveConfigCallback):
     @override
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         text = self.parser.dump(self.config, skip_none=False)
-        logger = next((lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)), None)
+        logger = mlflow_logger(trainer)
         if logger is not None:
             logger.experiment.log_text(logger.run_id, text, self.config_filename)
         if isinstance(logger, MLflowRunLogger):
