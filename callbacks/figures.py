@@ -105,3 +105,25 @@ def shift_heatmap(report: dict) -> Figure:
     fig.colorbar(image, ax=ax, fraction=0.04)
     fig.tight_layout()
     return fig
+
+
+def corruption_examples(images: dict[str, np.ndarray], severities: tuple[int, ...] = (1, 3, 5)) -> Figure:
+    """One image per corruption (rows) at a few severities (columns); ``images`` maps ``"<name>/s<k>"`` and
+    ``"clean"`` to ``(C, H, W)`` uint8 arrays."""
+    names = sorted({key.split("/")[0] for key in images if key != "clean"})
+    fig, axes = plt.subplots(
+        len(names), len(severities) + 1, figsize=(1.3 * (len(severities) + 1), 1.3 * len(names)), squeeze=False
+    )
+    for row, name in enumerate(names):
+        for col, key in enumerate(["clean", *(f"{name}/s{k}" for k in severities)]):
+            ax = axes[row, col]
+            image = images.get(key)
+            if image is not None:
+                ax.imshow(image.transpose(1, 2, 0).squeeze(), cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(key.split("/")[-1] if key != "clean" else "clean", fontsize=8)
+        axes[row, 0].set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    return fig

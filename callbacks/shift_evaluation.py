@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics.functional.classification import multiclass_auroc, multilabel_auroc
 from typing_extensions import override
 
-from callbacks.figures import shift_heatmap
+from callbacks.figures import corruption_examples, shift_heatmap
 from callbacks.mlflow_logger_lookup import mlflow_logger
 from datamodules.corruptions import ALEXNET_BASELINE
 from lightning_modules.components.confusion import accuracy, balanced_accuracy, confusion_counts
@@ -30,8 +30,9 @@ class ShiftEvaluation(Callback):
     ``test/shift/resolution_64/auroc``); per corruption the mean over severities
     (``test/shift/<corruption>/mean/bal_acc``) and MedMNIST-C's balanced error normalised by AlexNet
     (``test/shift/<corruption>/be``, ``/rbe``, and their means ``test/shift/be``, ``test/shift/rbe``); the mean shifted
-    balanced accuracy ``test/shift/mean/bal_acc``. Also ``shift.json`` and ``plots/shift_heatmap.png``
-    (corruption x severity). OOD splits (``ood/...``) have no labels for this task and are left to detection callbacks.
+    balanced accuracy ``test/shift/mean/bal_acc``. Also ``shift.json``, ``plots/shift_heatmap.png`` (corruption x
+    severity) and ``plots/shift_examples.png`` (the first test image under each corruption at severities 1, 3, 5).
+    OOD splits (``ood/...``) have no labels for this task and are left to detection callbacks.
 
     BE of a corruption is its balanced error averaged over severities divided by AlexNet's; rBE subtracts the clean
     balanced error from both first (Di Salvo et al. 2024). Both are reported where MedMNIST-C publishes the baseline.
@@ -148,6 +149,14 @@ class ShiftEvaluation(Callback):
         if self._report["corruptions"]:
             fig = shift_heatmap(self._report)
             client.log_figure(run_id, fig, "plots/shift_heatmap.png")
+            plt.close(fig)
+            datamodule = trainer.datamodule
+            examples = {"clean": datamodule.datasets["test"].images[0].numpy()}
+            for split, dataset in getattr(datamodule, "shifted", {}).items():
+                if split.startswith("shift/") and split.count("/") == 2:
+                    examples[split.removeprefix("shift/")] = dataset.images[0].numpy()
+            fig = corruption_examples(examples)
+            client.log_figure(run_id, fig, "plots/shift_examples.png")
             plt.close(fig)
 
     @property

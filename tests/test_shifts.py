@@ -136,7 +136,10 @@ def test_shift_evaluation_report(tmp_path, synthetic_npz) -> None:
     client = MlflowClient(logger.tracking_uri)
     logged = json.loads(Path(client.download_artifacts(logger.run_id, "shift.json")).read_text())
     assert set(logged["corruptions"]) == set(corruptions_for("pneumoniamnist"))
-    assert [a.path for a in client.list_artifacts(logger.run_id, "plots")] == ["plots/shift_heatmap.png"]
+    assert [a.path for a in client.list_artifacts(logger.run_id, "plots")] == [
+        "plots/shift_examples.png",
+        "plots/shift_heatmap.png",
+    ]
 
 
 def test_corruption_augmentation(tmp_path, synthetic_npz) -> None:

@@ -195,3 +195,51 @@ def _splat(kernel: torch.Tensor, row: float, col: float, weight: float) -> None:
         r, c = r0 + dr, c0 + dc
         if 0 <= r < kernel.shape[0] and 0 <= c < kernel.shape[1]:
             kernel[r, c] += weight * (1 - abs(row - r)) * (1 - abs(col - c))
+
+
+def black_corner(x: torch.Tensor, multiplier: float, g: torch.Generator, size: int) -> torch.Tensor:
+    """Black outside a centred disk of ``multiplier`` times the inscribed radius (a dermatoscope's vignette)."""
+    h, w = x.shape[-2:]
+    cy, cx = h // 2, w // 2
+    radius = min(cx, cy, w - cx, h - cy) * multiplier
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    inside = ((yy - cy) ** 2 + (xx - cx) ** 2) <= radius**2
+    return x * inside.to(x.dtype)
+
+
+def bubble(x: torch.Tensor, param: tuple[float, float], g: torch.Generator, size: int) -> torch.Tensor:
+    """Translucent white bubbles (alpha 100/255 inside, 130/255 on a rim), 7 to ``max_bubbles`` per image with radii 3
+    to ``max_radius`` (224 px units, scaled), composited as PIL pastes MedMNIST-C's RGBA bubble layer."""
+    max_radius, max_bubbles = param
+    scale = spatial_scale(size)
+    h, w = x.shape[-2:]
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=x.dtype), torch.arange(w, dtype=x.dtype), indexing="ij")
+    out = torch.empty_like(x)
+    for i in range(x.shape[0]):
+        alpha = torch.zeros(h, w, dtype=x.dtype)
+        count = int(torch.randint(7, int(max_bubbles) + 1, (1,), generator=g))
+        for _ in range(count):
+            radius = float(torch.randint(3, int(max_radius) + 1, (1,), generator=g)) * scale
+            cy, cx = (float(torch.rand(1, generator=g)) * (n - 2 * radius) + radius for n in (h, w))
+            dist2 = (yy - cy) ** 2 + (xx - cx) ** 2
+            alpha[dist2 <= (radius + 2 * scale) ** 2] = 130 / 255
+            alpha[dist2 <= radius**2] = 100 / 255
+        out[i] = x[i] * (1 - alpha) + alpha
+    return out
+
+
+def zoom_blur(x: torch.Tensor, param: tuple[float, float], g: torch.Generator, size: int) -> torch.Tensor:
+    """Average of the image zoomed by 1, 1 + step, ... below ``max_zoom`` about its centre (MedMNIST-C's zoom blur)."""
+    max_zoom, step = param
+    h = x.shape[-1]
+    factors = torch.arange(1.0, max_zoom, step).tolist()
+    acc = torch.zeros_like(x)
+    for zoom in factors:
+        crop = math.ceil(h / zoom)
+        top = (h - crop) // 2
+        zoomed = F.interpolate(
+            x[..., top : top + crop, top : top + crop], size=round(crop * zoom), mode="bilinear", align_corners=False
+        )
+        trim = (zoomed.shape[-1] - h) // 2
+        acc += zoomed[..., trim : trim + h, trim : trim + h]
+    return ((x + acc) / (len(factors) + 1)).clamp(0, 1)

@@ -34,9 +34,12 @@ OPERATION = {
     "gamma_corr_up": "gamma_correction",
     "gamma_corr_down": "gamma_correction",
     "saturate": "saturate",
+    "black_corner": "black_corner",
+    "bubble": "bubble",
+    "zoom_blur": "zoom_blur",
 }
-# In MedMNIST-C but not implemented here yet: they need its ink/texture assets or a zoom pipeline.
-NOT_IMPLEMENTED = ("zoom_blur", "stain_deposit", "bubble", "black_corner", "characters")
+# In MedMNIST-C but not implemented here yet: stain deposits paste its ink-blot asset, characters need a font renderer.
+NOT_IMPLEMENTED = ("stain_deposit", "characters")
 
 _GREY_COMMON = {
     "pixelate": [0.30, 0.25, 0.20, 0.15, 0.10],
@@ -94,7 +97,8 @@ SEVERITY_PARAMS: dict[str, dict[str, list]] = {
         "shot_noise": [60, 25, 18, 10, 5],
         "defocus_blur": [(4, 0.1), (5, 0.2), (6, 0.3), (7, 0.4), (8, 0.5)],
         "motion_blur": [(10, 5), (15, 5), (15, 8), (15, 12), (20, 15)],
-        "zoom_blur": [1.11, 1.16, 1.21, 1.26, 1.31],
+        # (max zoom, step): MedMNIST-C's np.arange(1, max, step) zoom factors
+        "zoom_blur": [(1.11, 0.01), (1.16, 0.01), (1.21, 0.02), (1.26, 0.02), (1.31, 0.03)],
         "brightness_up": [1.1, 1.2, 1.3, 1.4, 1.5],
         "brightness_down": [0.9, 0.8, 0.7, 0.6, 0.5],
         "contrast_up": [1.1, 1.2, 1.3, 1.4, 1.6],
