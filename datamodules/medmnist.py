@@ -163,12 +163,12 @@ class MedMNISTDataModule(LightningDataModule):
                 images, labels = corrupted[(shift.name, shift.severity)], test.labels
             elif shift.kind == "resolution":
                 other = TensorImageDataset.from_numpy(
-                    *official_test_split(self.spec.flag, int(shift.name), self.hparams.root),
+                    *official_test_split(self.spec.flag, int(shift.name), str(self.root)),
                     multilabel=self.task == "multilabel",
                 )
                 images, labels = other.images, other.labels
             else:
-                arrays = official_test_split(shift.name, self.spec.size, self.hparams.root)
+                arrays = official_test_split(shift.name, self.spec.size, str(self.root))
                 other = TensorImageDataset.from_numpy(arrays[0], np.zeros((len(arrays[0]), 1)), multilabel=False)
                 images = to_channels(other.images, self.in_chans)
                 shape = (len(images), self.num_classes) if self.task == "multilabel" else (len(images),)
@@ -187,7 +187,7 @@ class MedMNISTDataModule(LightningDataModule):
         return dataset.subset(keep)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self.datasets.get(split) or self.shifted.get(split)
+        dataset = self.datasets.get(split, self.shifted.get(split))
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for the {split} loader")
         sampler = None
