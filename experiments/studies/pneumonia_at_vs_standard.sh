@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Standard training vs PGD-AT (L-inf 8/255) on real PneumoniaMNIST, one model per seed and method, then the same
-# robustness protocol for every best checkpoint (FGSM and PGD-20 on the whole test split, AutoAttack on 128 samples,
-# at L-inf 1, 2, 4, 8/255), then the table. About 80 min on 2 CPU cores for 2 seeds.
+# robustness protocol for every best checkpoint (FGSM and PGD-20 on the whole test split, AutoAttack on 64 samples,
+# at L-inf 1, 2, 4, 8/255), then the table. About 40 min on 2 idle CPU cores for 2 seeds.
 #   MEDMNIST_ROOT=../shared/data/medmnist bash experiments/studies/pneumonia_at_vs_standard.sh [seeds...]
 set -euo pipefail
 configs="$(cd "$(dirname "$0")/../configs/adversarial" && pwd)"
