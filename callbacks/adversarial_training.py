@@ -12,6 +12,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
+from lightning_modules.components.frozen_mode import eval_mode
 from lightning_modules.components.metric_names import metric_name
 from lightning_modules.components.pgd import PGD, bce_sum, cross_entropy_sum, kl_sum
 from lightning_modules.components.threat_model import parse_eps, threat_model
@@ -175,12 +176,9 @@ class AdversarialTraining(Callback):
             return
         x, y = self._guard_batch
         attack = PGD(threat_model(self.norm, self.eps), steps=10, alpha=self.eps / 4, random_start=True)
-        with torch.no_grad():
-            x_adv = attack.perturb(pl_module.net, x, y)
-            was_training = pl_module.net.training
-            pl_module.net.eval()
-            correct = (pl_module.net(x_adv).argmax(1) == y).float().mean()
-            pl_module.net.train(was_training)
+        x_adv = attack.perturb(pl_module.net, x, y)
+        with eval_mode(pl_module.net) as net:
+            correct = (net(x_adv).argmax(1) == y).float().mean()
         acc = float(trainer.strategy.reduce(correct, reduce_op="mean"))
         pl_module.log(metric_name("train", "co_guard", "pgd_acc"), acc, on_epoch=True, sync_dist=False)
         if self._guard_best is not None and self._guard_best[0] - acc > self.co_threshold:

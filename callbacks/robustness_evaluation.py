@@ -16,6 +16,7 @@ from callbacks.figures import robustness_figure
 from callbacks.mlflow_logger_lookup import mlflow_logger
 from lightning_modules.components.attack_suite import AttackSpec, build_attack
 from lightning_modules.components.confusion import accuracy, balanced_accuracy, confusion_counts
+from lightning_modules.components.frozen_mode import attack_mode, eval_mode
 from lightning_modules.components.metric_names import metric_name
 from lightning_modules.components.pgd import bce_sum, cross_entropy_sum
 from lightning_modules.components.threat_model import parse_eps
@@ -162,11 +163,8 @@ class RobustnessEvaluation(Callback):
         self._seconds[attack] = self._seconds.get(attack, 0.0) + time.perf_counter() - start
 
     def _add(self, key: str, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, pl_module: Any) -> None:
-        was_training = net.training
-        net.eval()
-        with torch.no_grad():
+        with eval_mode(net):
             counts = confusion_counts(net(x), y, pl_module.task, pl_module.num_classes)
-        net.train(was_training)
         self._counts[key] = self._counts.get(key, 0) + counts.cpu()
 
     def _black_box_check(self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, pl_module: Any) -> dict:
@@ -180,8 +178,9 @@ class RobustnessEvaluation(Callback):
             fn = build_attack(
                 spec, pl_module.task, pl_module.num_classes, square_queries=self.sanity_square_queries, seed=self.seed
             )
-            with torch.no_grad():
-                accs[attack] = float((net.eval()(fn(net, x, y)).argmax(1) == y).float().mean())
+            x_adv = fn(net, x, y)
+            with eval_mode(net):
+                accs[attack] = float((net(x_adv).argmax(1) == y).float().mean())
         return {
             "black_box_not_better": accs["square"] >= accs["pgd"] - 0.05,
             "black_box_square_acc": accs["square"],
@@ -286,24 +285,20 @@ def _n(counts: torch.Tensor, task: str) -> int:
 
 
 def _white_box_checks(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, task: str) -> dict[str, Any]:
-    was_training = net.training
-    net.eval()
-    try:
-        with torch.enable_grad():
-            x = x.clone().requires_grad_(True)
-            out = net(x)
-            loss_fn = bce_sum if task == "multilabel" else cross_entropy_sum
-            (grad,) = torch.autograd.grad(loss_fn(out, y), x)
-        with torch.no_grad():
-            again = net(x)
-        rows_sum_to_one = torch.allclose(out.sum(1), torch.ones_like(out[:, 0]), atol=1e-4)
-        looks_like_probs = bool((out >= 0).all() and (out <= 1).all() and rows_sum_to_one)
-        nonzero = float((grad.flatten(1).abs().amax(1) > 0).float().mean())
-        return {
-            "outputs_are_logits": not looks_like_probs,
-            "deterministic": bool(torch.allclose(out, again, atol=1e-5)),
-            "nonzero_input_grad": nonzero >= 0.99,
-            "nonzero_input_grad_fraction": nonzero,
-        }
-    finally:
-        net.train(was_training)
+    loss_fn = bce_sum if task == "multilabel" else cross_entropy_sum
+    with attack_mode(net):
+        x = x.clone().requires_grad_(True)
+        out = net(x)
+        (grad,) = torch.autograd.grad(loss_fn(out, y), x)
+        out = out.detach()
+    with eval_mode(net):
+        again = net(x)
+    rows_sum_to_one = torch.allclose(out.sum(1), torch.ones_like(out[:, 0]), atol=1e-4)
+    looks_like_probs = bool((out >= 0).all() and (out <= 1).all() and rows_sum_to_one)
+    nonzero = float((grad.flatten(1).abs().amax(1) > 0).float().mean())
+    return {
+        "outputs_are_logits": not looks_like_probs,
+        "deterministic": bool(torch.allclose(out, again, atol=1e-5)),
+        "nonzero_input_grad": nonzero >= 0.99,
+        "nonzero_input_grad_fraction": nonzero,
+    }

@@ -186,3 +186,13 @@ def test_trades_inner_matches_torchattacks_tpgd() -> None:
 
     theirs = torchattacks.TPGD(net, eps=8 / 255, alpha=2 / 255, steps=7)
     _same_start(ours, lambda x, y: theirs(x, y), net, x, torch.zeros(16, dtype=torch.long))
+
+
+def test_eval_mode_restores_each_submodule() -> None:
+    from lightning_modules.components.frozen_mode import eval_mode
+
+    net = TinyNet().train()
+    net.teacher.eval()
+    with eval_mode(net):
+        assert not net.training and not torch.is_grad_enabled()
+    assert net.training and net.features.training and not net.teacher.training

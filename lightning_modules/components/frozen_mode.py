@@ -25,3 +25,16 @@ def attack_mode(net: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, training in modes.items():
             module.training = training
+
+
+@contextmanager
+def eval_mode(net: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode without gradients, e.g. to score adversarial images; every submodule's own mode is restored."""
+    modes = {module: module.training for module in net.modules()}
+    net.eval()
+    try:
+        with torch.no_grad():
+            yield net
+    finally:
+        for module, training in modes.items():
+            module.training = training
