@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_modules.components.frozen_mode import eval_mode
@@ -40,7 +40,8 @@ class AdversarialTraining(Callback):
 
     Args:
         method: ``"pgd"``, ``"trades"`` or ``"fgsm_rs"``.
-        eps: budget, a float or a string such as ``"8/255"``.
+        eps: budget, a float or a string such as ``"8/255"``. ``0`` (or TRADES with ``beta=0``) is standard
+            training, so an eps or beta sweep can include its own baseline.
         norm: ``"linf"`` or ``"l2"``.
         steps: PGD steps for ``pgd`` and ``trades`` (``fgsm_rs`` takes one).
         alpha: step size; defaults as above.
@@ -100,6 +101,11 @@ class AdversarialTraining(Callback):
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
+            return
+        if self.eps == 0 or (self.method == "trades" and self.beta == 0):
+            # The zero point of an eps (or TRADES beta) sweep is standard training: no attack, no extra cost.
+            rank_zero_info(f"{type(self).__name__}: eps={self.eps:g}, beta={self.beta:g}: standard training")
+            self.co_guard = False
             return
         if self.method == "trades" and getattr(pl_module, "task", "multiclass") != "multiclass":
             raise ValueError("TRADES' KL term is defined for softmax classifiers; use method='pgd' for multi-label")

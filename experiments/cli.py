@@ -112,7 +112,12 @@ def main(args: list[str] | None = None) -> None:
     """Console entry point. Bad input exits with status 2 and one clear message (the traceback with
     ``MEDROBUST_TRACEBACK=1``); the MLflow run, if one was started, is marked FAILED by the logger."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if args is None else list(args)
     try:
+        if argv and argv[0] in ("sweep", "report"):
+            from experiments.sweep import report_main, sweep_main
+
+            raise SystemExit((sweep_main if argv[0] == "sweep" else report_main)(argv[1:]))
         MedRobustCLI(args=args)
     except (ValueError, FileNotFoundError, MedMNISTFileError) as err:
         if os.environ.get("MEDROBUST_TRACEBACK"):

@@ -148,9 +148,11 @@ class ClassifierModule(LightningModule):
             terms = {name: fn(step) for name, fn in self._loss_terms.items()}
             loss = task + sum(terms.values())
             terms["task"] = task
-            self.log_dict({metric_name("train", "loss", k): v.detach() for k, v in terms.items()}, on_epoch=True)
+            losses = {metric_name("train", "loss", k): v.detach() for k, v in terms.items()}
+            self.log_dict(losses, on_epoch=True, sync_dist=True)
         self.train_metrics.update(scores(self.task, logits.detach()), y.long())
-        self.log(metric_name("train", "loss"), loss.detach(), prog_bar=True, on_epoch=True)
+        # sync_dist: under DDP the logged loss is the mean over ranks, not rank 0's share.
+        self.log(metric_name("train", "loss"), loss.detach(), prog_bar=True, on_epoch=True, sync_dist=True)
         self.log_dict({metric_name("train", k): m for k, m in self.train_metrics.items()}, on_epoch=True)
         return loss
 

@@ -1,0 +1,173 @@
+"""Check, in a real headless Chromium, that the MLflow UI shows a sweep: the parent run's trade-off figures and the
+children's ``summary/*`` metrics. Screenshots go to ``--out``.
+
+    sudo apt-get install chromium            # Debian's Chromium; the script drives it with Playwright
+    pip install -e ".[ui]"
+    python -m experiments.check_mlflow_ui --sweep pneumonia_pgd_eps_cpu        # sqlite:///mlflow.db by default
+
+Without ``--server`` it starts ``mlflow server`` on 127.0.0.1 over the tracking store, and stops it at the end.
+Exit status 0 when every check passes; each check prints PASS or FAIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from experiments.mlflow_logger import resolve_tracking_uri
+from experiments.tradeoff import PARENT_TAG, TAG_ROLE, TAG_SWEEP
+
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+FIGURES = ("plots/tradeoff_adversarial.png", "plots/tradeoff_shift.png", "plots/sweep_curves.png")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(tracking_uri: str) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            tracking_uri,
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return proc, url
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"mlflow server on {tracking_uri} did not start")
+
+
+def find_parent(client: MlflowClient, sweep: str | None, parent: str | None) -> object:
+    if parent:
+        return client.get_run(parent)
+    for exp in client.search_experiments():
+        runs = client.search_runs(
+            [exp.experiment_id], f"tags.`{TAG_ROLE}` = 'parent' and tags.`{TAG_SWEEP}` = '{sweep}'"
+        )
+        if runs:
+            return runs[0]
+    raise SystemExit(f"no sweep parent run named {sweep!r} in {client.tracking_uri}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.check_mlflow_ui", description=__doc__.split("\n")[0])
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--sweep", help="the sweep's name (its parent run is found by tag)")
+    group.add_argument("--parent", help="the parent run id")
+    parser.add_argument("--tracking-uri", default=None, help="store to serve (default: as medrobust)")
+    parser.add_argument("--server", default=None, help="an MLflow server already running (else one is started)")
+    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--out", default="runs/ui_check", help="folder for the screenshots")
+    ns = parser.parse_args(argv)
+
+    from playwright.sync_api import sync_playwright
+
+    server = None
+    if ns.server:
+        url = ns.server.rstrip("/")
+        client = MlflowClient(url)
+    else:
+        uri = resolve_tracking_uri(ns.tracking_uri)
+        client = MlflowClient(uri)
+        server, url = start_server(uri)
+    out = Path(ns.out)
+    out.mkdir(parents=True, exist_ok=True)
+    parent = find_parent(client, ns.sweep, ns.parent)
+    exp, pid = parent.info.experiment_id, parent.info.run_id
+    children = client.search_runs([exp], f"tags.`{PARENT_TAG}` = '{pid}'", order_by=["attributes.start_time ASC"])
+    logged = {a.path for a in client.list_artifacts(pid, "plots")}
+    results: list[tuple[str, bool, str]] = []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=ns.chromium, args=CHROMIUM_ARGS)
+            for figure in (f for f in FIGURES if f in logged):
+                page = browser.new_page(viewport={"width": 1500, "height": 1000})  # fresh: the SPA keeps selection
+                page.goto(f"{url}/#/experiments/{exp}/runs/{pid}/artifacts/{figure}")
+                try:
+                    # The artifact viewer loads the file into a blob: URL; a decoded image is the proof.
+                    page.get_by_text(figure, exact=True).first.wait_for(timeout=60_000)
+                    width = page.wait_for_function(
+                        "() => Math.max(0, ...[...document.images].map(i => i.complete ? i.naturalWidth : 0))"
+                        " > 300 && Math.max(...[...document.images].map(i => i.naturalWidth))",
+                        timeout=60_000,
+                    ).json_value()
+                    ok, detail = True, f"rendered, {width} px wide"
+                except Exception as err:  # a timeout is a failed check, not a crash
+                    ok, detail = False, f"not rendered ({type(err).__name__})"
+                shot = out / f"parent_{Path(figure).stem}.png"
+                page.screenshot(path=str(shot), full_page=True)
+                results.append((f"parent run shows {figure}", ok, f"{detail}; {shot}"))
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            for child in children[:2]:
+                cid = child.info.run_id
+                page.goto(f"{url}/#/experiments/{exp}/runs/{cid}")
+                wanted = sorted(k for k in child.data.metrics if k.startswith("summary/"))
+                try:
+                    page.get_by_text("summary/clean_acc", exact=True).first.wait_for(timeout=60_000)
+                    text = page.inner_text("body")
+                    missing = [k for k in wanted if k not in text]
+                    ok, detail = not missing and bool(wanted), f"{len(wanted) - len(missing)}/{len(wanted)} shown"
+                except Exception as err:
+                    ok, detail = False, f"summary metrics not shown ({type(err).__name__})"
+                shot = out / f"child_{child.data.tags.get('mlflow.runName', cid)}.png".replace("/", "_")
+                page.screenshot(path=str(shot), full_page=True)
+                results.append(
+                    (f"child run {child.data.tags.get('mlflow.runName')} shows summary/*", ok, f"{detail}; {shot}")
+                )
+            browser.close()
+    finally:
+        if server is not None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+    for name, ok, detail in results:
+        print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
+    if not results:
+        print("FAIL  nothing to check: the parent run has no figures and no children")
+    return 0 if results and all(ok for _, ok, _ in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,456 @@
+"""``medrobust sweep`` and ``medrobust report``: the sweep file, parent/child runs, a DDP child, a real MLflow
+server over HTTP, and a sweep killed outright and relaunched."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, SHARED_MEDMNIST, subprocess_env, write_medmnist_npz
+from mlflow import MlflowClient
+
+from experiments.sweep import SweepError, SweepSpec, set_override
+from experiments.tradeoff import (
+    RunRow,
+    build_report,
+    format_table,
+    pareto_front,
+    summary_metrics,
+)
+
+QUICKSTART = REPO / "experiments" / "configs" / "quickstart.yaml"
+SWEEP_BASE = REPO / "experiments" / "configs" / "sweeps" / "pneumonia_tradeoff_cpu.yaml"
+
+
+# ---------------------------------------------------------------------------------------------- the file
+def write_sweep(path: Path, **spec: object) -> Path:
+    spec.setdefault("name", "s")
+    spec.setdefault("base", [str(QUICKSTART)])
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_grid_points_labels_and_keys(tmp_path) -> None:
+    spec = SweepSpec.load(
+        write_sweep(
+            tmp_path / "s.yaml",
+            grid={"callbacks.AdversarialTraining.eps": [0, "8/255"], "seed_everything": [0, 1]},
+            points=[{"model.model_name": "resnet34"}],
+            base=[str(SWEEP_BASE)],
+        )
+    )
+    points = spec.expand()
+    assert [p.label for p in points] == [
+        "eps=0,seed=0",
+        "eps=0,seed=1",
+        "eps=8/255,seed=0",
+        "eps=8/255,seed=1",
+        "model_name=resnet34",
+    ]
+    assert len({p.key for p in points}) == 5
+    reordered = SweepSpec.load(
+        write_sweep(
+            tmp_path / "r.yaml",
+            grid={"seed_everything": [0, 1], "callbacks.AdversarialTraining.eps": [0, "8/255"]},
+            base=[str(SWEEP_BASE)],
+        )
+    )
+    assert {p.key for p in reordered.expand()} == {p.key for p in points[:4]}  # identity survives reordering
+    config = spec.compose(points[2])
+    adv = next(cb for cb in config["trainer"]["callbacks"] if cb["class_path"].endswith("AdversarialTraining"))
+    assert adv["init_args"]["eps"] == "8/255" and config["seed_everything"] == 0
+    assert spec.compose(points[4])["model"]["model_name"] == "resnet34"
+
+
+def test_callback_overrides() -> None:
+    config = yaml.safe_load(SWEEP_BASE.read_text())
+    set_override(config, "callbacks.RobustnessEvaluation", {"pgd_steps": 3})
+    set_override(config, "callbacks.AdversarialTraining", None)
+    set_override(config, "trainer.max_epochs", 1)
+    names = [cb["class_path"].rsplit(".", 1)[1] for cb in config["trainer"]["callbacks"]]
+    assert names == ["RobustnessEvaluation", "ShiftEvaluation"]
+    robust = config["trainer"]["callbacks"][0]["init_args"]
+    assert robust["pgd_steps"] == 3 and robust["attacks"] == ["fgsm", "pgd"]  # merged, not replaced
+    with pytest.raises(SweepError, match=r"no AdversarialTraining in trainer.callbacks"):
+        set_override(config, "callbacks.AdversarialTraining.eps", 0.1)
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ({"gird": {}}, r"unknown keys \['gird'\]"),
+        ({"base": ["missing.yaml"]}, r"base config .*missing.yaml does not exist"),
+        ({"grid": {"seed_everything": []}}, r"grid axis 'seed_everything' must be a non-empty list"),
+        ({"grid": {"seed_everything": [1, 1]}}, r"the same point twice"),
+    ],
+)
+def test_bad_sweep_files(tmp_path, spec, match) -> None:
+    with pytest.raises(SweepError, match=match):
+        SweepSpec.load(write_sweep(tmp_path / "bad.yaml", **spec)).expand()
+
+
+def test_bad_sweep_file_exits_2_with_one_message(tmp_path) -> None:
+    path = write_sweep(tmp_path / "bad.yaml", grid={"callbacks.Nope.eps": [1]})
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments", "sweep", str(path), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "no Nope in trainer.callbacks" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------- aggregation
+def test_summary_takes_the_strongest_attack_per_budget() -> None:
+    metrics = {
+        "test/acc": 0.9,
+        "test/bal_acc": 0.85,
+        "test/auroc": 0.95,
+        "test/adv/fgsm/linf_8_255/acc": 0.5,
+        "test/adv/pgd10/linf_8_255/acc": 0.4,
+        "test/adv/autoattack/linf_8_255/acc": 0.45,
+        "test/adv/pgd10/linf_2_255/bal_acc": 0.7,
+        "test/shift/mean/bal_acc": 0.6,
+        "test/shift/be": 1.1,
+        "test/shift/gaussian_blur/mean/auroc": 0.8,
+        "test/shift/pixelate/mean/auroc": 0.6,
+        "val/acc": 0.99,
+    }
+    assert summary_metrics(metrics) == pytest.approx(
+        {
+            "summary/clean_acc": 0.9,
+            "summary/clean_bal_acc": 0.85,
+            "summary/clean_auroc": 0.95,
+            "summary/adv_acc/linf_8_255": 0.4,
+            "summary/adv_bal_acc/linf_2_255": 0.7,
+            "summary/shift_bal_acc": 0.6,
+            "summary/shift_be": 1.1,
+            "summary/shift_auroc": 0.7,
+        }
+    )
+
+
+def test_pareto_front_and_seed_groups() -> None:
+    assert pareto_front([(0.9, 0.1), (0.8, 0.5), (0.7, 0.4), (0.6, 0.6), (0.9, 0.05)]) == [3, 1, 0]
+    rows = [
+        RunRow(
+            f"r{i}",
+            f"n{i}",
+            "FINISHED",
+            {"eps": eps, "seed_everything": seed},
+            {"summary/clean_acc": acc, "summary/adv_acc/linf_8_255": adv},
+        )
+        for i, (eps, seed, acc, adv) in enumerate(
+            [("0", 0, 0.90, 0.00), ("0", 1, 0.88, 0.02), ("8/255", 0, 0.80, 0.60), ("8/255", 1, 0.84, 0.64)]
+        )
+    ]
+    report = build_report(rows, ["eps", "seed_everything"])
+    groups = {g["group"]: g for g in report["groups"]}
+    assert groups["eps=8/255"]["n"] == 2
+    assert groups["eps=8/255"]["adv_acc/linf_8_255/mean"] == pytest.approx(0.62)
+    assert groups["eps=8/255"]["adv_acc/linf_8_255/std"] == pytest.approx(0.0283, abs=1e-4)
+    assert report["pareto_front"]["linf_8_255"] == ["eps=8/255", "eps=0"]
+    assert "| eps=0 | 2 | 0.890 ± 0.014 | 0.010 ± 0.014 |" in format_table(report)
+
+
+def test_every_sweep_file_composes_into_valid_configs(tmp_path, tracking_uri) -> None:
+    from experiments.cli import MedRobustCLI
+
+    files = sorted((REPO / "experiments" / "sweeps").glob("*.yaml"))
+    assert len(files) >= 4
+    for file in files:
+        spec = SweepSpec.load(file)
+        points = spec.expand()
+        for point in (points[0], points[-1]):
+            config = spec.compose(point)
+            flag = config["data"]["flag"]
+            data = (
+                {"root": str(SHARED_MEDMNIST)}
+                if (SHARED_MEDMNIST / f"{flag}.npz").is_file()
+                else {"path": str(write_medmnist_npz(tmp_path / f"{flag}.npz", flag, size=config["data"]["size"]))}
+            )
+            config["data"] |= data
+            # GPU sweeps ask for accelerator gpu; this checks the config, not the hardware.
+            config["trainer"] |= {"accelerator": "cpu", "devices": 1, "strategy": "auto"}
+            path = tmp_path / f"{file.stem}_{point.index}.yaml"
+            path.write_text(yaml.safe_dump(config))
+            cli = MedRobustCLI(args=["--config", str(path)], run=False)
+            assert cli.model.num_classes == cli.datamodule.num_classes, file
+
+
+# ------------------------------------------------------------------------------------------ end to end
+TINY = {
+    "model.model_name": "test_resnet",
+    "trainer.max_epochs": 2,
+    "trainer.enable_progress_bar": False,
+    "trainer.log_every_n_steps": 1,
+    "trainer.accelerator": "cpu",
+    "mlflow.system_metrics": False,
+    "data.batch_size": 64,
+    "data.eval_batch_size": 64,
+    "data.shifts": ["corruption:gaussian_noise@1", "corruption:gaussian_noise@5"],
+    "callbacks.AdversarialTraining.steps": 2,
+    "callbacks.RobustnessEvaluation.linf_eps": ["2/255", "8/255"],
+    "callbacks.RobustnessEvaluation.pgd_steps": 3,
+    "callbacks.RobustnessEvaluation.sanity_checks": False,
+}
+
+
+def data_overrides(tmp_path: Path) -> dict[str, object]:
+    """Real PneumoniaMNIST (subsampled) when present, else a synthetic stand-in of the same format."""
+    if (SHARED_MEDMNIST / "pneumoniamnist.npz").is_file():
+        source: dict[str, object] = {"data.root": str(SHARED_MEDMNIST)}
+    else:
+        source = {"data.path": str(write_medmnist_npz(tmp_path / "pneumonia.npz", "pneumoniamnist", n=(256, 64, 61)))}
+    return {**source, "data.subsample": {"train": 256, "val": 64, "test": 61}}
+
+
+def sweep(path: Path, *args: str, cwd: Path, uri: str, **popen: object) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "experiments", "sweep", str(path), "--tracking-uri", uri, *args],
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+        **popen,
+    )
+
+
+def sweep_runs(client: MlflowClient, name: str = "tests") -> list:
+    exp = client.get_experiment_by_name(name)
+    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]) if exp else []
+
+
+def test_sweep_with_a_ddp_child(tmp_path) -> None:
+    """Parent + 2 children, one of them 2 DDP processes (gloo): 3 runs, all FINISHED; the DDP child's best
+    checkpoint, evaluated again on one process, gives exactly the test metrics the child logged."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = write_sweep(
+        tmp_path / "ddp.yaml",
+        name="ddp",
+        experiment="tests",
+        base=[str(SWEEP_BASE)],
+        overrides={**TINY, **data_overrides(tmp_path), "callbacks.AdversarialTraining.eps": 0},
+        points=[
+            {"trainer.devices": 1},
+            # Same global batch (2 x 32) as the single process; DDP shards and reorders the data.
+            {"trainer.devices": 2, "trainer.strategy": "ddp", "data.batch_size": 32},
+        ],
+    )
+    proc = sweep(path, cwd=tmp_path, uri=uri)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client = MlflowClient(uri)
+    runs = sweep_runs(client)
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
+    parent, single, ddp = runs
+    assert parent.data.tags["sweep.role"] == "parent"
+    assert {single.data.tags["mlflow.parentRunId"], ddp.data.tags["mlflow.parentRunId"]} == {parent.info.run_id}
+    assert ddp.data.params["trainer.strategy"] == "ddp" and ddp.data.params["trainer.devices"] == "2"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"tradeoff.json", "tradeoff_table.json", "plots"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/tradeoff_adversarial.png", "plots/tradeoff_shift.png"} <= plots
+    table = json.loads(Path(client.download_artifacts(parent.info.run_id, "tradeoff.json", str(tmp_path))).read_text())
+    assert len(table["runs"]) == 2
+    for run in (single, ddp):
+        assert {"summary/clean_acc", "summary/adv_acc/linf_8_255", "summary/shift_bal_acc"} <= set(run.data.metrics)
+        # Each test sample counted once, on 1 process or 2.
+        report = json.loads(
+            Path(
+                client.download_artifacts(run.info.run_id, "robustness.json", str(tmp_path / run.info.run_id))
+            ).read_text()
+        )
+        assert {r["n"] for r in report["results"]} == {61}
+
+    # The DDP child's checkpoint, tested again on one process.
+    best = ddp.data.tags["best_checkpoint"]
+    (ddp_config,) = (tmp_path / "runs" / "sweeps" / "ddp").glob("001_*.yaml")  # the config the driver wrote
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments",
+            "test",
+            "--config",
+            str(ddp_config),
+            f"--ckpt_path={best}",
+            "--trainer.devices=1",
+            "--trainer.strategy=auto",
+            "--trainer.logger.init_args.run_id=null",
+            "--trainer.logger.init_args.run_name=again",
+        ],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = next(r for r in sweep_runs(client) if r.info.run_name == "again")
+    for key in ["test/acc", "test/bal_acc", "test/auroc", "test/adv/pgd3/linf_8_255/acc", "test/shift/mean/bal_acc"]:
+        assert rerun.data.metrics[key] == pytest.approx(ddp.data.metrics[key], abs=1e-6), key
+
+    # Training curves: DDP sees the same data in another order, in per-rank batches of 32 (BatchNorm statistics
+    # per rank), so they are close, not equal. Tolerance: 0.1 in mean training loss per epoch.
+    history = {
+        name: [m.value for m in client.get_metric_history(run.info.run_id, "train/loss_epoch")]
+        for name, run in (("single", single), ("ddp", ddp))
+    }
+    assert len(history["single"]) == len(history["ddp"]) == 2
+    for a, b in zip(history["single"], history["ddp"], strict=True):
+        assert abs(a - b) < 0.1, history
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real ``mlflow server`` on loopback with a SQLite backend and a proxied artifact store."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "server.log", "w"),  # noqa: SIM115 (the server holds it until killed)
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    import urllib.request
+
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if server.poll() is not None or time.time() > deadline:
+            pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield uri
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+
+
+def test_sweep_against_a_real_mlflow_server(tmp_path, mlflow_server) -> None:
+    path = write_sweep(
+        tmp_path / "http.yaml",
+        name="http",
+        experiment="tests",
+        base=[str(SWEEP_BASE)],
+        overrides={**TINY, **data_overrides(tmp_path), "trainer.max_epochs": 1},
+        grid={"callbacks.AdversarialTraining.eps": [0, "8/255"]},
+    )
+    proc = sweep(path, cwd=tmp_path, uri=mlflow_server)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client = MlflowClient(mlflow_server)
+    runs = sweep_runs(client)
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
+    parent, *children = runs
+    assert parent.info.artifact_uri.startswith("mlflow-artifacts:")
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert "summary/adv_acc/linf_8_255" in child.data.metrics
+        assert {"config.yaml", "robustness.json", "shift.json"} <= {
+            a.path for a in client.list_artifacts(child.info.run_id)
+        }
+    report = json.loads(Path(client.download_artifacts(parent.info.run_id, "tradeoff.json", str(tmp_path))).read_text())
+    assert sorted(r["group"] for r in report["runs"]) == ["eps=0", "eps=8/255"]
+    assert "plots/tradeoff_adversarial.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    # And `medrobust report` rebuilds the same table over HTTP, for the parent run or the whole experiment.
+    rep = subprocess.run(
+        [sys.executable, "-m", "experiments", "report", "tests", "--tracking-uri", mlflow_server],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    assert "| eps=8/255 | 1 |" in rep.stdout
+
+
+def test_a_killed_sweep_relaunches_without_rerunning_or_duplicating(tmp_path) -> None:
+    """SIGKILL the whole sweep (driver and child) while its second child trains; rerunning the same command marks
+    that child KILLED, resumes it in the same run, leaves the finished one alone, and finishes the third."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = write_sweep(
+        tmp_path / "kill.yaml",
+        name="kill",
+        experiment="tests",
+        base=[str(SWEEP_BASE)],
+        overrides={
+            **TINY,
+            **data_overrides(tmp_path),
+            "callbacks.AdversarialTraining.eps": 0,
+            "callbacks.RobustnessEvaluation.linf_eps": ["8/255"],
+            "data.shifts": [],
+            "callbacks.ShiftEvaluation": None,
+            "trainer.max_epochs": 3,
+        },
+        grid={"seed_everything": [0, 1, 2]},
+    )
+    cmd = [sys.executable, "-m", "experiments", "sweep", str(path), "--tracking-uri", uri]
+    log = open(tmp_path / "first.log", "w")  # noqa: SIM115 (the sweep holds it until killed)
+    first = subprocess.Popen(
+        cmd, cwd=tmp_path, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    client = MlflowClient(uri)
+    deadline = time.time() + 300
+    while True:
+        children = [r for r in sweep_runs(client) if r.data.tags.get("sweep.role") == "child"]
+        second = [r for r in children if r.data.tags.get("sweep.label") == "seed=1"]
+        if second and "val/auroc" in client.get_run(second[0].info.run_id).data.metrics:
+            break  # the second child has finished an epoch: kill mid-training
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.time() < deadline, "the sweep never reached its second child"
+        time.sleep(0.3)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    before = {r.data.tags["sweep.label"]: r for r in sweep_runs(client) if r.data.tags.get("sweep.role") == "child"}
+    assert before["seed=0"].info.status == "FINISHED" and before["seed=1"].info.status == "RUNNING"
+
+    second_try = sweep(path, cwd=tmp_path, uri=uri)
+    assert second_try.returncode == 0, second_try.stdout[-3000:] + second_try.stderr[-3000:]
+    assert "marked KILLED" in second_try.stdout
+    runs = sweep_runs(client)
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)  # parent + 3, no duplicates
+    after = {r.data.tags["sweep.label"]: r for r in runs if r.data.tags.get("sweep.role") == "child"}
+    assert after["seed=0"].info.end_time == before["seed=0"].info.end_time  # not rerun
+    assert after["seed=0"].data.tags["sweep.attempt"] == "1"
+    assert after["seed=1"].info.run_id == before["seed=1"].info.run_id
+    assert after["seed=1"].data.tags["sweep.attempt"] == "2" and "sweep.stale" in after["seed=1"].data.tags
+    assert "--ckpt_path=" in second_try.stdout  # resumed from its last checkpoint
+    epochs = [m.step for m in client.get_metric_history(after["seed=1"].info.run_id, "val/auroc")]
+    assert len(epochs) >= 3
