@@ -146,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
                 page.goto(f"{url}/#/experiments/{exp}/runs/{cid}")
                 wanted = sorted(k for k in child.data.metrics if k.startswith("summary/"))
                 try:
-                    page.get_by_text("summary/clean_acc", exact=True).first.wait_for(timeout=60_000)
+                    shown = page.get_by_text("summary/clean_acc", exact=True).first
+                    shown.wait_for(timeout=60_000)
+                    shown.scroll_into_view_if_needed()  # the screenshot then shows the summary metrics
                     text = page.inner_text("body")
                     missing = [k for k in wanted if k not in text]
                     ok, detail = not missing and bool(wanted), f"{len(wanted) - len(missing)}/{len(wanted)} shown"

@@ -308,6 +308,7 @@ def test_sweep_with_a_ddp_child(tmp_path) -> None:
         name: [m.value for m in client.get_metric_history(run.info.run_id, "train/loss_epoch")]
         for name, run in (("single", single), ("ddp", ddp))
     }
+    print("train/loss_epoch per epoch:", history)
     assert len(history["single"]) == len(history["ddp"]) == 2
     for a, b in zip(history["single"], history["ddp"], strict=True):
         assert abs(a - b) < 0.1, history
