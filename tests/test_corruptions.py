@@ -87,7 +87,7 @@ def test_blur_and_contrast_families_reduce_local_variation(grey) -> None:
         ({"name": "saturate"}, "does not apply to pneumoniamnist's modality"),
         ({"name": "gaussian_noise", "severity": 6}, r"outside 1..5"),
         ({"name": "gaussian_noise", "severity": 0}, r"outside 1..5"),
-        ({"name": "stain_deposit", "flag": "pathmnist"}, "not implemented in medrobust yet"),
+        ({"name": "stain_deposit"}, "does not apply to pneumoniamnist's modality"),
         ({"name": "gaussian_noise", "flag": "organmnist3d"}, "defines no corruptions"),
     ],
 )
@@ -156,3 +156,68 @@ def test_statistics_match_medmnist_c(grey, name, severity) -> None:
     ours_std = float((ours.float() - grey.float()).std())
     ref_std = float((ref.float() - grey.float()).std())
     assert ours_std == pytest.approx(ref_std, rel=0.15, abs=0.3)
+
+
+# ------------------------------------------------------------------------------ stains and characters (RGB)
+OCCLUSIONS = [("pathmnist", "stain_deposit"), ("bloodmnist", "stain_deposit"), ("dermamnist", "characters")]
+
+
+def _rgb_at(rgb: torch.Tensor, size: int) -> torch.Tensor:
+    """The RGB images resized to ``size`` px, bright enough that dark stains and coloured text show."""
+    x = torch.nn.functional.interpolate(rgb.float(), size=size, mode="bilinear", align_corners=False)
+    return (x * 0.5 + 120).clamp(0, 255).to(torch.uint8)
+
+
+@pytest.mark.parametrize(("flag", "name"), OCCLUSIONS)
+def test_occlusions_are_seeded_and_stronger_with_severity(rgb, flag, name) -> None:
+    x = _rgb_at(rgb, 64)
+    out = corrupt(x, flag, name, 3, seed=1)
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    assert torch.equal(out, corrupt(x, flag, name, 3, seed=1))
+    assert not torch.equal(out, corrupt(x, flag, name, 3, seed=2))
+    strengths = [_strength(x, corrupt(x, flag, name, s)) for s in SEVERITIES]
+    assert strengths[0] < strengths[2] < strengths[4], strengths
+    if name == "stain_deposit":
+        assert bool((corrupt(x, flag, name, 5).float() <= x.float() + 0.5).all())  # ink only darkens
+
+
+@pytest.mark.parametrize(("flag", "name"), OCCLUSIONS)
+def test_occlusions_cover_the_same_fraction_at_every_size(rgb, flag, name) -> None:
+    at = {size: _strength(_rgb_at(rgb, size), corrupt(_rgb_at(rgb, size), flag, name, 4)) for size in (28, 64, 224)}
+    assert at[28] == pytest.approx(at[224], rel=0.2) and at[64] == pytest.approx(at[224], rel=0.2), at
+
+
+def _reference_occlusion(images: torch.Tensor, flag: str, name: str, severity: int) -> torch.Tensor:
+    """MedMNIST-C's StainDeposit / Characters on 224 px RGB images (they need room: 28 px images crash them)."""
+    import random
+
+    from medmnistc.corruptions.microscopy import Characters, StainDeposit
+    from PIL import Image
+
+    params = {
+        ("pathmnist", "stain_deposit"): [1, 2, 3, 4, 5],
+        ("bloodmnist", "stain_deposit"): [1, 2, 3, 3, 3],
+        ("dermamnist", "characters"): SEVERITY_PARAMS["dermamnist"]["characters"],
+    }[(flag, name)]
+    corruptor = (StainDeposit if name == "stain_deposit" else Characters)(severity_params=params)
+    random.seed(0)
+    np.random.seed(0)
+    out = [
+        np.asarray(corruptor.apply(Image.fromarray(img.permute(1, 2, 0).numpy()), severity - 1), dtype=np.uint8)
+        for img in images
+    ]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("severity", [1, 5])
+@pytest.mark.parametrize(("flag", "name"), OCCLUSIONS)
+def test_occlusions_match_medmnist_c(rgb, flag, name, severity) -> None:
+    pytest.importorskip("cv2", reason="the MedMNIST-C reference needs OpenCV, installed by .ci/run")
+    pytest.importorskip("medmnistc.corruptions.microscopy", reason="the MedMNIST-C reference is installed by .ci/run")
+    x = _rgb_at(rgb.repeat(4, 1, 1, 1), 224)  # 64 images at MedMNIST-C's own size
+    ours, ref = (
+        _strength(x, corrupt(x, flag, name, severity)),
+        _strength(x, _reference_occlusion(x, flag, name, severity)),
+    )
+    # Random placement, counts and (for characters) glyphs and colours: compare the mean change per pixel.
+    assert ours == pytest.approx(ref, rel=0.3), (ours, ref)

@@ -243,3 +243,118 @@ def zoom_blur(x: torch.Tensor, param: tuple[float, float], g: torch.Generator, s
         trim = (zoomed.shape[-1] - h) // 2
         acc += zoomed[..., trim : trim + h, trim : trim + h]
     return ((x + acc) / (len(factors) + 1)).clamp(0, 1)
+
+
+# ------------------------------------------------------------------------------------------------- occlusions
+# Stains and characters are objects laid on the slide or the photo. They are placed on MedMNIST-C's 224 px grid with
+# its random draws and scaled in proportion to the image, so they cover the same fraction of it at every size (at
+# 28 px a stain is 3 to 5 px across, a word a faint streak, as they would be if the 224 px image were downsampled).
+_INKS: dict[int, torch.Tensor] = {}
+
+
+def inks(ink_set: int) -> torch.Tensor:
+    """MedMNIST-C's ink-blot masks (Apache-2.0, vendored bit-packed): ``(10, s, s)`` floats, s = 12..42 px at 224."""
+    if not _INKS:
+        from importlib.resources import files
+
+        import numpy as np
+
+        with files("datamodules.corruptions").joinpath("assets/inks.npz").open("rb") as fh, np.load(fh) as npz:
+            for key in range(1, 6):
+                shape = tuple(npz[f"shape_{key}"])
+                bits = np.unpackbits(npz[f"ink_{key}"], axis=1)[:, : shape[1] * shape[2]]
+                _INKS[key] = torch.from_numpy(bits.reshape(shape).astype(np.float32))
+    return _INKS[ink_set]
+
+
+def _randint(low: int, high: int, g: torch.Generator) -> int:
+    """Uniform integer in [low, high], both included (Python's ``random.randint``)."""
+    return int(torch.randint(low, high + 1, (1,), generator=g))
+
+
+def _blot_alpha(
+    mask: torch.Tensor, x0: float, y0: float, x1: float, y1: float, up: int
+) -> tuple[torch.Tensor, int, int]:
+    """``mask`` stretched over the box (x0, y0)-(x1, y1) of this image's grid, as coverage per pixel: drawn ``up``
+    times finer, then area-averaged. Returns the coverage and the box's first row and column."""
+    c0, r0, c1, r1 = math.floor(x0), math.floor(y0), math.ceil(x1), math.ceil(y1)
+    canvas = torch.zeros(((r1 - r0) * up, (c1 - c0) * up))
+    fine = F.interpolate(mask[None, None], size=(round((y1 - y0) * up), round((x1 - x0) * up)), mode="nearest")[0, 0]
+    oy, ox = round((y0 - r0) * up), round((x0 - c0) * up)
+    fh, fw = min(fine.shape[0], canvas.shape[0] - oy), min(fine.shape[1], canvas.shape[1] - ox)
+    canvas[oy : oy + fh, ox : ox + fw] = fine[:fh, :fw]
+    return F.avg_pool2d(canvas[None, None], up)[0, 0], r0, c0
+
+
+def stain_deposit(x: torch.Tensor, param: tuple[int, int], g: torch.Generator, size: int) -> torch.Tensor:
+    """1 to ``max_marks`` black ink blots per image (one mark when ``max_marks`` is 1), each darkening every channel
+    by its mask: MedMNIST-C's stain deposit, with its blots scaled to this size (area-averaged, so edges are soft)."""
+    max_marks, ink_set = param
+    masks = inks(ink_set)
+    ref = REFERENCE_SIZE
+    h, w = x.shape[-2:]
+    sx, sy = w / ref, h / ref
+    up = max(1, math.ceil(8 / min(sx, sy)))
+    out = x.clone()
+    for i in range(x.shape[0]):
+        count = _randint(1, max_marks, g) if max_marks > 1 else max_marks
+        for _ in range(count):
+            ink = masks[_randint(0, len(masks) - 1, g)]
+            side = ink.shape[-1]
+            left, top = _randint(10, ref - side - 10, g), _randint(10, ref - side - 10, g)
+            alpha, r0, c0 = _blot_alpha(ink, left * sx, top * sy, (left + side) * sx, (top + side) * sy, up)
+            r1, c1 = min(h, r0 + alpha.shape[0]), min(w, c0 + alpha.shape[1])
+            out[i, :, r0:r1, c0:c1] *= 1 - alpha[: r1 - r0, : c1 - c0].to(x.dtype)
+    return out
+
+
+def characters(x: torch.Tensor, param: tuple[int, int, float], g: torch.Generator, size: int) -> torch.Tensor:
+    """1 to ``max_words`` random lower-case words of 3 to ``max_letters`` letters, each in a random colour, at font
+    scales 0.14 to ``max_font_scale`` of OpenCV's Hershey duplex font on the 224 px grid, as MedMNIST-C writes them
+    (rendered with Pillow's bundled FreeType font, sized to match Hershey's text width, with a stroke that stands in
+    for Hershey's 1 px lines at 224 px, drawn finely and area-averaged; its mean change per pixel is within 10% of
+    the reference's)."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    max_words, max_letters, max_scale = param
+    ref = REFERENCE_SIZE
+    h, w = x.shape[-2:]
+    scale = w / ref
+    out = x.clone()
+    for i in range(x.shape[0]):
+        for _ in range(_randint(1, max_words, g)):
+            letters = _randint(3, max_letters, g)
+            font_scale = _randint(14, int(max_scale * 100), g) / 100
+            text = "".join(chr(ord("a") + _randint(0, 25, g)) for _ in range(letters))
+            left, baseline = _randint(10, ref - 8 * letters, g), _randint(10, ref - 10, g)
+            color = torch.tensor([_randint(0, 255, g) for _ in range(3)], dtype=x.dtype) / 255
+            if x.shape[1] == 1:
+                color = (color * LUMA.to(x.dtype)).sum().reshape(1)
+            # Hershey duplex at scale s is about 16.4 * s px per letter; Pillow's font at size z about 0.556 * z.
+            px = font_scale * HERSHEY_TO_PIL * scale
+            up = max(1, math.ceil(48 / px))
+            font = ImageFont.load_default(size=max(1, round(px * up)))
+            x0, y0 = left * scale, baseline * h / ref
+            c0, r0 = math.floor(x0), max(0, math.floor(y0 - 1.2 * px))
+            c1, r1 = min(w, math.ceil(x0 + 0.7 * px * len(text)) + 1), min(h, math.ceil(y0 + 0.4 * px) + 1)
+            if c1 <= c0 or r1 <= r0:
+                continue
+            layer = Image.new("L", ((c1 - c0) * up, (r1 - r0) * up))
+            ImageDraw.Draw(layer).text(
+                ((x0 - c0) * up, (y0 - r0) * up),
+                text,
+                fill=255,
+                font=font,
+                anchor="ls",
+                stroke_width=round(up * scale / 12),
+                stroke_fill=255,
+            )
+            fine = torch.from_numpy(np.asarray(layer, dtype=np.float32) / 255)
+            alpha = F.avg_pool2d(fine[None, None], up)[0, 0].to(x.dtype)
+            region = out[i, :, r0:r1, c0:c1]
+            out[i, :, r0:r1, c0:c1] = region * (1 - alpha) + color.view(-1, 1, 1) * alpha
+    return out
+
+
+HERSHEY_TO_PIL = 16.4 / 0.556

@@ -37,9 +37,11 @@ OPERATION = {
     "black_corner": "black_corner",
     "bubble": "bubble",
     "zoom_blur": "zoom_blur",
+    "stain_deposit": "stain_deposit",
+    "characters": "characters",
 }
-# In MedMNIST-C but not implemented here yet: stain deposits paste its ink-blot asset, characters need a font renderer.
-NOT_IMPLEMENTED = ("stain_deposit", "characters")
+# Every MedMNIST-C corruption is implemented.
+NOT_IMPLEMENTED: tuple[str, ...] = ()
 
 _GREY_COMMON = {
     "pixelate": [0.30, 0.25, 0.20, 0.15, 0.10],
@@ -72,7 +74,9 @@ SEVERITY_PARAMS: dict[str, dict[str, list]] = {
         "contrast_up": [1.1, 1.2, 1.3, 1.4, 1.6],
         "contrast_down": [0.8, 0.7, 0.6, 0.55, 0.5],
         "saturate": [0.05, 0.10, 0.15, 0.20, 0.25],
-        "stain_deposit": [1, 2, 3, 4, 5],
+        # (max marks, ink set): MedMNIST-C picks the ink set max(3, severity index), so s1-s4 use its 24 px inks
+        # and s5 its 32 px ones.
+        "stain_deposit": [(1, 3), (2, 3), (3, 3), (4, 3), (5, 4)],
         "bubble": [(7, 15), (10, 15), (12, 15), (15, 20), (17, 25)],
     },
     "bloodmnist": {
@@ -85,7 +89,7 @@ SEVERITY_PARAMS: dict[str, dict[str, list]] = {
         "contrast_up": [1.1, 1.15, 1.2, 1.25, 1.3],
         "contrast_down": [0.9, 0.8, 0.7, 0.6, 0.5],
         "saturate": [0.05, 0.10, 0.15, 0.17, 0.20],
-        "stain_deposit": [1, 2, 3, 3, 3],
+        "stain_deposit": [(1, 3), (2, 3), (3, 3), (3, 3), (3, 4)],
         "bubble": [(5, 10), (7, 10), (10, 10), (12, 12), (15, 12)],
     },
     "dermamnist": {
