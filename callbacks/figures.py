@@ -70,6 +70,9 @@ def robustness_figure(results: list[dict]) -> Figure:
             eps = [0.0] + [r["eps"] for r in rows] if clean is not None else [r["eps"] for r in rows]
             acc = [clean] + [r["acc"] for r in rows] if clean is not None else [r["acc"] for r in rows]
             label = rows[0]["key"].split("/")[0]
+            counts = {r.get("n") for r in rows} - {None}
+            if counts:  # an attack run on fewer samples (AutoAttack under max_samples) is not on the same footing
+                label += f" (n={'/'.join(str(c) for c in sorted(counts))})"
             ax.plot([e * 255 for e in eps] if norm == "linf" else eps, acc, marker="o", label=label)
         ax.set_xlabel("eps (x/255)" if norm == "linf" else "eps (L2, pixel units)")
         ax.set_ylabel("accuracy")
