@@ -432,8 +432,11 @@ def test_a_killed_sweep_relaunches_without_rerunning_or_duplicating(tmp_path) ->
     while True:
         children = [r for r in sweep_runs(client) if r.data.tags.get("sweep.role") == "child"]
         second = [r for r in children if r.data.tags.get("sweep.label") == "seed=1"]
-        if second and "val/auroc" in client.get_run(second[0].info.run_id).data.metrics:
-            break  # the second child has finished an epoch: kill mid-training
+        if second:
+            info = second[0].info
+            last = tmp_path / "runs" / info.experiment_id / info.run_id / "checkpoints" / "last.ckpt"
+            if last.is_file():  # written (atomically) after the epoch's validation: kill mid-training
+                break
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         assert time.time() < deadline, "the sweep never reached its second child"
         time.sleep(0.3)
@@ -452,6 +455,6 @@ def test_a_killed_sweep_relaunches_without_rerunning_or_duplicating(tmp_path) ->
     assert after["seed=0"].data.tags["sweep.attempt"] == "1"
     assert after["seed=1"].info.run_id == before["seed=1"].info.run_id
     assert after["seed=1"].data.tags["sweep.attempt"] == "2" and "sweep.stale" in after["seed=1"].data.tags
-    assert "--ckpt_path=" in second_try.stdout  # resumed from its last checkpoint
+    assert "--ckpt_path=" in second_try.stdout, second_try.stdout[-2000:]  # resumed from its last checkpoint
     epochs = [m.step for m in client.get_metric_history(after["seed=1"].info.run_id, "val/auroc")]
     assert len(epochs) >= 3
