@@ -458,3 +458,49 @@ def test_a_killed_sweep_relaunches_without_rerunning_or_duplicating(tmp_path) ->
     assert "--ckpt_path=" in second_try.stdout, second_try.stdout[-2000:]  # resumed from its last checkpoint
     epochs = [m.step for m in client.get_metric_history(after["seed=1"].info.run_id, "val/auroc")]
     assert len(epochs) >= 3
+
+
+def test_a_failed_ddp_child_resumes_in_the_same_run(tmp_path) -> None:
+    """Both processes of a DDP child fail at epoch 1; rerunning the sweep resumes that child, on 2 processes again,
+    from its last checkpoint and into the same MLflow run (one run, FINISHED, every epoch's validation once)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    base = yaml.safe_load(SWEEP_BASE.read_text())
+    base["trainer"]["callbacks"].append(
+        {"class_path": "fail_once.FailOnce", "init_args": {"marker": str(tmp_path / "failed"), "epoch": 1}}
+    )
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    path = write_sweep(
+        tmp_path / "ddp_resume.yaml",
+        name="ddp_resume",
+        experiment="tests",
+        base=[str(tmp_path / "base.yaml")],
+        overrides={
+            **TINY,
+            **data_overrides(tmp_path),
+            "callbacks.AdversarialTraining.eps": 0,
+            "callbacks.RobustnessEvaluation.linf_eps": ["8/255"],
+            "data.shifts": [],
+            "callbacks.ShiftEvaluation": None,
+            "trainer.max_epochs": 3,
+            "trainer.devices": 2,
+            "trainer.strategy": "ddp",
+            "data.batch_size": 32,
+        },
+    )
+    first = sweep(path, cwd=tmp_path, uri=uri)
+    assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
+    client = MlflowClient(uri)
+    (child,) = [r for r in sweep_runs(client) if r.data.tags.get("sweep.role") == "child"]
+    assert child.info.status == "FAILED"
+    assert {p.name for p in tmp_path.glob("failed.rank*")} == {"failed.rank0", "failed.rank1"}
+
+    second = sweep(path, cwd=tmp_path, uri=uri)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "--ckpt_path=" in second.stdout
+    runs = sweep_runs(client)
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    (after,) = [r for r in runs if r.data.tags.get("sweep.role") == "child"]
+    assert after.info.run_id == child.info.run_id and after.data.tags["sweep.attempt"] == "2"
+    epochs = [m.step for m in client.get_metric_history(after.info.run_id, "val/auroc")]
+    assert len(epochs) == 3, epochs  # epoch 0 before the failure, 1 and 2 after the resume
+    assert "test/acc" in after.data.metrics and after.data.params["trainer.devices"] == "2"
