@@ -12,18 +12,12 @@ Exit status 0 when every check passes; each check prints PASS or FAIL.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
 from experiments.mlflow_logger import resolve_tracking_uri
+from experiments.mlflow_server import LocalMlflowServer
 from experiments.tradeoff import PARENT_TAG, TAG_ROLE, TAG_SWEEP
 
 CHROMIUM_ARGS = [
@@ -37,47 +31,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 FIGURES = ("plots/tradeoff_adversarial.png", "plots/tradeoff_shift.png", "plots/sweep_curves.png")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(tracking_uri: str) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            tracking_uri,
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return proc, url
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"mlflow server on {tracking_uri} did not start")
 
 
 def find_parent(client: MlflowClient, sweep: str | None, parent: str | None) -> object:
@@ -112,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         uri = resolve_tracking_uri(ns.tracking_uri)
         client = MlflowClient(uri)
-        server, url = start_server(uri)
+        server = LocalMlflowServer(uri).wait()
+        url = server.url
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
     parent = find_parent(client, ns.sweep, ns.parent)
@@ -162,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             browser.close()
     finally:
         if server is not None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
+            server.stop()
     for name, ok, detail in results:
         print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
     if not results:

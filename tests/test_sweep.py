@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import yaml
 from conftest import REPO, SHARED_MEDMNIST, subprocess_env, write_medmnist_npz
 from mlflow import MlflowClient
 
+from experiments.mlflow_server import LocalMlflowServer
 from experiments.sweep import SweepError, SweepSpec, set_override
 from experiments.tradeoff import (
     RunRow,
@@ -207,6 +207,15 @@ TINY = {
 }
 
 
+# Standard training, one attack budget, no shift suite: the cheapest child that still tests what a sweep does.
+STANDARD_NO_SHIFT = {
+    "callbacks.AdversarialTraining.eps": 0,
+    "callbacks.RobustnessEvaluation.linf_eps": ["8/255"],
+    "data.shifts": [],
+    "callbacks.ShiftEvaluation": None,
+}
+
+
 def data_overrides(tmp_path: Path) -> dict[str, object]:
     """Real PneumoniaMNIST (subsampled) when present, else a synthetic stand-in of the same format."""
     if (SHARED_MEDMNIST / "pneumoniamnist.npz").is_file():
@@ -314,54 +323,12 @@ def test_sweep_with_a_ddp_child(tmp_path) -> None:
         assert abs(a - b) < 0.1, history
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real ``mlflow server`` on loopback with a SQLite backend and a proxied artifact store."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "server.log", "w"),  # noqa: SIM115 (the server holds it until killed)
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    import urllib.request
-
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if server.poll() is not None or time.time() > deadline:
-            pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.5)
-    yield uri
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
+    backend = f"sqlite:///{tmp_path / 'server.db'}"
+    with LocalMlflowServer(backend, str(tmp_path / "artifacts"), log=tmp_path / "server.log") as server:
+        yield server.url
 
 
 def test_sweep_against_a_real_mlflow_server(tmp_path, mlflow_server) -> None:
@@ -414,10 +381,7 @@ def test_a_killed_sweep_relaunches_without_rerunning_or_duplicating(tmp_path) ->
         overrides={
             **TINY,
             **data_overrides(tmp_path),
-            "callbacks.AdversarialTraining.eps": 0,
-            "callbacks.RobustnessEvaluation.linf_eps": ["8/255"],
-            "data.shifts": [],
-            "callbacks.ShiftEvaluation": None,
+            **STANDARD_NO_SHIFT,
             "trainer.max_epochs": 3,
         },
         grid={"seed_everything": [0, 1, 2]},
@@ -477,10 +441,7 @@ def test_a_failed_ddp_child_resumes_in_the_same_run(tmp_path) -> None:
         overrides={
             **TINY,
             **data_overrides(tmp_path),
-            "callbacks.AdversarialTraining.eps": 0,
-            "callbacks.RobustnessEvaluation.linf_eps": ["8/255"],
-            "data.shifts": [],
-            "callbacks.ShiftEvaluation": None,
+            **STANDARD_NO_SHIFT,
             "trainer.max_epochs": 3,
             "trainer.devices": 2,
             "trainer.strategy": "ddp",
