@@ -465,3 +465,41 @@ def test_a_failed_ddp_child_resumes_in_the_same_run(tmp_path) -> None:
     epochs = [m.step for m in client.get_metric_history(after.info.run_id, "val/auroc")]
     assert len(epochs) == 3, epochs  # epoch 0 before the failure, 1 and 2 after the resume
     assert "test/acc" in after.data.metrics and after.data.params["trainer.devices"] == "2"
+
+
+def test_stale_detection_by_process_and_by_heartbeat(tmp_path) -> None:
+    """RUNNING children: this host's dead process -> KILLED; another host's old heartbeat -> KILLED; another host's
+    fresh heartbeat -> left alone (it is running there) and skipped by the driver."""
+    from experiments.sweep import SweepRunner
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = SweepSpec.load(write_sweep(tmp_path / "s.yaml", experiment="tests", grid={"seed_everything": [0, 1, 2]}))
+    runner = SweepRunner(spec, uri, stale_after=60, out=open(os.devnull, "w"))  # noqa: SIM115
+    parent = runner.ensure_parent()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    now = time.time()
+    tags = {
+        0: {"sweep.host": runner.host, "sweep.pid": str(dead.pid)},
+        1: {"sweep.host": "elsewhere", "sweep.heartbeat": str(int(now - 3600))},
+        2: {"sweep.host": "elsewhere", "sweep.heartbeat": str(int(now))},
+    }
+    for point in runner.points:
+        run = runner.client.create_run(
+            runner.experiment_id,
+            tags={
+                "mlflow.parentRunId": parent,
+                "sweep.point": point.key,
+                "sweep.label": point.label,
+                **tags[point.index],
+            },
+        )
+        assert run.info.status == "RUNNING"
+    runner.mark_stale(runner.children())
+    status = {
+        r.data.tags["sweep.label"]: (r.info.status, r.data.tags.get("sweep.stale", ""))
+        for r in runner.children().values()
+    }
+    assert status["seed=0"][0] == "KILLED" and "is gone" in status["seed=0"][1]
+    assert status["seed=1"][0] == "KILLED" and "no heartbeat" in status["seed=1"][1]
+    assert status["seed=2"] == ("RUNNING", "")
