@@ -23,6 +23,12 @@ from lightning_modules.classifier import ClassifierModule
 
 log = logging.getLogger(__name__)
 
+DESCRIPTION = (
+    "medrobust: tracked MedMNIST training and robustness evaluation. `medrobust fit|validate|test --config X.yaml`; "
+    "`medrobust sweep SWEEP.yaml` runs a sweep of child runs under one parent run; `medrobust report "
+    "<parent-run-id|experiment>` rebuilds the trade-off table and figures from MLflow (each has its own --help)."
+)
+
 
 class MedRobustCLI(LightningCLI):
     """``medrobust {fit,validate,test}`` for a :class:`ClassifierModule` on a :class:`MedMNISTDataModule`.
@@ -49,6 +55,7 @@ class MedRobustCLI(LightningCLI):
                 "default_root_dir": "runs",
             },
             auto_configure_optimizers=False,
+            parser_kwargs={"description": DESCRIPTION},
             args=args,
             run=run,
         )
