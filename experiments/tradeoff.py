@@ -165,10 +165,14 @@ class Group:
 
 def row_from_run(run: Any) -> RunRow:
     tags = run.data.tags
-    values = json.loads(tags[TAG_VALUES]) if TAG_VALUES in tags else {}
-    if not values and "seed_everything" in run.data.params:
-        values = {"seed_everything": run.data.params["seed_everything"]}
     name = tags.get("mlflow.runName", run.info.run_id[:8])
+    if TAG_VALUES in tags:
+        values = json.loads(tags[TAG_VALUES])
+    else:
+        # A run made outside a sweep: its name is the point, its seed (if logged) what repeats it.
+        values = {"run": name}
+        if "seed_everything" in run.data.params:
+            values["seed_everything"] = run.data.params["seed_everything"]
     return RunRow(run.info.run_id, name, run.info.status, values, summary_metrics(run.data.metrics))
 
 

@@ -503,3 +503,27 @@ def test_stale_detection_by_process_and_by_heartbeat(tmp_path) -> None:
     assert status["seed=0"][0] == "KILLED" and "is gone" in status["seed=0"][1]
     assert status["seed=1"][0] == "KILLED" and "no heartbeat" in status["seed=1"][1]
     assert status["seed=2"] == ("RUNNING", "")
+
+
+def test_report_on_an_experiment_of_runs_made_without_a_sweep(tmp_path) -> None:
+    """`medrobust report <experiment>`: runs named alike are one point, their seeds averaged; parents are left out."""
+    from experiments.sweep import report_target
+    from experiments.tradeoff import log_report
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("study")
+    for name, seed, acc, adv in [("standard", 0, 0.86, 0.0), ("standard", 1, 0.84, 0.02), ("pgd_at", 0, 0.82, 0.66)]:
+        run = client.create_run(exp, run_name=name)
+        client.log_param(run.info.run_id, "seed_everything", seed)
+        client.log_metric(run.info.run_id, "test/acc", acc)
+        client.log_metric(run.info.run_id, "test/adv/pgd20/linf_8_255/acc", adv)
+        client.set_terminated(run.info.run_id)
+    report_id, rows, axes = report_target(client, "study")
+    report = log_report(client, report_id, rows, axes)
+    groups = {g["group"]: g for g in report["groups"]}
+    assert set(groups) == {"run=standard", "run=pgd_at"} and groups["run=standard"]["n"] == 2
+    assert groups["run=standard"]["clean_acc/mean"] == pytest.approx(0.85)
+    assert report["pareto_front"]["linf_8_255"] == ["run=pgd_at", "run=standard"]
+    assert client.get_run(rows[0].run_id).data.metrics["summary/clean_acc"] == rows[0].summary["summary/clean_acc"]
+    # Asking again reuses the report run instead of adding one.
+    assert report_target(client, "study")[0] == report_id
