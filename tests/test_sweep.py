@@ -15,6 +15,7 @@ import pytest
 import yaml
 from conftest import REPO, SHARED_MEDMNIST, subprocess_env, write_medmnist_npz
 from mlflow import MlflowClient
+from test_cli import medrobust
 
 from experiments.mlflow_server import LocalMlflowServer
 from experiments.sweep import SweepError, SweepSpec, set_override
@@ -99,14 +100,7 @@ def test_bad_sweep_files(tmp_path, spec, match) -> None:
 
 def test_bad_sweep_file_exits_2_with_one_message(tmp_path) -> None:
     path = write_sweep(tmp_path / "bad.yaml", grid={"callbacks.Nope.eps": [1]})
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments", "sweep", str(path), "--dry-run"],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        cwd=tmp_path,
-        check=False,
-    )
+    proc = medrobust("sweep", str(path), "--dry-run", cwd=tmp_path)
     assert proc.returncode == 2
     assert "no Nope in trainer.callbacks" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -225,16 +219,8 @@ def data_overrides(tmp_path: Path) -> dict[str, object]:
     return {**source, "data.subsample": {"train": 256, "val": 64, "test": 61}}
 
 
-def sweep(path: Path, *args: str, cwd: Path, uri: str, **popen: object) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "experiments", "sweep", str(path), "--tracking-uri", uri, *args],
-        cwd=cwd,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        check=False,
-        **popen,
-    )
+def sweep(path: Path, *args: str, cwd: Path, uri: str) -> subprocess.CompletedProcess:
+    return medrobust("sweep", str(path), "--tracking-uri", uri, *args, cwd=cwd)
 
 
 def sweep_runs(client: MlflowClient, name: str = "tests") -> list:
@@ -286,25 +272,16 @@ def test_sweep_with_a_ddp_child(tmp_path) -> None:
     # The DDP child's checkpoint, tested again on one process.
     best = ddp.data.tags["best_checkpoint"]
     (ddp_config,) = (tmp_path / "runs" / "sweeps" / "ddp").glob("001_*.yaml")  # the config the driver wrote
-    again = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments",
-            "test",
-            "--config",
-            str(ddp_config),
-            f"--ckpt_path={best}",
-            "--trainer.devices=1",
-            "--trainer.strategy=auto",
-            "--trainer.logger.init_args.run_id=null",
-            "--trainer.logger.init_args.run_name=again",
-        ],
+    again = medrobust(
+        "test",
+        "--config",
+        str(ddp_config),
+        f"--ckpt_path={best}",
+        "--trainer.devices=1",
+        "--trainer.strategy=auto",
+        "--trainer.logger.init_args.run_id=null",
+        "--trainer.logger.init_args.run_name=again",
         cwd=tmp_path,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        check=False,
     )
     assert again.returncode == 0, again.stderr[-3000:]
     rerun = next(r for r in sweep_runs(client) if r.info.run_name == "again")
@@ -357,14 +334,7 @@ def test_sweep_against_a_real_mlflow_server(tmp_path, mlflow_server) -> None:
     assert sorted(r["group"] for r in report["runs"]) == ["eps=0", "eps=8/255"]
     assert "plots/tradeoff_adversarial.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     # And `medrobust report` rebuilds the same table over HTTP, for the parent run or the whole experiment.
-    rep = subprocess.run(
-        [sys.executable, "-m", "experiments", "report", "tests", "--tracking-uri", mlflow_server],
-        cwd=tmp_path,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    rep = medrobust("report", "tests", "--tracking-uri", mlflow_server, cwd=tmp_path)
     assert rep.returncode == 0, rep.stderr[-3000:]
     assert "| eps=8/255 | 1 |" in rep.stdout
 
