@@ -82,6 +82,21 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return uri
 
 
+def quiet_trainer(tmp_path: Path, **kwargs: object):
+    """A real CPU Trainer for tests: no logger, checkpoints, progress bar or model summary unless asked for."""
+    from lightning.pytorch import Trainer
+
+    defaults = dict(
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return Trainer(**(defaults | kwargs))
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """Environment for ``medrobust`` subprocesses: test helpers importable, no GPU."""
     env = dict(os.environ)

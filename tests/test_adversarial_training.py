@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer
+from conftest import quiet_trainer
+from lightning.pytorch import Callback
 
 from callbacks.adversarial_training import AdversarialTraining
 from datamodules.medmnist import MedMNISTDataModule
@@ -41,17 +42,8 @@ def fit(tmp_path, synthetic_npz, callback, max_steps=2, flag="pneumoniamnist", *
     dm = MedMNISTDataModule(flag, path=str(synthetic_npz(flag)), batch_size=16)
     model = ClassifierModule("test_resnet", dm.num_classes, dm.in_chans, dm.task)
     probe = Probe()
-    defaults = dict(
-        accelerator="cpu",
-        max_steps=max_steps,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    trainer = Trainer(callbacks=[callback, probe], **(defaults | trainer_kwargs))
+    trainer_kwargs = {"max_steps": max_steps, "limit_val_batches": 0} | trainer_kwargs
+    trainer = quiet_trainer(tmp_path, callbacks=[callback, probe], **trainer_kwargs)
     trainer.fit(model, dm)
     return model, probe, trainer
 
@@ -104,16 +96,7 @@ def test_eps_warmup(tmp_path, synthetic_npz) -> None:
 
     dm = MedMNISTDataModule("pneumoniamnist", path=str(synthetic_npz()), batch_size=16)  # 3 batches per epoch
     model = ClassifierModule("test_resnet")
-    Trainer(
-        accelerator="cpu",
-        max_epochs=3,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        callbacks=[callback, Watch()],
-        default_root_dir=tmp_path,
-    ).fit(model, dm)
+    quiet_trainer(tmp_path, max_epochs=3, limit_val_batches=0, callbacks=[callback, Watch()]).fit(model, dm)
     assert seen == sorted(seen) and seen[0] == pytest.approx(8 / 255 / 6) and seen[-1] == pytest.approx(8 / 255)
 
 

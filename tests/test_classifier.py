@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer
+from conftest import quiet_trainer
+from lightning.pytorch import Callback
 
 from datamodules.medmnist import MedMNISTDataModule
 from lightning_modules.classifier import ClassifierModule, TrainingStep
@@ -14,24 +15,12 @@ def make(dm: MedMNISTDataModule, **kwargs) -> ClassifierModule:
     return ClassifierModule("test_resnet", dm.num_classes, dm.in_chans, dm.task, **kwargs)
 
 
-def trainer(tmp_path, **kwargs) -> Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    return Trainer(**(defaults | kwargs))
-
-
 @pytest.mark.parametrize("flag", ["pneumoniamnist", "pathmnist", "chestmnist", "retinamnist"])
 def test_fit_and_test_every_task(tmp_path, synthetic_npz, flag: str) -> None:
     dm = MedMNISTDataModule(flag, path=str(synthetic_npz(flag)), batch_size=16)
     model = make(dm)
-    trainer(tmp_path, fast_dev_run=2).fit(model, dm)
-    metrics = trainer(tmp_path).test(model, dm, verbose=False)[0]
+    quiet_trainer(tmp_path, fast_dev_run=2).fit(model, dm)
+    metrics = quiet_trainer(tmp_path).test(model, dm, verbose=False)[0]
     assert set(metrics) == {"test/loss", "test/acc", "test/bal_acc", "test/auroc"}
     cm = model.last_test_confusion
     assert cm.shape == ((14, 2, 2) if flag == "chestmnist" else (dm.num_classes, dm.num_classes))
@@ -41,8 +30,8 @@ def test_fit_and_test_every_task(tmp_path, synthetic_npz, flag: str) -> None:
 def test_learns_the_synthetic_signal(tmp_path, synthetic_npz) -> None:
     dm = MedMNISTDataModule("pneumoniamnist", path=str(synthetic_npz("pneumoniamnist", n=(128, 32, 64))), batch_size=32)
     model = make(dm, optimizer=lambda p: torch.optim.Adam(p, lr=3e-3))
-    trainer(tmp_path, max_epochs=4).fit(model, dm)
-    assert trainer(tmp_path).test(model, dm, verbose=False)[0]["test/auroc"] > 0.9
+    quiet_trainer(tmp_path, max_epochs=4).fit(model, dm)
+    assert quiet_trainer(tmp_path).test(model, dm, verbose=False)[0]["test/auroc"] > 0.9
 
 
 class Seams(Callback):
@@ -70,9 +59,9 @@ def test_seams_transform_input_and_add_named_terms(tmp_path, synthetic_npz) -> N
 
     dm = MedMNISTDataModule("pathmnist", path=str(synthetic_npz("pathmnist")), batch_size=16)
     model, seams, logger = make(dm), Seams(), CSVLogger(tmp_path)
-    trainer(tmp_path, max_steps=3, limit_val_batches=0, callbacks=[seams], logger=logger, log_every_n_steps=1).fit(
-        model, dm
-    )
+    quiet_trainer(
+        tmp_path, max_steps=3, limit_val_batches=0, callbacks=[seams], logger=logger, log_every_n_steps=1
+    ).fit(model, dm)
     assert len(seams.seen) == 3
     step = seams.seen[0]
     assert not torch.equal(step.x, step.x_clean) and torch.equal(step.y, step.y_clean)
@@ -116,7 +105,7 @@ def test_multilabel_uses_bce(synthetic_npz) -> None:
 def test_checkpoint_round_trip(tmp_path, synthetic_npz) -> None:
     dm = MedMNISTDataModule("pathmnist", path=str(synthetic_npz("pathmnist")), batch_size=16)
     model = make(dm)
-    t = trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    t = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0)
     t.fit(model, dm)
     t.save_checkpoint(tmp_path / "m.ckpt")
     loaded = ClassifierModule.load_from_checkpoint(tmp_path / "m.ckpt").eval()

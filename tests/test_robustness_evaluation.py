@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import write_medmnist_npz
-from lightning.pytorch import Trainer
+from conftest import quiet_trainer, write_medmnist_npz
 from mlflow import MlflowClient
 from test_cli import QUICKSTART, TINY, medrobust, runs
 
@@ -24,15 +23,7 @@ from lightning_modules.classifier import ClassifierModule
 def trained(tmp_path, synthetic_npz):
     dm = MedMNISTDataModule("pathmnist", path=str(synthetic_npz("pathmnist", n=(96, 16, 24))), batch_size=16)
     model = ClassifierModule("test_resnet", dm.num_classes, dm.in_chans, dm.task)
-    Trainer(
-        accelerator="cpu",
-        max_epochs=3,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path,
-    ).fit(model, dm)
+    quiet_trainer(tmp_path, max_epochs=3, limit_val_batches=0).fit(model, dm)
     return model, dm
 
 
@@ -50,9 +41,7 @@ def test_report_metrics_and_artifacts(tmp_path, trained) -> None:
     logger = MLflowRunLogger(
         "robust", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_location=str(tmp_path / "artifacts")
     )
-    metrics = Trainer(
-        accelerator="cpu", logger=logger, callbacks=[callback], enable_progress_bar=False, default_root_dir=tmp_path
-    ).test(model, dm, verbose=False)[0]
+    metrics = quiet_trainer(tmp_path, logger=logger, callbacks=[callback]).test(model, dm, verbose=False)[0]
     for attack in ("fgsm", "pgd5", "autoattack"):
         for grid in ("linf_2_255", "linf_8_255", "l2_0.5"):
             assert f"test/adv/{attack}/{grid}/acc" in metrics and f"test/adv/{attack}/{grid}/bal_acc" in metrics
@@ -77,9 +66,7 @@ def test_softmax_outputs_fail_the_logit_check(tmp_path, trained) -> None:
     model.net.backbone = torch.nn.Sequential(model.net.backbone, torch.nn.Softmax(1))
     callback = RobustnessEvaluation(attacks=["fgsm"], linf_eps=["8/255"], l2_eps=[], sanity_square_queries=5)
     with pytest.warns(UserWarning, match="outputs_are_logits"):
-        Trainer(
-            accelerator="cpu", logger=False, callbacks=[callback], enable_progress_bar=False, default_root_dir=tmp_path
-        ).test(model, dm, verbose=False)
+        quiet_trainer(tmp_path, callbacks=[callback]).test(model, dm, verbose=False)
     assert callback.report["checks"]["outputs_are_logits"] is False
 
 
@@ -96,9 +83,7 @@ def test_max_samples(tmp_path, trained) -> None:
         autoattack_max_samples=10,
         sanity_checks=False,
     )
-    Trainer(
-        accelerator="cpu", logger=False, callbacks=[callback], enable_progress_bar=False, default_root_dir=tmp_path
-    ).test(model, dm, verbose=False)
+    quiet_trainer(tmp_path, callbacks=[callback]).test(model, dm, verbose=False)
     n = {r["key"]: r["n"] for r in callback.report["results"]}
     assert n == {"clean": 20, "pgd2/linf_8_255": 20, "autoattack/linf_8_255": 10}
 

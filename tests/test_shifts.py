@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_MEDMNIST
-from lightning.pytorch import Callback, Trainer
+from conftest import SHARED_MEDMNIST, quiet_trainer
+from lightning.pytorch import Callback
 from mlflow import MlflowClient
 
 from callbacks.corruption_augmentation import CorruptionAugmentation
@@ -103,22 +103,12 @@ def test_shift_evaluation_report(tmp_path, synthetic_npz) -> None:
         shifts=["corruptions"],
     )
     model = ClassifierModule("test_resnet", optimizer=lambda p: torch.optim.Adam(p, lr=3e-3))
-    Trainer(
-        accelerator="cpu",
-        max_epochs=3,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path,
-    ).fit(model, dm)
+    quiet_trainer(tmp_path, max_epochs=3, limit_val_batches=0).fit(model, dm)
     callback = ShiftEvaluation()
     logger = MLflowRunLogger(
         "shift", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_location=str(tmp_path / "artifacts")
     )
-    metrics = Trainer(
-        accelerator="cpu", logger=logger, callbacks=[callback], enable_progress_bar=False, default_root_dir=tmp_path
-    ).test(model, dm, verbose=False)
+    metrics = quiet_trainer(tmp_path, logger=logger, callbacks=[callback]).test(model, dm, verbose=False)
     flat = {k: v for m in metrics for k, v in m.items()}
     assert {
         "test/acc",
@@ -152,27 +142,13 @@ def test_corruption_augmentation(tmp_path, synthetic_npz) -> None:
     dm = MedMNISTDataModule("pneumoniamnist", path=str(synthetic_npz()), batch_size=16)
     model = ClassifierModule("test_resnet")
     augment = CorruptionAugmentation(p=0.5, corruptions=["gaussian_noise", "contrast_down"], severities=[5])
-    Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        callbacks=[augment, Probe()],
-        default_root_dir=tmp_path,
-    ).fit(model, dm)
+    quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0, callbacks=[augment, Probe()]).fit(model, dm)
     changed = torch.cat([(s.x - s.x_clean).flatten(1).abs().amax(1) > 0 for s in seen])
     assert 0 < changed.float().mean() < 1 and model.input_transforms == ()
     with pytest.raises(ValueError, match="Valid corruptions for pneumoniamnist"):
-        Trainer(
-            accelerator="cpu",
-            max_steps=1,
-            logger=False,
-            callbacks=[CorruptionAugmentation(corruptions=["fog"])],
-            enable_progress_bar=False,
-            default_root_dir=tmp_path,
-        ).fit(ClassifierModule("test_resnet"), dm)
+        quiet_trainer(tmp_path, max_steps=1, callbacks=[CorruptionAugmentation(corruptions=["fog"])]).fit(
+            ClassifierModule("test_resnet"), dm
+        )
 
 
 @pytest.mark.skipif(not (SHARED_MEDMNIST / "pneumoniamnist.npz").is_file(), reason="needs the real PneumoniaMNIST")
