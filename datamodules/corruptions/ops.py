@@ -14,6 +14,7 @@ that, so our statistics match the reference's.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -250,6 +251,8 @@ def zoom_blur(x: torch.Tensor, param: tuple[float, float], g: torch.Generator, s
 # its random draws and scaled in proportion to the image, so they cover the same fraction of it at every size (at
 # 28 px a stain is 3 to 5 px across, a word a faint streak, as they would be if the 224 px image were downsampled).
 _INKS: dict[int, torch.Tensor] = {}
+# Hershey duplex at scale s is about 16.4 * s px per letter; Pillow's bundled font at size z about 0.556 * z.
+HERSHEY_TO_PIL = 16.4 / 0.556
 
 
 def inks(ink_set: int) -> torch.Tensor:
@@ -286,6 +289,22 @@ def _blot_alpha(
     return F.avg_pool2d(canvas[None, None], up)[0, 0], r0, c0
 
 
+def _paint(image: torch.Tensor, alpha: torch.Tensor, r0: int, c0: int, color: torch.Tensor | float) -> None:
+    """Lay ``color`` over ``image`` (C, H, W) in place with coverage ``alpha`` from row ``r0``, column ``c0``,
+    clipped to the image."""
+    r1, c1 = min(image.shape[-2], r0 + alpha.shape[0]), min(image.shape[-1], c0 + alpha.shape[1])
+    alpha = alpha[: r1 - r0, : c1 - c0].to(image.dtype)
+    region = image[:, r0:r1, c0:c1]
+    image[:, r0:r1, c0:c1] = region * (1 - alpha) + torch.as_tensor(color, dtype=image.dtype).view(-1, 1, 1) * alpha
+
+
+@functools.lru_cache(maxsize=64)
+def _font(size: int) -> object:
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
 def stain_deposit(x: torch.Tensor, param: tuple[int, int], g: torch.Generator, size: int) -> torch.Tensor:
     """1 to ``max_marks`` black ink blots per image (one mark when ``max_marks`` is 1), each darkening every channel
     by its mask: MedMNIST-C's stain deposit, with its blots scaled to this size (area-averaged, so edges are soft)."""
@@ -303,8 +322,7 @@ def stain_deposit(x: torch.Tensor, param: tuple[int, int], g: torch.Generator, s
             side = ink.shape[-1]
             left, top = _randint(10, ref - side - 10, g), _randint(10, ref - side - 10, g)
             alpha, r0, c0 = _blot_alpha(ink, left * sx, top * sy, (left + side) * sx, (top + side) * sy, up)
-            r1, c1 = min(h, r0 + alpha.shape[0]), min(w, c0 + alpha.shape[1])
-            out[i, :, r0:r1, c0:c1] *= 1 - alpha[: r1 - r0, : c1 - c0].to(x.dtype)
+            _paint(out[i], alpha, r0, c0, 0.0)  # black ink
     return out
 
 
@@ -315,7 +333,7 @@ def characters(x: torch.Tensor, param: tuple[int, int, float], g: torch.Generato
     for Hershey's 1 px lines at 224 px, drawn finely and area-averaged; its mean change per pixel is within 10% of
     the reference's)."""
     import numpy as np
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     max_words, max_letters, max_scale = param
     ref = REFERENCE_SIZE
@@ -331,10 +349,9 @@ def characters(x: torch.Tensor, param: tuple[int, int, float], g: torch.Generato
             color = torch.tensor([_randint(0, 255, g) for _ in range(3)], dtype=x.dtype) / 255
             if x.shape[1] == 1:
                 color = (color * LUMA.to(x.dtype)).sum().reshape(1)
-            # Hershey duplex at scale s is about 16.4 * s px per letter; Pillow's font at size z about 0.556 * z.
             px = font_scale * HERSHEY_TO_PIL * scale
             up = max(1, math.ceil(48 / px))
-            font = ImageFont.load_default(size=max(1, round(px * up)))
+            font = _font(max(1, round(px * up)))
             x0, y0 = left * scale, baseline * h / ref
             c0, r0 = math.floor(x0), max(0, math.floor(y0 - 1.2 * px))
             c1, r1 = min(w, math.ceil(x0 + 0.7 * px * len(text)) + 1), min(h, math.ceil(y0 + 0.4 * px) + 1)
@@ -351,10 +368,5 @@ def characters(x: torch.Tensor, param: tuple[int, int, float], g: torch.Generato
                 stroke_fill=255,
             )
             fine = torch.from_numpy(np.asarray(layer, dtype=np.float32) / 255)
-            alpha = F.avg_pool2d(fine[None, None], up)[0, 0].to(x.dtype)
-            region = out[i, :, r0:r1, c0:c1]
-            out[i, :, r0:r1, c0:c1] = region * (1 - alpha) + color.view(-1, 1, 1) * alpha
+            _paint(out[i], F.avg_pool2d(fine[None, None], up)[0, 0], r0, c0, color)
     return out
-
-
-HERSHEY_TO_PIL = 16.4 / 0.556
