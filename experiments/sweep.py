@@ -285,18 +285,24 @@ class SweepRunner:
     def say(self, text: str) -> None:
         print(f"[sweep {self.spec.name}] {text}", file=self.out, flush=True)
 
+    @staticmethod
+    def _status(children: dict[str, Any], point: Point) -> str:
+        """The MLflow status of ``point``'s child run, or PENDING before it has one."""
+        return children[point.key].info.status if point.key in children else "PENDING"
+
     def _status_line(self, children: dict[str, Any]) -> str:
         counts: dict[str, int] = {}
         for p in self.points:
-            status = children[p.key].info.status if p.key in children else "PENDING"
+            status = self._status(children, p)
             counts[status] = counts.get(status, 0) + 1
         return ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
 
-    def plan(self) -> str:
-        children = self.children() if self.parent_id else {}
+    def plan(self, children: dict[str, Any] | None = None) -> str:
+        if children is None:
+            children = self.children() if self.parent_id else {}
         lines = [f"{len(self.points)} points, axes {self.spec.axes or '(none)'}"]
         for p in self.points:
-            status = children[p.key].info.status if p.key in children else "PENDING"
+            status = self._status(children, p)
             lines.append(f"  [{p.index:>3}] {status:<9} {p.label}")
         return "\n".join(lines)
 
@@ -477,12 +483,11 @@ class SweepRunner:
         self.ensure_parent()
         self.mark_stale(self.children())
         children = self.children()
-        self.say(self.plan())
+        self.say(self.plan(children))
         todo = [p for p in self.points if self.only is None or p.index in self.only]
         remaining = []
         for point in todo:
-            run = children.get(point.key)
-            status = run.info.status if run else None
+            status = self._status(children, point)
             if status == "FINISHED":
                 continue
             if status == "RUNNING":
@@ -511,7 +516,7 @@ class SweepRunner:
             return 130
         children = self.children()
         report = self.report(children)
-        statuses = [children[p.key].info.status if p.key in children else "PENDING" for p in self.points]
+        statuses = [self._status(children, p) for p in self.points]
         if all(s == "FINISHED" for s in statuses):
             self.client.set_terminated(self.parent_id, "FINISHED")
         elif any(s in ("FAILED", "KILLED") for s in statuses) and self.only is None:
