@@ -195,22 +195,24 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------------------- figures
-def _scatter_panel(ax: Any, groups: Sequence[Group], xkey: str, ykey: str, xlabel: str, ylabel: str) -> bool:
-    pts, labels = [], []
-    for group in groups:
-        sx, sy = group.stats(xkey), group.stats(ykey)
-        if sx is None or sy is None:
-            continue
+def paired_stats(groups: Sequence[Group], xkey: str, ykey: str) -> list[tuple[Group, tuple, tuple]]:
+    """The groups that have both metrics, each with ``(mean, std, n)`` of ``xkey`` and of ``ykey``."""
+    pairs = [(group, group.stats(xkey), group.stats(ykey)) for group in groups]
+    return [(group, sx, sy) for group, sx, sy in pairs if sx is not None and sy is not None]
+
+
+def _scatter_panel(ax: Any, groups: Sequence[Group], xkey: str, ykey: str, xlabel: str, ylabel: str) -> None:
+    pairs = paired_stats(groups, xkey, ykey)
+    for group, sx, sy in pairs:
         for run in group.runs:
             if xkey in run.summary and ykey in run.summary:
                 ax.scatter(run.summary[xkey], run.summary[ykey], s=12, alpha=0.35, color="0.4", zorder=2)
         ax.errorbar(sx[0], sy[0], xerr=sx[1], yerr=sy[1], fmt="o", ms=6, capsize=3, zorder=3)
         ax.annotate(f"{group.label} (n={sx[2]})", (sx[0], sy[0]), textcoords="offset points", xytext=(5, 5), fontsize=7)
-        pts.append((sx[0], sy[0]))
-        labels.append(group.label)
-    if not pts:
+    if not pairs:
         ax.set_visible(False)
-        return False
+        return
+    pts = [(sx[0], sy[0]) for _, sx, sy in pairs]
     front = pareto_front(pts)
     ax.plot(
         [pts[i][0] for i in front],
@@ -225,7 +227,6 @@ def _scatter_panel(ax: Any, groups: Sequence[Group], xkey: str, ykey: str, xlabe
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
-    return True
 
 
 def adv_threats(rows: Sequence[RunRow], kind: str = "acc") -> list[str]:
@@ -324,13 +325,9 @@ def build_report(rows: Sequence[RunRow], axes: Sequence[str] = ()) -> dict[str, 
     keys = sorted({k for r in rows for k in r.summary})
     fronts = {}
     for threat in adv_threats(rows):
-        pts, names = [], []
-        for g in groups:
-            sx, sy = g.stats(SUMMARY + "clean_acc"), g.stats(f"{SUMMARY}adv_acc/{threat}")
-            if sx and sy:
-                pts.append((sx[0], sy[0]))
-                names.append(g.label)
-        fronts[threat] = [names[i] for i in pareto_front(pts)]
+        pairs = paired_stats(groups, SUMMARY + "clean_acc", f"{SUMMARY}adv_acc/{threat}")
+        front = pareto_front([(sx[0], sy[0]) for _, sx, sy in pairs])
+        fronts[threat] = [pairs[i][0].label for i in front]
     return {
         "axes": list(axes),
         "runs": [r.as_dict() for r in rows],
