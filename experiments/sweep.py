@@ -546,7 +546,9 @@ def report_target(client: MlflowClient, target: str) -> tuple[str, list[RunRow],
         parent = None
     if parent is not None:
         exp = parent.info.experiment_id
-        runs = client.search_runs([exp], f"tags.`{PARENT_TAG}` = '{target}'", max_results=50000)
+        runs = client.search_runs(
+            [exp], f"tags.`{PARENT_TAG}` = '{target}'", max_results=50000, order_by=["attributes.start_time ASC"]
+        )
         runs = [r for r in runs if r.info.status == "FINISHED"]
         if not runs:
             raise SweepError(f"run {target} has no FINISHED child runs to report on")
@@ -557,7 +559,9 @@ def report_target(client: MlflowClient, target: str) -> tuple[str, list[RunRow],
     if exp is None:
         names = [e.name for e in client.search_experiments()]
         raise SweepError(f"{target!r} is neither a run id nor an experiment; experiments here: {names}")
-    runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", max_results=50000)
+    runs = client.search_runs(
+        [exp.experiment_id], "attributes.status = 'FINISHED'", max_results=50000, order_by=["attributes.start_time ASC"]
+    )
     runs = [r for r in runs if r.data.tags.get(TAG_ROLE) not in ("parent", "report") and "test/acc" in r.data.metrics]
     if not runs:
         raise SweepError(f"experiment {target!r} has no FINISHED runs with test metrics")
