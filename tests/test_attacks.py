@@ -9,9 +9,17 @@ import torchattacks
 from torch import nn
 
 from lightning_modules.components.attack_suite import AttackSpec, autoattack_components, build_attack
-from lightning_modules.components.frozen_mode import attack_mode
-from lightning_modules.components.pgd import PGD, kl_sum
-from lightning_modules.components.threat_model import L2Threat, LinfThreat, eps_label, parse_eps, threat_model
+from lightning_modules.components.modes import attack_mode
+from lightning_modules.components.pgd import PGD
+from lightning_modules.components.threat_model import (
+    L2Threat,
+    LinfThreat,
+    parse_eps,
+    parse_threat_label,
+    threat_label,
+    threat_model,
+)
+from lightning_modules.components.trades import TradesAttack
 
 
 class TinyNet(nn.Module):
@@ -100,7 +108,7 @@ def test_attacks_work_inside_inference_mode() -> None:
 
 def test_parse_and_label_eps() -> None:
     assert parse_eps("8/255") == pytest.approx(8 / 255) and parse_eps(0.5) == 0.5 and parse_eps("0.25") == 0.25
-    assert eps_label(8 / 255) == "8_255" and eps_label(0.5) == "0.5"
+    assert threat_label("linf", 8 / 255) == "linf_8_255" and threat_label("l2", 0.5) == "l2_0.5"
     with pytest.raises(ValueError, match="fraction like"):
         parse_eps("8//255")
     with pytest.raises(ValueError, match="Unknown norm"):
@@ -127,7 +135,7 @@ def test_multilabel_pgd_uses_bce() -> None:
     x_adv = build_attack(AttackSpec("pgd", "linf", 8 / 255, 5), "multilabel", 5)(net, x, y)
     bce = lambda z: F.binary_cross_entropy_with_logits(net(z), y)  # noqa: E731
     assert bce(x_adv) > bce(x)
-    with pytest.raises(ValueError, match="multi-label tasks get fgsm and pgd"):
+    with pytest.raises(ValueError, match="multi-label task can be attacked with fgsm and pgd"):
         build_attack(AttackSpec("autoattack", "linf", 8 / 255), "multilabel", 5)
 
 
@@ -175,21 +183,69 @@ def test_fgsm_rs_matches_torchattacks_ffgsm() -> None:
 
 
 def test_trades_inner_matches_torchattacks_tpgd() -> None:
-    net = trained_net(1, 2).eval()
+    net = trained_net(1, 2)  # in training mode, with BatchNorm: TradesAttack compares in eval mode, as TPGD does
     x = torch.rand(16, 1, 16, 16)
-    with torch.no_grad():
-        clean = F.softmax(net(x), dim=1)
-    pgd = PGD(LinfThreat(8 / 255), steps=7, alpha=2 / 255, random_start=False, loss_fn=kl_sum)
-
-    def ours(net, x, y):
-        return pgd.perturb(net, x, clean, x_init=(x + 0.001 * torch.randn_like(x)).clamp(0, 1))
-
+    ours = TradesAttack(LinfThreat(8 / 255), steps=7, alpha=2 / 255)
     theirs = torchattacks.TPGD(net, eps=8 / 255, alpha=2 / 255, steps=7)
-    _same_start(ours, lambda x, y: theirs(x, y), net, x, torch.zeros(16, dtype=torch.long))
+    _same_start(lambda net, x, y: ours.perturb(net, x), lambda x, y: theirs(x, y), net, x, None)
+    assert net.training and net.features[1].training  # modes restored
+
+
+def test_trades_inner_loss_is_zero_at_the_clean_input_on_a_batchnorm_network() -> None:
+    """Issue 9.3: the KL target f(x) and f(x') are both taken in eval mode on the same input, so the inner objective
+    is 0 at x' = x; a target from the training-mode forward (batch statistics) made it far from 0."""
+    net = trained_net(1, 2)
+    x = torch.rand(16, 1, 16, 16)
+    assert net.training
+    target = TradesAttack.target(net, x)
+    assert float(TradesAttack.inner_loss(net, x, target)) == pytest.approx(0.0, abs=1e-5)
+    with torch.no_grad():
+        train_mode_target = F.softmax(net(x), dim=1)  # what the old code compared with
+    assert float(TradesAttack.inner_loss(net, x, train_mode_target)) > 1e-3
+    assert net.training  # every mode restored
+
+
+def test_threat_labels_say_what_the_budget_is() -> None:
+    """Issue 9.13: L2 budgets are plain lengths, never /255 fractions; labels round-trip."""
+    assert threat_label("l2", 1.0) == "l2_1" and threat_label("l2", 2 / 255) == f"l2_{2 / 255:g}"
+    assert threat_label("linf", 1.0) == "linf_255_255" and threat_label("linf", 0.1) == "linf_0.1"
+    for norm, eps in [("linf", 8 / 255), ("linf", 0.1), ("l2", 0.5), ("l2", 1.0)]:
+        assert parse_threat_label(threat_label(norm, eps)) == pytest.approx((norm, eps))
+    assert AttackSpec("pgd", "l2", 1.0, 20).label == "pgd20/l2_1"
+    assert AttackSpec("pgd", "linf", 8 / 255, 20, restarts=5).label == "pgd20_r5/linf_8_255"
+
+
+class BucketNet(nn.Module):
+    """Three classes, piecewise constant in the input (zero gradient, so PGD stays at its random start): the sign of
+    the start's mean perturbation picks one of two outputs. Bucket 0: correct but high loss (p_y = 0.4); bucket 1:
+    wrong with a lower loss (p_y = 0.45 < p_2 = 0.55)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = torch.log(torch.tensor([[0.40, 0.35, 0.25], [0.45, 0.0001, 0.55]]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bucket = ((x - 0.5).flatten(1).mean(1) > 0).long()
+        return self.table[bucket] + 0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def test_pgd_restarts_keep_a_restart_that_fools_the_model() -> None:
+    """Issue 9.4: with 3 classes the highest-loss restart can still be correct; per sample, any restart that fools
+    the model is kept (AutoAttack's rule). With two restarts each landing in either bucket with probability 1/2, a
+    sample stays correct only if both restarts do: accuracy ~1/4. Keeping the highest loss gave ~3/4."""
+    torch.manual_seed(0)
+    net, x = BucketNet(), torch.full((400, 1, 4, 4), 0.5)
+    y = torch.zeros(400, dtype=torch.long)
+    x_adv = PGD(LinfThreat(8 / 255), steps=2, restarts=2, random_start=True).perturb(net, x, y)
+    accuracy = float((net(x_adv).argmax(1) == y).float().mean())
+    assert 0.15 < accuracy < 0.35, accuracy
+    assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6
+    one = PGD(LinfThreat(8 / 255), steps=2, restarts=1, random_start=True).perturb(net, x, y)
+    assert float((net(one).argmax(1) == y).float().mean()) > accuracy  # more restarts never help the model
 
 
 def test_eval_mode_restores_each_submodule() -> None:
-    from lightning_modules.components.frozen_mode import eval_mode
+    from lightning_modules.components.modes import eval_mode
 
     net = TinyNet().train()
     net.teacher.eval()

@@ -7,8 +7,9 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
+from lightning_modules.components.confusion import balanced_accuracy, confusion_counts
 from lightning_modules.components.metric_names import metric_name
-from lightning_modules.components.metrics import MultilabelBalancedAccuracy, classification_metrics
+from lightning_modules.components.metrics import BalancedAccuracy, classification_metrics
 from lightning_modules.components.normalize import Normalize
 from lightning_modules.components.normalized_classifier import NormalizedClassifier
 
@@ -44,28 +45,61 @@ def test_unknown_timm_model_suggests() -> None:
 
 def test_multiclass_metrics_match_sklearn() -> None:
     gen = torch.Generator().manual_seed(0)
-    probs = torch.rand(200, 3, generator=gen).softmax(-1)
+    logits = torch.randn(200, 3, generator=gen)
     y = torch.randint(0, 3, (200,), generator=gen)
-    out = classification_metrics("multiclass", 3)(probs, y)
-    assert out["acc"] == pytest.approx((probs.argmax(1) == y).float().mean().item())
-    assert out["bal_acc"] == pytest.approx(balanced_accuracy_score(y, probs.argmax(1)))
-    assert out["auroc"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr"), abs=1e-5)
+    out = classification_metrics("multiclass", 3)(logits, y)
+    assert out["acc"] == pytest.approx((logits.argmax(1) == y).float().mean().item())
+    assert out["bal_acc"] == pytest.approx(balanced_accuracy_score(y, logits.argmax(1)))
+    assert out["auroc"] == pytest.approx(roc_auc_score(y, logits.softmax(1), multi_class="ovr"), abs=1e-5)
 
 
 def test_binary_auroc_is_the_positive_class_auc() -> None:
     gen = torch.Generator().manual_seed(1)
-    probs = torch.rand(100, 2, generator=gen).softmax(-1)
+    logits = torch.randn(100, 2, generator=gen)
     y = torch.randint(0, 2, (100,), generator=gen)
-    assert classification_metrics("multiclass", 2)(probs, y)["auroc"] == pytest.approx(roc_auc_score(y, probs[:, 1]))
+    auroc = classification_metrics("multiclass", 2)(logits, y)["auroc"]
+    assert auroc == pytest.approx(roc_auc_score(y, logits.softmax(1)[:, 1]), abs=1e-6)
 
 
-def test_multilabel_balanced_accuracy() -> None:
+def one_hot_logits(pred: list[int], num_classes: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(torch.tensor(pred), num_classes).float()
+
+
+def test_balanced_accuracy_has_one_definition_sklearns() -> None:
+    """Issue 9.2: a class that is predicted but absent from the labels is skipped, as scikit-learn does; the module's
+    metric, the confusion-count function behind every callback and sklearn all agree (torchmetrics' macro recall
+    said 0.5 here)."""
+    y, pred = [0, 0, 1, 1], [0, 2, 1, 1]
+    expected = balanced_accuracy_score(y, pred)
+    assert expected == pytest.approx(0.75)
+    logits = one_hot_logits(pred, 3)
+    assert float(BalancedAccuracy("multiclass", 3)(logits, torch.tensor(y))) == pytest.approx(expected)
+    counts = confusion_counts(logits, torch.tensor(y), "multiclass", 3)
+    assert float(balanced_accuracy(counts)) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_balanced_accuracy_matches_sklearn_on_random_predictions(seed: int) -> None:
+    gen = np.random.default_rng(seed)
+    y, pred = gen.integers(0, 5, 60), gen.integers(0, 5, 60)
+    y[y == 3] = 4  # a class absent from the labels
+    ours = BalancedAccuracy("multiclass", 5)(one_hot_logits(pred.tolist(), 5), torch.tensor(y))
+    assert float(ours) == pytest.approx(balanced_accuracy_score(y, pred))
+
+
+def test_multilabel_balanced_accuracy_is_sklearns_per_label() -> None:
+    """Multi-label: scikit-learn's balanced accuracy of each label's binary problem, averaged; a label with no
+    positives is scored by its specificity, not given a sensitivity of 0."""
     gen = torch.Generator().manual_seed(2)
-    probs = torch.rand(300, 4, generator=gen)
+    logits = torch.randn(300, 4, generator=gen)
     y = (torch.rand(300, 4, generator=gen) < 0.3).long()
-    ours = MultilabelBalancedAccuracy(4)(probs, y).item()
-    expected = np.mean([balanced_accuracy_score(y[:, k], probs[:, k] > 0.5) for k in range(4)])
+    y[:, 3] = 0  # no positives at all
+    ours = BalancedAccuracy("multilabel", 4)(logits, y).item()
+    expected = np.mean([balanced_accuracy_score(y[:, k], logits[:, k] > 0) for k in range(4)])
     assert ours == pytest.approx(expected)
+    specificity = float(((logits[:, 3] > 0) == 0).float().mean())
+    per_label = [balanced_accuracy_score(y[:, k], logits[:, k] > 0) for k in range(4)]
+    assert per_label[3] == pytest.approx(specificity)
 
 
 def test_metric_names_survive_mlflow() -> None:

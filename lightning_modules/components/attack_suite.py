@@ -8,12 +8,33 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lightning_modules.components.frozen_mode import attack_mode
-from lightning_modules.components.pgd import PGD, bce_sum, cross_entropy_sum
-from lightning_modules.components.threat_model import eps_label, threat_model
+from lightning_modules.components.errors import InputError
+from lightning_modules.components.losses import attack_loss
+from lightning_modules.components.modes import attack_mode
+from lightning_modules.components.pgd import PGD
+from lightning_modules.components.threat_model import threat_label, threat_model
 
 AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 ATTACKS = ("fgsm", "pgd", "autoattack", "square")
+#: the attacks that assume a softmax classifier (torchattacks' ports: cross-entropy and DLR losses)
+SOFTMAX_ONLY = ("autoattack", "square")
+
+
+def default_attacks(task: str) -> list[str]:
+    """The attacks a robustness report runs when none are named: AutoAttack too where the task allows it."""
+    return ["fgsm", "pgd"] if task == "multilabel" else ["fgsm", "pgd", "autoattack"]
+
+
+def check_attacks(attacks: list[str], task: str) -> None:
+    """Refuse unknown attacks, and softmax-only attacks on a multi-label task, with the valid choices."""
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown:
+        raise InputError(f"Unknown attacks {unknown}; valid: {list(ATTACKS)}")
+    if task == "multilabel" and any(a in SOFTMAX_ONLY for a in attacks):
+        raise InputError(
+            f"{[a for a in attacks if a in SOFTMAX_ONLY]} assume a softmax classifier; a multi-label task can be "
+            "attacked with fgsm and pgd (BCE loss). Leave `attacks` unset to get them."
+        )
 
 
 @dataclass(frozen=True)
@@ -24,12 +45,24 @@ class AttackSpec:
     norm: str
     eps: float
     steps: int = 0
+    restarts: int = 1
+
+    @property
+    def name(self) -> str:
+        """``fgsm``, ``pgd20``, ``pgd20_r5`` (20 steps, 5 restarts), ``autoattack``."""
+        if self.attack != "pgd":
+            return self.attack
+        return f"pgd{self.steps}" + (f"_r{self.restarts}" if self.restarts > 1 else "")
+
+    @property
+    def threat(self) -> str:
+        """``linf_8_255``, ``l2_0.5``: see :func:`threat_label`."""
+        return threat_label(self.norm, self.eps)
 
     @property
     def label(self) -> str:
         """``pgd20/linf_8_255``: used in metric names and the report."""
-        name = f"{self.attack}{self.steps}" if self.attack == "pgd" else self.attack
-        return f"{name}/{self.norm}_{eps_label(self.eps)}"
+        return f"{self.name}/{self.threat}"
 
 
 def autoattack_components(num_classes: int) -> list[str]:
@@ -49,7 +82,6 @@ def build_attack(
     spec: AttackSpec,
     task: str,
     num_classes: int,
-    restarts: int = 1,
     autoattack_steps: int = 100,
     square_queries: int = 5000,
     seed: int = 0,
@@ -60,20 +92,18 @@ def build_attack(
     torchattacks' ports of Croce & Hein's code, built here with the original step counts (torchattacks' own
     ``AutoAttack`` runs APGD for 10 steps, not 100) and constructed at call time on the batch's device.
     """
-    loss_fn = bce_sum if task == "multilabel" else cross_entropy_sum
+    check_attacks([spec.attack], task)
+    loss_fn = attack_loss(task)
     threat = threat_model(spec.norm, spec.eps)
     if spec.attack == "fgsm":
-        pgd = PGD(threat, steps=1, alpha=spec.eps, random_start=False, loss_fn=loss_fn)
+        pgd = PGD(threat, steps=1, alpha=spec.eps, random_start=False, loss_fn=loss_fn, task=task)
         return lambda net, x, y: pgd.perturb(net, x, y)
     if spec.attack == "pgd":
         # One restart starts at x: deterministic and independent of how samples are batched (or split over
         # processes). Several restarts need random starts.
-        pgd = PGD(threat, steps=spec.steps, restarts=restarts, random_start=restarts > 1, loss_fn=loss_fn)
+        restarts = spec.restarts
+        pgd = PGD(threat, spec.steps, restarts=restarts, random_start=restarts > 1, loss_fn=loss_fn, task=task)
         return lambda net, x, y: pgd.perturb(net, x, y)
-    if task == "multilabel":
-        raise ValueError(f"{spec.attack} assumes a softmax classifier; multi-label tasks get fgsm and pgd only")
-    if spec.attack not in ("autoattack", "square"):
-        raise ValueError(f"Unknown attack {spec.attack!r}; valid: {ATTACKS}")
     components = autoattack_components(num_classes) if spec.attack == "autoattack" else ["square"]
 
     def run(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -1,31 +1,74 @@
-"""Confusion counts that sum across batches and processes, and the accuracies derived from them."""
+"""Confusion counts that sum across batches and processes, and the one definition of each accuracy derived from them.
+
+Every accuracy medrobust reports (``val/*``, ``test/*``, under attack, under shift, the clean error of rBE) comes
+from these counts, so one definition holds everywhere:
+
+* accuracy: top-1 for single-label tasks; the mean over labels of per-label accuracy for multi-label ones (MedMNIST's
+  evaluator);
+* balanced accuracy: scikit-learn's ``balanced_accuracy_score``, the mean recall over the classes that occur in the
+  labels (a class that is only predicted is skipped, not counted as recall 0). Multi-label: that same score on each
+  label's binary problem, averaged over labels, so a label with no positives is scored by its specificity alone
+  instead of counting a sensitivity of 0.
+"""
 
 from __future__ import annotations
 
 import torch
 
 
-def confusion_counts(logits: torch.Tensor, y: torch.Tensor, task: str, num_classes: int) -> torch.Tensor:
+def predictions(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """Class indices ``(N,)`` (argmax) for single-label tasks; 0/1 per label ``(N, L)`` (logit > 0) for multi-label."""
+    return (logits > 0).long() if task == "multilabel" else logits.argmax(1)
+
+
+def confusion_from_predictions(pred: torch.Tensor, y: torch.Tensor, task: str, num_classes: int) -> torch.Tensor:
     """``(C, C)`` counts (rows: true class) for single-label tasks; ``(L, 2, 2)`` per label for multi-label ones."""
     if task == "multilabel":
-        pred = (logits > 0).long()
-        index = 2 * y.long() + pred  # (N, L) in 0..3
-        counts = torch.zeros(num_classes, 4, dtype=torch.long, device=logits.device)
+        index = 2 * y.long() + pred.long()  # (N, L) in 0..3
+        counts = torch.zeros(num_classes, 4, dtype=torch.long, device=pred.device)
         counts.scatter_add_(1, index.T, torch.ones_like(index.T))
         return counts.view(num_classes, 2, 2)
-    pred = logits.argmax(1)
-    index = y.long() * num_classes + pred
+    index = y.long() * num_classes + pred.long()
     return torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
 
 
+def confusion_counts(logits: torch.Tensor, y: torch.Tensor, task: str, num_classes: int) -> torch.Tensor:
+    """Confusion counts of ``logits`` against ``y``; see :func:`confusion_from_predictions`."""
+    return confusion_from_predictions(predictions(logits, task), y, task, num_classes)
+
+
+def errors(logits: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    """Per sample, how many of its labels are wrong: 0 or 1 for single-label tasks, 0..L for multi-label ones."""
+    wrong = predictions(logits, task) != y.long()
+    return wrong.sum(1) if task == "multilabel" else wrong.long()
+
+
+def worst_case_predictions(preds: list[torch.Tensor], y: torch.Tensor, task: str) -> torch.Tensor:
+    """Per sample, the prediction of the worst of several evaluations of the same samples (clean, each attack).
+
+    A sample (for multi-label tasks: a sample's label) counts as correct only if every evaluation got it right; where
+    one did not, the first wrong prediction is kept, so confusion counts of the result give worst-case accuracies.
+    """
+    stacked = torch.stack([p.long() for p in preds])  # (S, N) or (S, N, L)
+    wrong = stacked != y.long()
+    first_wrong = wrong.long().argmax(0, keepdim=True)
+    return torch.where(wrong.any(0), stacked.gather(0, first_wrong).squeeze(0), y.long())
+
+
+def _mean_recall(counts: torch.Tensor) -> torch.Tensor:
+    """Mean over the last-but-one axis's classes that occur (row sum > 0) of diagonal / row sum."""
+    support = counts.sum(-1)
+    present = support > 0
+    recall = counts.diagonal(dim1=-2, dim2=-1) / support.clamp_min(1)
+    return (recall * present).sum(-1) / present.sum(-1).clamp_min(1)
+
+
 def balanced_accuracy(counts: torch.Tensor) -> torch.Tensor:
-    """Mean recall over the classes present; for ``(L, 2, 2)``, the mean over labels of (TPR + TNR) / 2."""
+    """scikit-learn's balanced accuracy from ``(C, C)`` counts; for ``(L, 2, 2)``, its mean over labels that occur."""
     if counts.ndim == 3:
-        recall = counts.diagonal(dim1=1, dim2=2) / counts.sum(2).clamp_min(1)  # (L, 2): TNR, TPR
-        return recall.mean()
-    support = counts.sum(1)
-    recall = counts.diagonal()[support > 0] / support[support > 0]
-    return recall.float().mean()
+        occurs = counts.sum((1, 2)) > 0
+        return _mean_recall(counts.double())[occurs].mean().float()
+    return _mean_recall(counts.double()).float()
 
 
 def accuracy(counts: torch.Tensor) -> float:
@@ -33,3 +76,13 @@ def accuracy(counts: torch.Tensor) -> float:
     if counts.ndim == 3:
         return float((counts.diagonal(dim1=1, dim2=2).sum(1) / counts.sum((1, 2)).clamp_min(1)).mean())
     return float(counts.diagonal().sum() / counts.sum().clamp_min(1))
+
+
+def top_prediction_share(counts: torch.Tensor) -> float:
+    """The share of predictions that go to the most predicted class (for ``(L, 2, 2)``: the mean over labels of the
+    share of the more predicted value). 1.0 is a constant classifier."""
+    if counts.ndim == 3:
+        predicted = counts.sum(1).double()  # (L, 2): how often each label is predicted 0 and 1
+        return float((predicted.amax(1) / predicted.sum(1).clamp_min(1)).mean())
+    predicted = counts.sum(0).double()
+    return float(predicted.max() / predicted.sum().clamp_min(1))

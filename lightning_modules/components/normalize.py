@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lightning_modules.components.errors import InputError
+
 
 class Normalize(nn.Module):
     """``(x - mean) / std`` per channel; the first layer of every medrobust classifier.
@@ -24,12 +26,16 @@ class Normalize(nn.Module):
         mean_t = _per_channel(mean, in_chans, "mean")
         std_t = _per_channel(std, in_chans, "std")
         if (std_t <= 0).any():
-            raise ValueError(f"std must be positive, got {list(std)}")
+            raise InputError(f"std must be positive, got {list(std)}")
         self.register_buffer("mean", mean_t.view(1, -1, 1, 1))
         self.register_buffer("std", std_t.view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
+
+    def values(self) -> tuple[list[float], list[float]]:
+        """The per-channel mean and std as lists (what a config or checkpoint records)."""
+        return self.mean.flatten().tolist(), self.std.flatten().tolist()
 
     def extra_repr(self) -> str:
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
@@ -40,5 +46,5 @@ def _per_channel(values: Sequence[float], in_chans: int, name: str) -> torch.Ten
     if len(values) == 1:
         values = values * in_chans
     if len(values) != in_chans:
-        raise ValueError(f"{name} has {len(values)} values for {in_chans} input channels")
+        raise InputError(f"{name} has {len(values)} values for {in_chans} input channels")
     return torch.tensor(values, dtype=torch.float32)

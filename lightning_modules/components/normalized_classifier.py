@@ -9,6 +9,7 @@ import timm
 import torch
 from torch import nn
 
+from lightning_modules.components.errors import InputError
 from lightning_modules.components.normalize import Normalize
 
 
@@ -37,16 +38,38 @@ class NormalizedClassifier(nn.Module):
         num_classes: int,
         in_chans: int,
         pretrained: bool = False,
-        mean: Sequence[float] = (0.5,),
-        std: Sequence[float] = (0.5,),
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         **timm_kwargs: object,
     ) -> NormalizedClassifier:
-        """Build from timm's registry; an unknown name raises with the closest valid names."""
+        """Build from timm's registry; an unknown name raises with the closest valid names.
+
+        ``mean``/``std`` default to the pretrained weights' own normalisation when ``pretrained``, else 0.5.
+        """
         if not timm.is_model(model_name):
             close = difflib.get_close_matches(model_name, timm.list_models(), n=5, cutoff=0.6)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise ValueError(f"Unknown timm model {model_name!r}.{hint} See timm.list_models() for all names.")
+            raise InputError(f"Unknown timm model {model_name!r}.{hint} See timm.list_models() for all names.")
         backbone = timm.create_model(
             model_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **timm_kwargs
         )
+        if mean is None or std is None:
+            default_mean, default_std = (
+                pretrained_normalization(model_name, in_chans) if pretrained else ((0.5,), (0.5,))
+            )
+            mean, std = mean or default_mean, std or default_std
         return cls(Normalize(mean, std, in_chans), backbone)
+
+
+def pretrained_normalization(model_name: str, in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std timm's pretrained weights of ``model_name`` were trained with (no network needed).
+
+    For grey inputs, timm sums the first convolution's RGB filters, so a grey image acts like an RGB image with
+    three equal channels; the mean of the three means (stds) is the single value closest to what the weights saw.
+    """
+    cfg = timm.get_pretrained_cfg(model_name) or {}
+    cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    mean, std = tuple(cfg.get("mean", (0.5,))), tuple(cfg.get("std", (0.5,)))
+    if in_chans != len(mean):
+        mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+    return mean, std

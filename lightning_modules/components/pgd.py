@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.components.frozen_mode import attack_mode
+from lightning_modules.components.confusion import errors
+from lightning_modules.components.errors import InputError
+from lightning_modules.components.losses import LossFn, cross_entropy_sum
+from lightning_modules.components.modes import attack_mode
 from lightning_modules.components.threat_model import ThreatModel
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def cross_entropy_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, y, reduction="sum")
-
-
-def bce_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Multi-label loss, which torchattacks' attacks (cross-entropy only) cannot use."""
-    return F.binary_cross_entropy_with_logits(logits, y.float(), reduction="sum")
-
-
-def kl_sum(logits: torch.Tensor, clean_probs: torch.Tensor) -> torch.Tensor:
-    """TRADES' inner loss: KL(f(x) || f(x')) with ``clean_probs = softmax(f(x))``."""
-    return F.kl_div(F.log_softmax(logits, dim=1), clean_probs, reduction="sum")
 
 
 class PGD:
@@ -40,8 +24,12 @@ class PGD:
         steps: ascent steps.
         alpha: step size; default ``2.5 * eps / steps`` (Madry et al.).
         random_start: start from a random point of the ball rather than ``x``.
-        restarts: independent random starts; per sample, the one with the highest final loss is kept.
+        restarts: independent random starts. Per sample, a restart that fools the model is kept (AutoAttack's rule:
+            the highest-loss restart can still be classified correctly with 3+ classes), and later restarts attack
+            only the samples no restart has fooled yet. Among restarts that fool none, or as many labels of a
+            multi-label sample, the highest loss is kept. Needs label targets (class indices, or 0/1 per label).
         loss_fn: ``(logits, target) -> summed loss``; cross-entropy by default.
+        task: ``"multiclass"`` or ``"multilabel"``: how restarts decide whether a sample is fooled.
 
     Example:
         >>> from lightning_modules.components.threat_model import LinfThreat
@@ -60,15 +48,17 @@ class PGD:
         random_start: bool = True,
         restarts: int = 1,
         loss_fn: LossFn = cross_entropy_sum,
+        task: str = "multiclass",
     ) -> None:
         if steps < 1 or restarts < 1:
-            raise ValueError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
+            raise InputError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
         self.threat = threat
         self.steps = steps
         self.alpha = alpha if alpha is not None else 2.5 * threat.eps / steps
         self.random_start = random_start
         self.restarts = restarts
         self.loss_fn = loss_fn
+        self.task = task
 
     def perturb(
         self, net: nn.Module, x: torch.Tensor, target: torch.Tensor, x_init: torch.Tensor | None = None
@@ -77,22 +67,21 @@ class PGD:
         if self.threat.eps == 0:
             return x.detach().clone()
         with attack_mode(net):
-            x = x.detach().clone()
-            target = target.detach().clone()
-            best, best_loss = x, None
-            for restart in range(self.restarts):
-                start = x_init.detach() if x_init is not None and restart == 0 else None
-                x_adv = self._run(net, x, target, start)
-                if self.restarts == 1:
-                    return x_adv
-                with torch.no_grad():
-                    loss = self._per_sample_loss(net(x_adv), target)
-                if best_loss is None:
-                    best, best_loss = x_adv, loss
-                else:
-                    better = loss > best_loss
-                    best = torch.where(better.view(-1, *[1] * (x.ndim - 1)), x_adv, best)
-                    best_loss = torch.maximum(loss, best_loss)
+            x, target = x.detach().clone(), target.detach().clone()
+            first = x_init.detach() if x_init is not None else None
+            best = self._run(net, x, target, first)
+            if self.restarts == 1:
+                return best
+            best_err, best_loss = self._score(net, best, target)
+            for _ in range(self.restarts - 1):
+                todo = (best_err < self._max_errors(target)).nonzero().flatten()
+                if len(todo) == 0:
+                    break
+                x_adv = self._run(net, x[todo], target[todo], None)
+                err, loss = self._score(net, x_adv, target[todo])
+                better = (err > best_err[todo]) | ((err == best_err[todo]) & (loss > best_loss[todo]))
+                keep = todo[better]
+                best[keep], best_err[keep], best_loss[keep] = x_adv[better], err[better], loss[better]
             return best
 
     def _run(self, net: nn.Module, x: torch.Tensor, target: torch.Tensor, start: torch.Tensor | None) -> torch.Tensor:
@@ -107,5 +96,12 @@ class PGD:
             x_adv = self.threat.project(self.threat.step(x_adv.detach(), grad, self.alpha), x)
         return x_adv.detach()
 
-    def _per_sample_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.loss_fn(logits[i : i + 1], target[i : i + 1]) for i in range(len(logits))])
+    def _score(self, net: nn.Module, x_adv: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per sample: how many labels are wrong, and the loss."""
+        with torch.no_grad():
+            logits = net(x_adv)
+            loss = torch.stack([self.loss_fn(logits[i : i + 1], target[i : i + 1]) for i in range(len(logits))])
+            return errors(logits, target, self.task), loss
+
+    def _max_errors(self, target: torch.Tensor) -> int:
+        return target.shape[1] if self.task == "multilabel" else 1

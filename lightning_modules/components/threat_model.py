@@ -10,6 +10,8 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from lightning_modules.components.errors import InputError
+
 NORMS = ("linf", "l2")
 
 
@@ -26,18 +28,32 @@ def parse_eps(eps: float | str) -> float:
             else:
                 value = float(text)
         except (ValueError, ZeroDivisionError) as err:
-            raise ValueError(f"eps {eps!r} is neither a number nor a fraction like '8/255'") from err
+            raise InputError(f"eps {eps!r} is neither a number nor a fraction like '8/255'") from err
     if value < 0:
-        raise ValueError(f"eps must be >= 0, got {eps!r}")
+        raise InputError(f"eps must be >= 0, got {eps!r}")
     return value
 
 
-def eps_label(eps: float) -> str:
-    """A metric-name-safe label: ``2/255`` -> ``"2_255"``, ``0.5`` -> ``"0.5"``."""
+def threat_label(norm: str, eps: float) -> str:
+    """A metric-name-safe name that says what the budget is: ``linf_8_255`` (8/255), ``linf_0.1``, ``l2_0.5``, ``l2_1``.
+
+    Only L-inf budgets are written as fractions of 255, and only when they are a whole number of grey levels; an L2
+    budget is a length in pixel units and is always written as the number itself.
+    """
+    if norm not in NORMS:
+        raise InputError(f"Unknown norm {norm!r}; valid: {NORMS}")
     k = eps * 255
-    if eps > 0 and abs(k - round(k)) < 1e-6:
-        return f"{round(k)}_255"
-    return f"{eps:g}"
+    if norm == "linf" and eps > 0 and abs(k - round(k)) < 1e-6:
+        return f"linf_{round(k)}_255"
+    return f"{norm}_{eps:g}"
+
+
+def parse_threat_label(label: str) -> tuple[str, float]:
+    """The inverse of :func:`threat_label`: ``"linf_8_255"`` -> ``("linf", 8/255)``, ``"l2_0.5"`` -> ``("l2", 0.5)``."""
+    norm, _, eps = label.partition("_")
+    if norm not in NORMS:
+        raise InputError(f"{label!r} is not a threat label such as 'linf_8_255' or 'l2_0.5'")
+    return norm, parse_eps(eps.replace("_", "/"))
 
 
 class ThreatModel(ABC):
@@ -120,4 +136,4 @@ def threat_model(norm: str, eps: float | str) -> ThreatModel:
         return LinfThreat(eps)
     if norm == "l2":
         return L2Threat(eps)
-    raise ValueError(f"Unknown norm {norm!r}; valid: {NORMS}")
+    raise InputError(f"Unknown norm {norm!r}; valid: {NORMS}")
