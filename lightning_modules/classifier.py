@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torchmetrics import MeanMetric
 from typing_extensions import override
 
+from lightning_modules.components.errors import InputError
+from lightning_modules.components.losses import task_loss
 from lightning_modules.components.metric_names import metric_name
-from lightning_modules.components.metrics import classification_metrics, confusion_matrix, scores
+from lightning_modules.components.metrics import ConfusionCounts, classification_metrics
 from lightning_modules.components.normalized_classifier import NormalizedClassifier
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -41,6 +44,22 @@ class TrainingStep:
 LossTerm = Callable[[TrainingStep], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class TrainingThreat:
+    """The threat model a callback trains against, announced on the module for the callbacks that judge training.
+
+    Attributes:
+        norm: ``"linf"`` or ``"l2"``.
+        eps: the full budget, in pixel units (0: standard training).
+        full_from_epoch: the first epoch trained at the full budget for all of its batches (after any warm-up);
+            model selection never picks an earlier epoch.
+    """
+
+    norm: str
+    eps: float
+    full_from_epoch: int = 0
+
+
 class ClassifierModule(LightningModule):
     """Image classifier for MedMNIST tasks; images in [0, 1], so every attack budget is in pixel units.
 
@@ -54,17 +73,27 @@ class ClassifierModule(LightningModule):
 
     Each term is logged as ``train/loss/<name>`` beside ``train/loss/task`` and the total ``train/loss``.
 
+    * :meth:`set_training_threat` -- a callback that trains against a threat model announces it here
+      (:class:`TrainingThreat`); :class:`~callbacks.RobustValidation` attacks validation at that budget and
+      :class:`~callbacks.SelectionCheckpoint` skips the epochs of its warm-up.
+
     Args:
         model_name: any timm model name, e.g. ``"resnet18"``.
         num_classes: number of classes (labels, for multi-label tasks). Linked from the datamodule by the CLI.
         in_chans: input channels. Linked from the datamodule by the CLI.
         task: ``"multiclass"`` (cross-entropy) or ``"multilabel"`` (BCE with logits). Linked from the datamodule.
-        pretrained: load timm's pretrained weights (needs network or a local cache).
-        mean: per-channel mean of the Normalize layer (pixel units).
-        std: per-channel std of the Normalize layer.
+        pretrained: load timm's pretrained weights (needs network or a local cache). Loading a checkpoint never
+            fetches them again: the checkpoint holds the weights.
+        mean: per-channel mean of the Normalize layer (pixel units); default: the pretrained weights' own (a grey
+            image gets the mean over their channels), else 0.5. The resolved values are saved with the model.
+        std: per-channel std of the Normalize layer; default as for ``mean``.
         optimizer: optimizer factory, ``torch.optim.Adam`` (lr 1e-3) by default.
         lr_scheduler: optional scheduler factory, stepped every epoch.
         timm_kwargs: extra keyword arguments for ``timm.create_model`` (e.g. ``drop_rate``).
+        class_weights: weight the training loss against class imbalance: ``"balanced"`` (scikit-learn's
+            ``n / (C * n_c)`` from the training split's labels; for multi-label tasks BCE's ``pos_weight`` of
+            negatives / positives per label) or one weight per class. Validation and test losses stay unweighted,
+            so they compare across runs. The weights in effect are recorded in the run (tag ``train.class_weights``).
     """
 
     def __init__(
@@ -74,30 +103,38 @@ class ClassifierModule(LightningModule):
         in_chans: int = 1,
         task: str = "multiclass",
         pretrained: bool = False,
-        mean: Sequence[float] = (0.5,),
-        std: Sequence[float] = (0.5,),
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         timm_kwargs: dict | None = None,
+        class_weights: Literal["balanced"] | list[float] | None = None,
     ) -> None:
         super().__init__()
         # Factories are not data: keeping them out makes checkpoints load with weights_only=True. Under the CLI the
         # full config, optimizer included, is saved with the run.
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        if isinstance(class_weights, list) and len(class_weights) != num_classes:
+            raise InputError(f"class_weights has {len(class_weights)} values for {num_classes} classes")
         self.task = task
         self.num_classes = num_classes
         self.net = NormalizedClassifier.from_timm(
             model_name, num_classes, in_chans, pretrained, mean, std, **(timm_kwargs or {})
         )
+        # What the Normalize layer resolved to, so that a loaded checkpoint rebuilds the same model.
+        self.hparams["mean"], self.hparams["std"] = self.net.normalize.values()
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
+        self.class_weight: torch.Tensor | None = None
         self.train_metrics = classification_metrics(task, num_classes, full=False)
         self.val_metrics = classification_metrics(task, num_classes)
         self.test_metrics = classification_metrics(task, num_classes)
-        self.test_confusion = confusion_matrix(task, num_classes)
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.test_confusion = ConfusionCounts(task, num_classes)
         self.last_test_confusion: torch.Tensor | None = None
         self._input_transforms: dict[str, InputTransform] = {}
         self._loss_terms: dict[str, LossTerm] = {}
+        self._training_threat: TrainingThreat | None = None
 
     # ----------------------------------------------------------------------------------------------- seams
     def add_input_transform(self, name: str, fn: InputTransform) -> None:
@@ -110,12 +147,23 @@ class ClassifierModule(LightningModule):
     def add_loss_term(self, name: str, fn: LossTerm) -> None:
         """Register ``fn(step) -> scalar``, added to the task loss and logged as ``train/loss/<name>``."""
         if name == "task":
-            raise ValueError("'task' is the name of the task loss itself; choose another loss-term name")
+            raise InputError("'task' is the name of the task loss itself; choose another loss-term name")
         metric_name("train", "loss", name)  # the name must survive MLflow
         _add_unique(self._loss_terms, name, fn, "loss term")
 
     def remove_loss_term(self, name: str) -> None:
         self._loss_terms.pop(name, None)
+
+    def set_training_threat(self, threat: TrainingThreat | None) -> None:
+        """Announce the threat model training targets (``None`` in ``teardown``); one callback at a time."""
+        if threat is not None and self._training_threat is not None and threat != self._training_threat:
+            raise InputError(f"Two callbacks train against different threats: {self._training_threat} and {threat}")
+        self._training_threat = threat
+
+    @property
+    def training_threat(self) -> TrainingThreat | None:
+        """What :meth:`set_training_threat` announced; ``None`` for standard training."""
+        return self._training_threat
 
     @property
     def input_transforms(self) -> tuple[str, ...]:
@@ -126,14 +174,36 @@ class ClassifierModule(LightningModule):
         return tuple(self._loss_terms)
 
     # ------------------------------------------------------------------------------------------- the model
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> ClassifierModule:
+        """Lightning's loader, without fetching pretrained weights again: the checkpoint holds the weights."""
+        kwargs.setdefault("pretrained", False)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    @override
+    def setup(self, stage: str) -> None:
+        weights = self.hparams.get("class_weights")
+        if stage == "fit" and weights is not None:
+            self.class_weight = self._class_weight(weights).to(self.device)
+
+    def _class_weight(self, weights: str | list[float]) -> torch.Tensor:
+        if weights != "balanced":
+            return torch.tensor(weights, dtype=torch.float32)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "label_counts"):
+            raise InputError("class_weights='balanced' needs a datamodule with label_counts() (MedMNISTDataModule)")
+        counts, n = datamodule.label_counts("train")
+        if self.task == "multilabel":  # BCE's pos_weight: negatives per positive, for each label
+            return ((n - counts) / counts.clamp_min(1)).float()
+        present = counts > 0
+        return torch.where(present, n / (present.sum() * counts.clamp_min(1)), torch.ones_like(counts)).float()
+
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def task_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.task == "multilabel":
-            return F.binary_cross_entropy_with_logits(logits, y.float())
-        return F.cross_entropy(logits, y)
+    def task_loss(self, logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        return task_loss(logits, y, self.task, weight=weight)
 
     @override
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
@@ -142,7 +212,7 @@ class ClassifierModule(LightningModule):
         for transform in self._input_transforms.values():
             x, y = transform(x, y)
         logits = self.net(x)
-        loss = task = self.task_loss(logits, y)
+        loss = task = self.task_loss(logits, y, self.class_weight)
         if self._loss_terms:
             step = TrainingStep(x, y, logits, x_clean, y_clean)
             terms = {name: fn(step) for name, fn in self._loss_terms.items()}
@@ -150,7 +220,7 @@ class ClassifierModule(LightningModule):
             terms["task"] = task
             losses = {metric_name("train", "loss", k): v.detach() for k, v in terms.items()}
             self.log_dict(losses, on_epoch=True, sync_dist=True)
-        self.train_metrics.update(scores(self.task, logits.detach()), y.long())
+        self.train_metrics.update(logits.detach(), y)
         # sync_dist: under DDP the logged loss is the mean over ranks, not rank 0's share.
         self.log(metric_name("train", "loss"), loss.detach(), prog_bar=True, on_epoch=True, sync_dist=True)
         self.log_dict({metric_name("train", k): m for k, m in self.train_metrics.items()}, on_epoch=True)
@@ -159,19 +229,32 @@ class ClassifierModule(LightningModule):
     def _evaluate(self, stage: str, batch: Batch) -> torch.Tensor:
         x, y = batch
         logits = self.net(x)
-        metrics = self.val_metrics if stage == "val" else self.test_metrics
-        probs = scores(self.task, logits)
-        metrics.update(probs, y.long())
+        (self.val_metrics if stage == "val" else self.test_metrics).update(logits, y)
+        (self.val_loss if stage == "val" else self.test_loss).update(self.task_loss(logits, y), weight=len(x))
         if stage == "test":
-            self.test_confusion.update(probs, y.long())
-        log = {"sync_dist": True, "prog_bar": stage == "val", "add_dataloader_idx": False}
-        self.log(metric_name(stage, "loss"), self.task_loss(logits, y), **log)
-        self.log_dict({metric_name(stage, k): m for k, m in metrics.items()}, **log)
+            self.test_confusion.update(logits, y)
         return logits
+
+    def _log_epoch(self, stage: str) -> None:
+        """Log the stage's metrics once per epoch, reduced over every process.
+
+        Metrics are computed here, not logged per step: under DDP a process whose share of a small split is empty
+        runs no step, yet takes part in these reductions, so no process waits for one that never comes.
+        """
+        metrics, loss = (self.val_metrics, self.val_loss) if stage == "val" else (self.test_metrics, self.test_loss)
+        values = {metric_name(stage, k): v for k, v in metrics.compute().items()}
+        values[metric_name(stage, "loss")] = loss.compute()
+        self.log_dict(values, sync_dist=True, prog_bar=stage == "val")  # identical on every rank already
+        metrics.reset()
+        loss.reset()
 
     @override
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluate("val", batch)
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
 
     @override
     def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
@@ -183,6 +266,7 @@ class ClassifierModule(LightningModule):
 
     @override
     def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
         self.last_test_confusion = self.test_confusion.compute().cpu()
         self.test_confusion.reset()
 
@@ -196,5 +280,5 @@ class ClassifierModule(LightningModule):
 
 def _add_unique(registry: dict, name: str, fn: Callable, kind: str) -> None:
     if name in registry:
-        raise ValueError(f"A {kind} named {name!r} is already registered; registered: {sorted(registry)}")
+        raise InputError(f"A {kind} named {name!r} is already registered; registered: {sorted(registry)}")
     registry[name] = fn

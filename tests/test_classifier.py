@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import quiet_trainer
@@ -111,3 +112,50 @@ def test_checkpoint_round_trip(tmp_path, synthetic_npz) -> None:
     loaded = ClassifierModule.load_from_checkpoint(tmp_path / "m.ckpt").eval()
     x = torch.rand(2, 3, 28, 28)
     assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_pretrained_models_normalise_as_their_weights_were_trained() -> None:
+    """Issue 9.20: the Normalize layer takes the pretrained weights' mean/std (grey images: their channel mean),
+    read from timm's pretrained config without the network; explicit values and non-pretrained models keep theirs."""
+    from lightning_modules.components.normalized_classifier import pretrained_normalization
+
+    mean, std = pretrained_normalization("resnet18", in_chans=3)
+    assert mean == pytest.approx((0.485, 0.456, 0.406)) and std == pytest.approx((0.229, 0.224, 0.225))
+    grey_mean, grey_std = pretrained_normalization("resnet18", in_chans=1)
+    assert grey_mean == pytest.approx((sum(mean) / 3,)) and grey_std == pytest.approx((sum(std) / 3,))
+    assert ClassifierModule("test_resnet").hparams["mean"] == [0.5]
+
+
+def test_a_checkpoint_of_a_pretrained_model_loads_without_the_network(tmp_path) -> None:
+    """Issue 9.20: load_from_checkpoint does not fetch pretrained weights the checkpoint already holds (offline, as
+    here, fetching them raised), and the model normalises as it was trained to."""
+    import lightning.pytorch as pl
+
+    model = ClassifierModule("resnet18", in_chans=1, mean=[0.449], std=[0.226])
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, max_epochs=0)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    checkpoint = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    checkpoint["hyper_parameters"]["pretrained"] = True  # as a run with pretrained: true saves it
+    torch.save(checkpoint, tmp_path / "m.ckpt")
+    loaded = ClassifierModule.load_from_checkpoint(tmp_path / "m.ckpt").eval()
+    assert loaded.net.normalize.values() == ([pytest.approx(0.449)], [pytest.approx(0.226)])
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(loaded(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("flag", ["pneumoniamnist", "chestmnist"])
+def test_balanced_class_weights_from_the_training_labels(tmp_path, synthetic_npz, flag) -> None:
+    """Issue 9.24: class_weights='balanced' is scikit-learn's n / (C * n_c) (BCE pos_weight neg/pos per label)."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    dm = MedMNISTDataModule(flag, path=str(synthetic_npz(flag)), batch_size=16)
+    model = make(dm, class_weights="balanced")
+    quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, dm)
+    counts, n = dm.label_counts("train")
+    if flag == "chestmnist":
+        assert torch.allclose(model.class_weight, ((n - counts) / counts.clamp_min(1)).float())
+    else:
+        labels = dm.datasets["train"].labels.numpy()
+        reference = compute_class_weight("balanced", classes=np.unique(labels), y=labels)
+        assert model.class_weight.numpy() == pytest.approx(reference, rel=1e-6)
