@@ -12,10 +12,16 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_modules.components.frozen_mode import eval_mode
+from callbacks.training_progress import batch_index
+from lightning_modules.classifier import TrainingStep, TrainingThreat
+from lightning_modules.components.confusion import accuracy, confusion_counts
+from lightning_modules.components.errors import InputError
+from lightning_modules.components.losses import attack_loss
 from lightning_modules.components.metric_names import metric_name
-from lightning_modules.components.pgd import PGD, bce_sum, cross_entropy_sum, kl_sum
+from lightning_modules.components.modes import eval_mode
+from lightning_modules.components.pgd import PGD
 from lightning_modules.components.threat_model import parse_eps, threat_model
+from lightning_modules.components.trades import TradesAttack
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +37,18 @@ class AdversarialTraining(Callback):
       about 2 standard steps. A catastrophic-overfitting guard runs PGD-10 on a fixed validation batch before each
       validation; when that robust accuracy falls more than ``co_threshold`` below its best, the guard logs it and, with
       ``co_action="stop"``, restores the weights of the best guarded epoch and stops training (so the epoch's
-      validation, checkpoint and the final test all see the pre-collapse weights).
-    * ``trades``: the task loss stays cross-entropy on clean images; the loss term ``beta * KL(f(x) || f(x'))`` is
-      added, with ``x'`` maximising that KL by PGD from ``x + 0.001 * N(0, 1)`` (Zhang et al. 2019).
+      validation, checkpoint and the final test all see the pre-collapse weights). The guard's state (best guarded
+      accuracy and weights, collapse epoch) is saved in checkpoints, so a resumed fit still sees a collapse.
+    * ``trades``: the task loss stays cross-entropy on the training input ``x``; the loss term
+      ``beta * KL(f(x) || f(x'))`` is added, with ``x'`` maximising that KL by PGD from ``x + 0.001 * N(0, 1)``
+      (Zhang et al. 2019). As in the reference code, the inner maximisation compares ``f(x')`` with ``f(x)`` both in
+      eval mode on the same ``x`` (:class:`~lightning_modules.components.trades.TradesAttack`); the outer KL uses the
+      training forward's logits, in training mode.
 
     Attacks run on the bare network (``pl_module.net``) in eval mode, so BatchNorm statistics are not updated by the
-    inner maximisation, and every submodule's mode is restored afterwards. Budgets are in pixel units.
+    inner maximisation, and every submodule's mode is restored afterwards. Budgets are in pixel units. The budget is
+    announced on the module (:meth:`~lightning_modules.classifier.ClassifierModule.set_training_threat`), so robust
+    validation attacks at it and model selection skips the warm-up epochs.
 
     Args:
         method: ``"pgd"``, ``"trades"`` or ``"fgsm_rs"``.
@@ -47,7 +59,8 @@ class AdversarialTraining(Callback):
         alpha: step size; defaults as above.
         beta: TRADES trade-off (larger: more robust, less accurate).
         mix_ratio: fraction of each batch made adversarial (``pgd``, ``fgsm_rs``); the rest stays clean.
-        warmup_epochs: eps grows linearly from 0 to ``eps`` over these epochs.
+        warmup_epochs: eps grows linearly from 0 to ``eps`` over these epochs, batch by batch (gradient accumulation
+            does not slow it down).
         co_guard: run the catastrophic-overfitting guard (``fgsm_rs`` only).
         co_threshold: absolute fall in guarded PGD accuracy that counts as a collapse.
         co_action: ``"stop"`` (restore and stop) or ``"warn"``.
@@ -70,9 +83,9 @@ class AdversarialTraining(Callback):
         name: str = "adversarial",
     ) -> None:
         if method not in ("pgd", "trades", "fgsm_rs"):
-            raise ValueError(f"Unknown adversarial training method {method!r}; valid: pgd, trades, fgsm_rs")
+            raise InputError(f"Unknown adversarial training method {method!r}; valid: pgd, trades, fgsm_rs")
         if not 0.0 < mix_ratio <= 1.0:
-            raise ValueError(f"mix_ratio must be in (0, 1], got {mix_ratio}")
+            raise InputError(f"mix_ratio must be in (0, 1], got {mix_ratio}")
         threat_model(norm, eps)  # validates norm and eps
         self.method = method
         self.eps = parse_eps(eps)
@@ -102,13 +115,17 @@ class AdversarialTraining(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if self.eps == 0 or (self.method == "trades" and self.beta == 0):
-            # The zero point of an eps (or TRADES beta) sweep is standard training: no attack, no extra cost.
+        standard = self.eps == 0 or (self.method == "trades" and self.beta == 0)
+        # The zero point of an eps (or TRADES beta) sweep is standard training: its budget is 0, and nothing attacks.
+        pl_module.set_training_threat(
+            TrainingThreat(self.norm, 0.0 if standard else self.eps, 0 if standard else self.warmup_epochs)
+        )
+        if standard:
             rank_zero_info(f"{type(self).__name__}: eps={self.eps:g}, beta={self.beta:g}: standard training")
             self.co_guard = False
             return
-        if self.method == "trades" and getattr(pl_module, "task", "multiclass") != "multiclass":
-            raise ValueError("TRADES' KL term is defined for softmax classifiers; use method='pgd' for multi-label")
+        if self.method == "trades" and pl_module.task != "multiclass":
+            raise InputError("TRADES' KL term is defined for softmax classifiers; use method='pgd' for multi-label")
         self._module, self._trainer = pl_module, trainer
         if self.method == "trades":
             pl_module.add_loss_term(self.name, self._trades_term)
@@ -120,72 +137,78 @@ class AdversarialTraining(Callback):
         if stage == "fit":
             pl_module.remove_input_transform(self.name)
             pl_module.remove_loss_term(self.name)
+            pl_module.set_training_threat(None)
             self._module = self._trainer = None
 
     # ---------------------------------------------------------------------------------------------- attacks
     def current_eps(self) -> float:
-        """``eps`` after warm-up: linear in training progress over ``warmup_epochs``."""
+        """``eps`` after warm-up: linear in the number of training batches seen, over ``warmup_epochs``."""
         trainer = self._trainer
         if not self.warmup_epochs or trainer is None:
             return self.eps
         per_epoch = max(int(trainer.num_training_batches), 1)
-        progress = (trainer.global_step + 1) / (self.warmup_epochs * per_epoch)
+        progress = (batch_index(trainer) + 1) / (self.warmup_epochs * per_epoch)
         return self.eps * min(1.0, progress)
 
-    def _attack(self, loss_fn: Any, eps: float) -> PGD:
-        if self.method == "fgsm_rs":
-            alpha = self.alpha if self.alpha is not None else 1.25 * eps
-        else:
-            alpha = self.alpha if self.alpha is not None else 2.5 * eps / self.steps
-        return PGD(
-            threat_model(self.norm, eps), self.steps, alpha, random_start=self.method != "trades", loss_fn=loss_fn
-        )
+    def _step_size(self, eps: float) -> float:
+        if self.alpha is not None:
+            return self.alpha
+        return 1.25 * eps if self.method == "fgsm_rs" else 2.5 * eps / self.steps
 
     def _adversarial_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         module = self._module
         eps = self.current_eps()
         module.log(metric_name("train", "adv", "eps"), eps, on_step=True, on_epoch=False)
-        loss_fn = bce_sum if module.task == "multilabel" else cross_entropy_sum
         n_adv = max(1, round(self.mix_ratio * len(x)))
-        x_adv = self._attack(loss_fn, eps).perturb(module.net, x[:n_adv], y[:n_adv])
+        attack = PGD(
+            threat_model(self.norm, eps),
+            self.steps,
+            self._step_size(eps),
+            loss_fn=attack_loss(module.task),
+            task=module.task,
+        )
+        x_adv = attack.perturb(module.net, x[:n_adv], y[:n_adv])
         if n_adv == len(x):
             return x_adv, y
         return torch.cat([x_adv, x[n_adv:]]), y
 
-    def _trades_term(self, step: Any) -> torch.Tensor:
+    def _trades_term(self, step: TrainingStep) -> torch.Tensor:
         module = self._module
         eps = self.current_eps()
         module.log(metric_name("train", "adv", "eps"), eps, on_step=True, on_epoch=False)
-        clean_probs = F.softmax(step.logits.detach(), dim=1)
-        x = step.x_clean
-        start = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
-        x_adv = self._attack(kl_sum, eps).perturb(module.net, x, clean_probs, x_init=start)
-        # The outer KL runs in the module's training mode, as in the TRADES reference code.
+        # The input the network was trained on, after every other input transform.
+        x_adv = TradesAttack(threat_model(self.norm, eps), self.steps, self._step_size(eps)).perturb(module.net, step.x)
+        # The outer KL runs in the module's training mode against the training forward's logits, as in the reference.
         log_adv = F.log_softmax(module.net(x_adv), dim=1)
         return self.beta * F.kl_div(log_adv, F.softmax(step.logits, dim=1), reduction="batchmean")
 
     # ---------------------------------------------------------------------- catastrophic-overfitting guard
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.co_guard:
-            loaders = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
-            if loaders is None:
-                rank_zero_warn("fgsm_rs guard needs a validation loader; catastrophic overfitting is not watched")
-                self.co_guard = False
-                return
-            x, y = next(iter(loaders))
-            self._guard_batch = (x.to(pl_module.device), y.to(pl_module.device))
+        if not self.co_guard:
+            return
+        loader = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
+        if loader is None:
+            rank_zero_warn("fgsm_rs guard needs a validation loader; catastrophic overfitting is not watched")
+            self.co_guard = False
+            return
+        # Under DDP a rank whose share of a small validation split is empty guards nothing, but still reduces.
+        batch = next(iter(loader), None)
+        self._guard_batch = None if batch is None else (batch[0].to(pl_module.device), batch[1].to(pl_module.device))
 
     @override
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self.co_guard or trainer.sanity_checking or self._guard_batch is None or trainer.state.fn != "fit":
+        if not self.co_guard or trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        x, y = self._guard_batch
-        attack = PGD(threat_model(self.norm, self.eps), steps=10, alpha=self.eps / 4, random_start=True)
-        x_adv = attack.perturb(pl_module.net, x, y)
-        with eval_mode(pl_module.net) as net:
-            correct = (net(x_adv).argmax(1) == y).float().mean()
-        acc = float(trainer.strategy.reduce(correct, reduce_op="mean"))
+        task, c = pl_module.task, pl_module.num_classes
+        counts = torch.zeros((c, 2, 2) if task == "multilabel" else (c, c), dtype=torch.long, device=pl_module.device)
+        if self._guard_batch is not None:
+            x, y = self._guard_batch
+            attack = PGD(threat_model(self.norm, self.eps), 10, self.eps / 4, loss_fn=attack_loss(task), task=task)
+            x_adv = attack.perturb(pl_module.net, x, y)
+            with eval_mode(pl_module.net) as net:
+                counts += confusion_counts(net(x_adv), y, task, c)
+        acc = accuracy(trainer.strategy.reduce(counts, reduce_op="sum"))
         pl_module.log(metric_name("train", "co_guard", "pgd_acc"), acc, on_epoch=True, sync_dist=False)
         if self._guard_best is not None and self._guard_best[0] - acc > self.co_threshold:
             self._collapse(trainer, pl_module, acc)
@@ -195,7 +218,8 @@ class AdversarialTraining(Callback):
 
     def _collapse(self, trainer: Trainer, pl_module: LightningModule, acc: float) -> None:
         best_acc, best_state = self._guard_best
-        self.collapsed_at = trainer.current_epoch
+        if self.collapsed_at is None:  # the first collapse is the one to report
+            self.collapsed_at = trainer.current_epoch
         pl_module.log(metric_name("train", "co_guard", "collapsed"), 1.0, on_epoch=True)
         action = " Restoring the best guarded weights and stopping." if self.co_action == "stop" else ""
         rank_zero_warn(
@@ -205,3 +229,14 @@ class AdversarialTraining(Callback):
         if self.co_action == "stop":
             pl_module.net.load_state_dict(copy.deepcopy(best_state))
             trainer.should_stop = True
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        best_acc, best_state = self._guard_best if self._guard_best is not None else (None, None)
+        return {"guard_best_acc": best_acc, "guard_best_state": best_state, "collapsed_at": self.collapsed_at}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        best_acc, best_state = state_dict.get("guard_best_acc"), state_dict.get("guard_best_state")
+        self._guard_best = (best_acc, best_state) if best_acc is not None else None
+        self.collapsed_at = state_dict.get("collapsed_at")

@@ -6,14 +6,17 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
+from callbacks.training_progress import batch_index
 from datamodules.corruptions import SEVERITIES, check, corrupt, corruptions_for
+from lightning_modules.components.errors import InputError
 
 
 class CorruptionAugmentation(Callback):
     """Replace a fraction ``p`` of each training batch with corrupted versions, as MedMNIST-C proposes.
 
     Each chosen sample gets a corruption drawn uniformly from ``corruptions`` (default: all of the dataset's) at a
-    severity drawn uniformly from ``severities``. Draws are seeded by ``seed``, the step and the process rank.
+    severity drawn uniformly from ``severities``. Draws are seeded by ``seed``, the training batch's index (batches,
+    not optimizer steps, so every batch of a gradient-accumulation window gets its own draw) and the process rank.
     Registers an input transform (the module's seam), so it composes with other callbacks in registration order.
 
     Args:
@@ -33,7 +36,7 @@ class CorruptionAugmentation(Callback):
         name: str = "corruption_augmentation",
     ) -> None:
         if not 0.0 < p <= 1.0:
-            raise ValueError(f"p must be in (0, 1], got {p}")
+            raise InputError(f"p must be in (0, 1], got {p}")
         self.p, self.corruptions, self.seed, self.name = p, corruptions, seed, name
         self.severities = list(severities or SEVERITIES)
         self._trainer: Trainer | None = None
@@ -62,7 +65,7 @@ class CorruptionAugmentation(Callback):
 
     def _augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         trainer = self._trainer
-        g = torch.Generator().manual_seed(self.seed + 1_000_003 * trainer.global_rank + trainer.global_step)
+        g = torch.Generator().manual_seed(self.seed + 1_000_003 * trainer.global_rank + batch_index(trainer))
         chosen = torch.rand(len(x), generator=g) < self.p
         which = torch.randint(len(self.names), (len(x),), generator=g)
         level = torch.randint(len(self.severities), (len(x),), generator=g)

@@ -128,3 +128,56 @@ def test_bad_arguments(kwargs, match) -> None:
 def test_trades_refuses_multilabel(tmp_path, synthetic_npz) -> None:
     with pytest.raises(ValueError, match="TRADES"):
         fit(tmp_path, synthetic_npz, AdversarialTraining("trades"), flag="chestmnist")
+
+
+def test_guard_state_survives_resume(tmp_path, synthetic_npz) -> None:
+    """Issue 9.6: the guard's best accuracy and weights are saved in checkpoints, so a resumed fit compares its first
+    guarded epoch with the best from before the resume. (A negative threshold: any later guarded epoch collapses.)"""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    dm = MedMNISTDataModule("pneumoniamnist", path=str(synthetic_npz()), batch_size=16)
+
+    def run(max_epochs: int, ckpt_path: str | None = None) -> AdversarialTraining:
+        callback = AdversarialTraining("fgsm_rs", eps="8/255", co_threshold=-1.0, co_action="warn")
+        checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
+        trainer = quiet_trainer(
+            tmp_path,
+            max_epochs=max_epochs,
+            limit_val_batches=1,
+            num_sanity_val_steps=0,
+            callbacks=[callback, checkpoint],
+            enable_checkpointing=True,
+        )
+        trainer.fit(ClassifierModule("test_resnet"), dm, ckpt_path=ckpt_path)
+        return callback
+
+    first = run(1)
+    assert first.collapsed_at is None and first._guard_best is not None
+    resumed = run(3, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert resumed.collapsed_at == 1  # epoch 1 compared with epoch 0's best, which was saved and restored
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["callbacks"][resumed.state_key]
+    assert saved["guard_best_acc"] == first._guard_best[0] and saved["collapsed_at"] == 1
+
+
+def test_fgsm_rs_guard_on_multilabel(tmp_path, synthetic_npz) -> None:
+    """Issue 9.6: the guard attacks with the task's loss and scores with its accuracy (it crashed on multi-label)."""
+    callback = AdversarialTraining("fgsm_rs", eps="8/255")
+    fit(tmp_path, synthetic_npz, callback, flag="chestmnist", max_steps=-1, max_epochs=2, limit_val_batches=1)
+    assert callback._guard_best is not None and 0.0 <= callback._guard_best[0] <= 1.0
+
+
+def test_eps_warmup_counts_batches_under_gradient_accumulation(tmp_path, synthetic_npz) -> None:
+    """Issue 9.14: eps grows with every training batch, also when two batches make one optimizer step."""
+    callback = AdversarialTraining("pgd", eps="8/255", steps=1, warmup_epochs=2)
+    seen = []
+
+    class Watch(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            seen.append(callback.current_eps())
+
+    dm = MedMNISTDataModule("pneumoniamnist", path=str(synthetic_npz()), batch_size=16)  # 3 batches per epoch
+    trainer = quiet_trainer(
+        tmp_path, max_epochs=2, limit_val_batches=0, accumulate_grad_batches=2, callbacks=[callback, Watch()]
+    )
+    trainer.fit(ClassifierModule("test_resnet"), dm)
+    assert seen == pytest.approx([8 / 255 * (i + 1) / 6 for i in range(6)])

@@ -151,6 +151,29 @@ def test_corruption_augmentation(tmp_path, synthetic_npz) -> None:
         )
 
 
+def test_corruption_augmentation_draws_anew_for_each_batch_under_accumulation(tmp_path, synthetic_npz) -> None:
+    """Issue 9.14: draws are seeded by the batch index, not the optimizer step: the two batches of one accumulation
+    window get different corruption choices (seeding by global_step gave them identical ones)."""
+    masks = []
+
+    class Probe(Callback):
+        def setup(self, trainer, pl_module, stage) -> None:
+            pl_module.add_loss_term("probe", lambda step: masks.append(self.changed(step)) or step.logits.new_zeros(()))
+
+        @staticmethod
+        def changed(step) -> torch.Tensor:
+            return (step.x - step.x_clean).flatten(1).abs().amax(1) > 0
+
+    dm = MedMNISTDataModule("pneumoniamnist", path=str(synthetic_npz(n=(64, 16, 16))), batch_size=16, num_workers=0)
+    augment = CorruptionAugmentation(p=0.5, corruptions=["contrast_down"], severities=[5])
+    trainer = quiet_trainer(
+        tmp_path, max_steps=2, limit_val_batches=0, accumulate_grad_batches=2, callbacks=[augment, Probe()]
+    )
+    trainer.fit(ClassifierModule("test_resnet"), dm)
+    assert len(masks) == 4
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[2], masks[3])
+
+
 @pytest.mark.skipif(not (SHARED_MEDMNIST / "pneumoniamnist.npz").is_file(), reason="needs the real PneumoniaMNIST")
 def test_full_suite_on_real_pneumonia(tmp_path) -> None:
     dm = MedMNISTDataModule(

@@ -1,0 +1,105 @@
+"""RobustValidation: accuracy under PGD at the training budget on the validation split, every epoch of a fit."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from typing_extensions import override
+
+from lightning_modules.components.confusion import accuracy, balanced_accuracy, confusion_counts
+from lightning_modules.components.errors import InputError
+from lightning_modules.components.losses import attack_loss
+from lightning_modules.components.metric_names import metric_name
+from lightning_modules.components.modes import eval_mode
+from lightning_modules.components.pgd import PGD
+from lightning_modules.components.threat_model import NORMS, parse_eps, threat_model
+
+
+class RobustValidation(Callback):
+    """Attack validation images with PGD and log ``val/robust/acc`` and ``val/robust/bal_acc``, the numbers the
+    ``robust_acc`` and ``robust_bal_acc`` selection rules of :class:`~callbacks.SelectionCheckpoint` rank epochs by.
+
+    The budget is the training budget the module announces (:class:`~lightning_modules.classifier.TrainingThreat`,
+    set by :class:`~callbacks.AdversarialTraining`) at its full eps, warm-up or not, unless ``eps`` and ``norm`` are
+    given. Without either (standard training), the budget is 0 and the numbers are clean validation accuracies, so an
+    eps sweep's baseline is selected by the same rule as its other points. PGD starts at the clean image, so the
+    numbers are deterministic. ``val/robust/eps`` records the budget. Counts are summed over processes exactly.
+
+    Args:
+        eps: budget (a float or a string such as ``"8/255"``); default: the training budget.
+        norm: ``"linf"`` or ``"l2"``; default: the training norm.
+        steps: PGD steps (step size ``2.5 * eps / steps``).
+        max_samples: attack only the first ``max_samples`` validation samples of each process (``None``: all).
+    """
+
+    def __init__(
+        self,
+        eps: float | str | None = None,
+        norm: Literal["linf", "l2"] | None = None,
+        steps: int = 10,
+        max_samples: int | None = None,
+    ) -> None:
+        if (eps is None) != (norm is None):
+            raise InputError("RobustValidation: give both eps and norm, or neither (then the training budget is used)")
+        if norm is not None and norm not in NORMS:
+            raise InputError(f"Unknown norm {norm!r}; valid: {NORMS}")
+        self.eps = parse_eps(eps) if eps is not None else None
+        self.norm = norm
+        self.steps = steps
+        self.max_samples = max_samples
+        self._counts: torch.Tensor | None = None
+        self._seen = 0
+
+    def budget(self, pl_module: LightningModule) -> tuple[str, float]:
+        """``(norm, eps)`` this callback attacks at."""
+        if self.eps is not None:
+            return self.norm, self.eps
+        threat = getattr(pl_module, "training_threat", None)
+        return (threat.norm, threat.eps) if threat is not None else ("linf", 0.0)
+
+    @override
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        c = pl_module.num_classes
+        shape = (c, 2, 2) if pl_module.task == "multilabel" else (c, c)
+        self._counts, self._seen = torch.zeros(shape, dtype=torch.long, device=pl_module.device), 0
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if trainer.sanity_checking or self._counts is None:
+            return
+        x, y = batch
+        if self.max_samples is not None:
+            x, y = x[: self.max_samples - self._seen], y[: self.max_samples - self._seen]
+        if len(x) == 0:
+            return
+        self._seen += len(x)
+        norm, eps = self.budget(pl_module)
+        task = pl_module.task
+        attack = PGD(threat_model(norm, eps), self.steps, random_start=False, loss_fn=attack_loss(task), task=task)
+        with torch.inference_mode(False):
+            x_adv = attack.perturb(pl_module.net, x.clone(), y.clone())
+        with eval_mode(pl_module.net) as net:
+            self._counts += confusion_counts(net(x_adv), y, task, pl_module.num_classes)
+
+    @override
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or self._counts is None:
+            return
+        counts = trainer.strategy.reduce(self._counts, reduce_op="sum")
+        values = {
+            "acc": accuracy(counts),
+            "bal_acc": float(balanced_accuracy(counts)),
+            "eps": self.budget(pl_module)[1],
+        }
+        for key, value in values.items():
+            pl_module.log(metric_name("val", "robust", key), value, sync_dist=False, prog_bar=key == "bal_acc")

@@ -1,0 +1,129 @@
+"""SelectionCheckpoint: Lightning's ModelCheckpoint with a named model-selection rule; warm-up epochs never chosen."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import Tensor
+from typing_extensions import override
+
+from callbacks.robust_validation import RobustValidation
+from lightning_modules.components.errors import InputError
+
+Rule = Literal["clean_auroc", "clean_bal_acc", "robust_acc", "robust_bal_acc", "last"]
+#: the validation metric each rule ranks epochs by (``None``: the last epoch is the selected one)
+RULES: dict[str, str | None] = {
+    "clean_auroc": "val/auroc",
+    "clean_bal_acc": "val/bal_acc",
+    "robust_acc": "val/robust/acc",
+    "robust_bal_acc": "val/robust/bal_acc",
+    "last": None,
+}
+
+
+class SelectionCheckpoint(ModelCheckpoint):
+    """Keep the checkpoint of the epoch a named rule selects; ``fit`` tests that one (``best``).
+
+    Rules:
+
+    * ``clean_auroc``: the highest validation AUROC (MedMNIST v2's protocol for standard training);
+    * ``clean_bal_acc``: the highest validation balanced accuracy;
+    * ``robust_acc`` / ``robust_bal_acc``: the highest accuracy / balanced accuracy on validation images under PGD at
+      the training budget (:class:`~callbacks.RobustValidation` logs them; needed in ``trainer.callbacks``). The
+      balanced one does not reward predicting the majority class of an imbalanced split;
+    * ``last``: the last epoch.
+
+    Whatever the rule, an epoch still inside an adversarial warm-up (before the module's
+    ``training_threat.full_from_epoch``) is never selected: its model was trained at a smaller budget than the run
+    reports. The rule, the chosen epoch and its score are saved in checkpoints and recorded in the run as tags
+    ``selection.*`` (by :class:`~callbacks.MLflowCheckpoints`).
+
+    Args:
+        rule: the selection rule.
+        dirpath: checkpoint folder; default ``<default_root_dir>/<experiment_id>/<run_id>/checkpoints``.
+        filename: checkpoint name pattern (ModelCheckpoint's).
+        save_last: also keep ``last.ckpt`` (what ``--ckpt_path last`` resumes).
+        save_top_k: how many selected checkpoints to keep.
+        every_n_epochs: check every this many epochs.
+        verbose: log each save.
+    """
+
+    def __init__(
+        self,
+        rule: Rule = "clean_auroc",
+        dirpath: str | None = None,
+        filename: str | None = None,
+        save_last: bool | None = True,
+        save_top_k: int = 1,
+        every_n_epochs: int | None = None,
+        verbose: bool = False,
+    ) -> None:
+        if rule not in RULES:
+            raise InputError(f"Unknown selection rule {rule!r}; valid: {list(RULES)}")
+        super().__init__(
+            dirpath=dirpath,
+            filename=filename,
+            monitor=RULES[rule],
+            mode="max",
+            save_last=save_last,
+            save_top_k=save_top_k,
+            every_n_epochs=every_n_epochs,
+            verbose=verbose,
+        )
+        self.rule = rule
+        self.best_epoch: int | None = None
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        robust = self.rule.startswith("robust")
+        if stage == "fit" and robust and not any(isinstance(cb, RobustValidation) for cb in trainer.callbacks):
+            raise InputError(
+                f"Selection rule {self.rule!r} ranks epochs by {self.monitor}, which callbacks.RobustValidation logs; "
+                "add it to trainer.callbacks, or choose rule clean_auroc, clean_bal_acc or last."
+            )
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        first = self.first_eligible_epoch(pl_module)
+        if trainer.max_epochs is not None and trainer.max_epochs != -1 and first >= trainer.max_epochs:
+            raise InputError(
+                f"The adversarial warm-up lasts {first} epochs and the fit {trainer.max_epochs}: no epoch is trained "
+                "at the full budget, so none can be selected. Shorten warmup_epochs or raise trainer.max_epochs."
+            )
+
+    @staticmethod
+    def first_eligible_epoch(pl_module: LightningModule) -> int:
+        threat = getattr(pl_module, "training_threat", None)
+        return threat.full_from_epoch if threat is not None else 0
+
+    @override
+    def _save_topk_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Tensor]) -> None:
+        if trainer.current_epoch < self.first_eligible_epoch(trainer.lightning_module):
+            return
+        before = self.best_model_path
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+        if self.best_model_path != before:
+            self.best_epoch = trainer.current_epoch
+
+    def selection(self) -> dict[str, Any]:
+        """What the rule chose: rule, metric, epoch, score (the ``selection.*`` tags)."""
+        score = self.best_model_score
+        return {
+            "rule": self.rule,
+            "metric": self.monitor or "none (last epoch)",
+            "epoch": self.best_epoch,
+            "score": float(score) if score is not None else None,
+        }
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {"rule": self.rule, "best_epoch": self.best_epoch}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.best_epoch = state_dict.get("best_epoch")
