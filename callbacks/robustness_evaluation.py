@@ -1,4 +1,4 @@
-"""RobustnessEvaluation: accuracy under FGSM, PGD and AutoAttack over an eps grid, with gradient-masking checks."""
+"""RobustnessEvaluation: accuracy under FGSM, PGD and AutoAttack over an eps grid, with the per-sample worst case."""
 
 from __future__ import annotations
 
@@ -13,48 +13,67 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
 from callbacks.figures import robustness_figure
-from callbacks.mlflow_logger_lookup import mlflow_logger
-from lightning_modules.components.attack_suite import AttackSpec, build_attack
-from lightning_modules.components.confusion import accuracy, balanced_accuracy, confusion_counts
-from lightning_modules.components.frozen_mode import attack_mode, eval_mode
+from callbacks.mlflow_logger_lookup import log_params_once, mlflow_logger
+from lightning_modules.components.attack_suite import (
+    SOFTMAX_ONLY,
+    AttackSpec,
+    build_attack,
+    check_attacks,
+    default_attacks,
+)
+from lightning_modules.components.confusion import (
+    accuracy,
+    balanced_accuracy,
+    confusion_from_predictions,
+    predictions,
+    top_prediction_share,
+    worst_case_predictions,
+)
+from lightning_modules.components.masking_checks import black_box_check, white_box_checks
 from lightning_modules.components.metric_names import metric_name
-from lightning_modules.components.pgd import bce_sum, cross_entropy_sum
+from lightning_modules.components.modes import eval_mode
 from lightning_modules.components.threat_model import parse_eps
 
 log = logging.getLogger(__name__)
+
+WORST = "worst"
 
 
 class RobustnessEvaluation(Callback):
     """Attack the test split at every budget of a grid and report accuracy and balanced accuracy.
 
-    Metrics ``test/adv/<attack>/<norm>_<eps>/{acc,bal_acc}`` (e.g. ``test/adv/pgd20/linf_8_255/acc``), the report
-    ``robustness.json`` and the figure ``plots/robustness.png`` (accuracy against eps, one panel per norm) go into the
-    run; the attack settings are logged as ``robustness.*`` params. Works under ``medrobust test --ckpt_path ...`` and
-    at the end of ``fit``. Attacks run with gradients enabled even under the Trainer's inference mode.
+    Per attack, ``test/adv/<attack>/<threat>/{acc,bal_acc}`` (e.g. ``test/adv/pgd20/linf_8_255/acc``). Per budget, the
+    **worst case**: a sample counts as robust only if it is classified correctly clean and under every attack at that
+    budget, on the samples every one of those attacks saw (``autoattack_max_samples`` may limit them); logged as
+    ``test/adv/worst/<threat>/{acc,bal_acc,n}``, and the source of the ``summary/adv_*`` numbers sweeps compare.
 
-    Under DDP each rank attacks its share and the confusion counts are summed, so each sample counts once when the
-    test loader does not pad (MedMNISTDataModule's does not).
+    The report ``robustness.json`` and ``plots/robustness.png`` (accuracy against eps, one panel per norm) go into the
+    run; the settings are logged as ``robustness.*`` params. Results where one class gets at least
+    ``constant_share`` of the predictions are flagged (tag ``robustness.near_constant``, and a warning): on an
+    imbalanced test set a classifier that always answers the majority class keeps its accuracy under any attack,
+    which is not robustness.
 
-    Gradient-masking checks in the spirit of AutoAttack's, logged as tags ``robustness.check.*`` and warned about when
-    they fail: outputs are logits, not probabilities; the model is deterministic; input gradients are non-zero; and a
-    black-box Square attack does not beat white-box PGD at the largest L-inf budget on the first batch.
+    Under DDP each rank attacks its share and the counts are summed on every rank, even one that received no batch;
+    each sample counts once because the test loader does not pad (MedMNISTDataModule's does not).
+
+    Gradient-masking checks in the spirit of AutoAttack's (:mod:`~lightning_modules.components.masking_checks`),
+    logged as tags ``robustness.check.*`` and warned about when they fail.
 
     Args:
-        attacks: any of ``"fgsm"``, ``"pgd"``, ``"autoattack"``, ``"square"``.
-        linf_eps: L-inf budgets (floats or strings like ``"8/255"``); 0 is clean accuracy.
+        attacks: any of ``"fgsm"``, ``"pgd"``, ``"autoattack"``, ``"square"``; default: fgsm, pgd and autoattack, or
+            fgsm and pgd for a multi-label task (AutoAttack assumes a softmax classifier). Naming a softmax-only
+            attack for a multi-label task is refused at setup, before training.
+        linf_eps: L-inf budgets (floats or strings like ``"8/255"``).
         l2_eps: L2 budgets.
         pgd_steps: PGD steps.
-        pgd_restarts: PGD random restarts (per sample, the worst case is kept).
+        pgd_restarts: PGD random restarts; per sample, a restart that fools the model is kept.
         autoattack_steps: APGD/FAB iterations in AutoAttack (Croce & Hein use 100).
         square_queries: Square's query budget (5000 in AutoAttack).
         max_samples: attack only the first ``max_samples`` test samples seen by each process (``None``: all).
         autoattack_max_samples: a smaller limit for AutoAttack and Square, the expensive ones.
+        constant_share: flag a result whose most predicted class gets at least this share of the predictions.
         sanity_checks: run the gradient-masking checks.
         sanity_square_queries: query budget of the black-box check.
-        val_eps: when set, also PGD-``val_steps`` on the first ``val_batches`` validation batches each epoch of fit,
-            logged as ``val/adv/...`` (a cheap budget to watch robustness while training).
-        val_steps: PGD steps during validation.
-        val_batches: validation batches attacked.
         seed: seed of random starts and of torchattacks' attacks.
     """
 
@@ -69,14 +88,14 @@ class RobustnessEvaluation(Callback):
         square_queries: int = 5000,
         max_samples: int | None = None,
         autoattack_max_samples: int | None = None,
+        constant_share: float = 0.95,
         sanity_checks: bool = True,
         sanity_square_queries: int = 300,
-        val_eps: float | str | None = None,
-        val_steps: int = 5,
-        val_batches: int = 2,
         seed: int = 0,
     ) -> None:
-        self.attacks = attacks if attacks is not None else ["fgsm", "pgd", "autoattack"]
+        if attacks is not None:
+            check_attacks(attacks, "multiclass")
+        self.attacks = attacks
         linf = linf_eps if linf_eps is not None else ["1/255", "2/255", "4/255", "8/255"]
         l2 = l2_eps if l2_eps is not None else [0.25, 0.5]
         self.grid = [("linf", parse_eps(e)) for e in linf] + [("l2", parse_eps(e)) for e in l2]
@@ -84,33 +103,43 @@ class RobustnessEvaluation(Callback):
         self.autoattack_steps, self.square_queries = autoattack_steps, square_queries
         self.max_samples = max_samples
         self.autoattack_max_samples = autoattack_max_samples
+        self.constant_share = constant_share
         self.sanity_checks, self.sanity_square_queries = sanity_checks, sanity_square_queries
-        self.val_eps = parse_eps(val_eps) if val_eps is not None else None
-        self.val_steps, self.val_batches = val_steps, val_batches
         self.seed = seed
-        self.specs = [
-            AttackSpec(attack, norm, eps, pgd_steps if attack == "pgd" else 0)
-            for attack in self.attacks
-            for norm, eps in self.grid
-            if eps > 0
-        ]
+        self.specs: list[AttackSpec] = []
         self._counts: dict[str, torch.Tensor] = {}
         self._seconds: dict[str, float] = {}
         self._seen = 0
         self._checks: dict[str, Any] = {}
         self._report: dict[str, Any] | None = None
 
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        attacks = self.attacks if self.attacks is not None else default_attacks(pl_module.task)
+        check_attacks(attacks, pl_module.task)  # before training, not after it
+        self.specs = [
+            AttackSpec(attack, norm, eps, self.pgd_steps if attack == "pgd" else 0, self.pgd_restarts)
+            for attack in attacks
+            for norm, eps in self.grid
+            if eps > 0
+        ]
+
     # ------------------------------------------------------------------------------------------------ test
     @override
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._counts, self._seen, self._checks, self._seconds = {}, 0, {}, {}
+        self._seen, self._checks, self._seconds, self._report = 0, {}, {}, None
         task, c = pl_module.task, pl_module.num_classes
         self._fns = {
-            spec.label: build_attack(
-                spec, task, c, self.pgd_restarts, self.autoattack_steps, self.square_queries, self.seed
-            )
+            spec.label: build_attack(spec, task, c, self.autoattack_steps, self.square_queries, self.seed)
             for spec in self.specs
         }
+        self._threats: dict[str, list[str]] = {}
+        for spec in self.specs:
+            self._threats.setdefault(spec.threat, []).append(spec.label)
+        # Every key exists on every rank from the start, so every rank takes part in every reduction.
+        shape = (c, 2, 2) if task == "multilabel" else (c, c)
+        keys = ["clean", *self._fns, *(f"{WORST}/{t}" for t in self._threats)]
+        self._counts = {key: torch.zeros(shape, dtype=torch.long) for key in keys}
 
     @override
     def on_test_batch_end(
@@ -122,91 +151,89 @@ class RobustnessEvaluation(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if dataloader_idx != 0 or (self.max_samples is not None and self._seen >= self.max_samples):
-            return
         x, y = batch
-        if self.max_samples is not None:
-            x, y = x[: self.max_samples - self._seen], y[: self.max_samples - self._seen]
-        self._seen += len(x)
-        net = pl_module.net
+        limit = len(x) if self.max_samples is None else max(0, min(len(x), self.max_samples - self._seen))
+        if dataloader_idx != 0 or limit == 0:
+            return
+        x, y, first = x[:limit], y[:limit], self._seen
+        self._seen += limit
+        cap = self.autoattack_max_samples
+        expensive = limit if cap is None else max(0, min(limit, cap - first))
+        net, task = pl_module.net, pl_module.task
         with torch.inference_mode(False):
             x, y = x.clone(), y.clone()
             if self.sanity_checks and batch_idx == 0:
-                self._checks |= _white_box_checks(net, x, y, pl_module.task)
+                self._checks |= white_box_checks(net, x, y, task)
             torch.manual_seed(self.seed + batch_idx)
-            self._add("clean", net, x, y, pl_module)
-            expensive_done = (
-                self.autoattack_max_samples is not None and self._seen - len(x) >= self.autoattack_max_samples
-            )
+            preds = {"clean": self._predict(net, x, y, "clean", pl_module)}
             for spec in self.specs:
-                start = time.perf_counter()
-                if spec.attack in ("autoattack", "square"):
-                    if expensive_done:
-                        continue
-                    if self.autoattack_max_samples is not None:
-                        keep = self.autoattack_max_samples - (self._seen - len(x))
-                        x_adv = self._fns[spec.label](net, x[:keep], y[:keep])
-                        self._add(spec.label, net, x_adv, y[:keep], pl_module)
-                        self._time(spec.attack, start)
-                        continue
-                x_adv = self._fns[spec.label](net, x, y)
-                self._add(spec.label, net, x_adv, y, pl_module)
-                self._time(spec.attack, start)
-            if self.sanity_checks and batch_idx == 0:
-                self._checks |= self._black_box_check(net, x, y, pl_module)
+                k = expensive if spec.attack in SOFTMAX_ONLY else limit
+                if k > 0:
+                    start = time.perf_counter()
+                    x_adv = self._fns[spec.label](net, x[:k], y[:k])
+                    preds[spec.label] = self._predict(net, x_adv, y[:k], spec.label, pl_module)
+                    self._seconds[spec.name] = self._seconds.get(spec.name, 0.0) + time.perf_counter() - start
+            for threat, labels in self._threats.items():
+                k = min(len(preds.get(label, ())) for label in labels)
+                if k > 0:
+                    worst = worst_case_predictions([preds["clean"][:k], *(preds[lb][:k] for lb in labels)], y[:k], task)
+                    self._add(f"{WORST}/{threat}", worst, y[:k], pl_module)
+            if self.sanity_checks and batch_idx == 0 and task != "multilabel":
+                self._checks |= self._black_box_check(net, x, y, pl_module.num_classes)
         if trainer.is_global_zero:
             total = trainer.num_test_batches[0] if trainer.num_test_batches else "?"
             spent = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in self._seconds.items())
             log.info("robustness: batch %d/%s, %d samples attacked (%s)", batch_idx + 1, total, self._seen, spent)
 
-    def _time(self, attack: str, start: float) -> None:
-        self._seconds[attack] = self._seconds.get(attack, 0.0) + time.perf_counter() - start
-
-    def _add(self, key: str, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, pl_module: Any) -> None:
+    def _predict(
+        self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, key: str, pl_module: Any
+    ) -> torch.Tensor:
+        """Predictions on ``x``, added to ``key``'s counts."""
         with eval_mode(net):
-            counts = confusion_counts(net(x), y, pl_module.task, pl_module.num_classes)
-        self._counts[key] = self._counts.get(key, 0) + counts.cpu()
+            pred = predictions(net(x), pl_module.task)
+        self._add(key, pred, y, pl_module)
+        return pred
 
-    def _black_box_check(self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, pl_module: Any) -> dict:
+    def _add(self, key: str, pred: torch.Tensor, y: torch.Tensor, pl_module: Any) -> None:
+        self._counts[key] = (
+            self._counts[key] + confusion_from_predictions(pred, y, pl_module.task, pl_module.num_classes).cpu()
+        )
+
+    def _black_box_check(self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
         linf = [eps for norm, eps in self.grid if norm == "linf" and eps > 0]
-        if not linf or pl_module.task == "multilabel":
+        if not linf:
             return {}
-        eps = max(linf)
-        accs = {}
-        for attack, kwargs in (("pgd", {"steps": self.pgd_steps}), ("square", {})):
-            spec = AttackSpec(attack, "linf", eps, **kwargs)
-            fn = build_attack(
-                spec, pl_module.task, pl_module.num_classes, square_queries=self.sanity_square_queries, seed=self.seed
-            )
-            x_adv = fn(net, x, y)
-            with eval_mode(net):
-                accs[attack] = float((net(x_adv).argmax(1) == y).float().mean())
-        return {
-            "black_box_not_better": accs["square"] >= accs["pgd"] - 0.05,
-            "black_box_square_acc": accs["square"],
-            "black_box_pgd_acc": accs["pgd"],
-        }
+        return black_box_check(net, x, y, num_classes, max(linf), self.pgd_steps, self.sanity_square_queries, self.seed)
 
     @override
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._counts:
             return
+        by_key = {spec.label: spec for spec in self.specs}
         results = []
         for key, counts in self._counts.items():
             total = trainer.strategy.reduce(counts.to(pl_module.device), reduce_op="sum").cpu()
-            acc, bal = accuracy(total), float(balanced_accuracy(total))
-            results.append({"key": key, "acc": acc, "bal_acc": bal, "n": _n(total, pl_module.task)})
+            n = int(total[0].sum()) if pl_module.task == "multilabel" else int(total.sum())
+            if n == 0:  # an expensive attack limited away entirely
+                continue
+            share = top_prediction_share(total)
+            row = {"key": key, "acc": accuracy(total), "bal_acc": float(balanced_accuracy(total)), "n": n}
+            row |= {"top_pred_share": share, "near_constant": share >= self.constant_share}
+            spec = by_key.get(key)
+            if key.startswith(f"{WORST}/"):
+                norm, eps = next((s.norm, s.eps) for s in self.specs if s.threat == key.split("/", 1)[1])
+                row |= {"attack": WORST, "norm": norm, "eps": eps}
+            elif spec is not None:
+                row |= {"attack": spec.name, "norm": spec.norm, "eps": spec.eps}
+            else:
+                row |= {"attack": "clean", "norm": None, "eps": 0.0}
+            results.append(row)
             if key != "clean":
-                pl_module.log(metric_name("test", "adv", key, "acc"), acc, sync_dist=False)
-                pl_module.log(metric_name("test", "adv", key, "bal_acc"), bal, sync_dist=False)
-        by_key = {spec.label: spec for spec in self.specs}
-        for row in results:
-            spec = by_key.get(row["key"])
-            row |= {
-                "attack": spec.attack if spec else "clean",
-                "norm": spec.norm if spec else None,
-                "eps": spec.eps if spec else 0.0,
-            }
+                metrics = {"acc": row["acc"], "bal_acc": row["bal_acc"]}
+                if row["attack"] == WORST:
+                    metrics |= {"n": n, "top_pred_share": share}
+                for name, value in metrics.items():
+                    pl_module.log(metric_name("test", "adv", key, name), float(value), sync_dist=False)
         self._report = {"settings": self.settings(), "results": results, "checks": self._checks}
 
     @override
@@ -217,6 +244,12 @@ class RobustnessEvaluation(Callback):
         failed = [name for name, ok in self._checks.items() if isinstance(ok, bool) and not ok]
         if failed:
             rank_zero_warn(f"Gradient-masking checks failed: {failed}; robust accuracy may be overestimated.")
+        constant = [r["key"] for r in self._report["results"] if r["near_constant"]]
+        if constant:
+            rank_zero_warn(
+                f"Near-constant predictions (one class gets >= {self.constant_share:.0%} of them) in {constant}: "
+                "accuracy there measures the class balance of the test set, not robustness."
+            )
         logger = mlflow_logger(trainer)
         if logger is None:
             return
@@ -227,15 +260,12 @@ class RobustnessEvaluation(Callback):
         plt.close(fig)
         for name, value in self._checks.items():
             client.set_tag(run_id, f"robustness.check.{name}", str(value))
-        try:
-            log_params = getattr(logger, "log_params", logger.log_hyperparams)
-            log_params({f"robustness.{k}": v for k, v in self.settings().items()})
-        except Exception as err:  # MLflow refuses to change a logged param; the report holds the settings anyway
-            log.warning("robustness settings not logged as params: %s", err)
+        client.set_tag(run_id, "robustness.near_constant", ",".join(constant) or "none")
+        log_params_once(logger, {f"robustness.{k}": v for k, v in self.settings().items()})
 
     def settings(self) -> dict[str, Any]:
         return {
-            "attacks": self.attacks,
+            "attacks": sorted({spec.attack for spec in self.specs}),
             "grid": [f"{n}:{e:.6g}" for n, e in self.grid],
             "pgd_steps": self.pgd_steps,
             "pgd_restarts": self.pgd_restarts,
@@ -250,55 +280,3 @@ class RobustnessEvaluation(Callback):
     def report(self) -> dict[str, Any] | None:
         """The last test's report (as logged to ``robustness.json``)."""
         return self._report
-
-    # ------------------------------------------------------------------------------------- during fit
-    @override
-    def on_validation_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if self.val_eps is None or trainer.sanity_checking or batch_idx >= self.val_batches:
-            return
-        spec = AttackSpec("pgd", "linf", self.val_eps, self.val_steps)
-        fn = build_attack(spec, pl_module.task, pl_module.num_classes, seed=self.seed)
-        with torch.inference_mode(False):
-            x, y = batch[0].clone(), batch[1].clone()
-            x_adv = fn(pl_module.net, x, y)
-            with torch.no_grad():
-                counts = confusion_counts(pl_module.net(x_adv), y, pl_module.task, pl_module.num_classes)
-        pl_module.log(
-            metric_name("val", "adv", spec.label, "acc"),
-            accuracy(counts),
-            batch_size=len(x),
-            on_epoch=True,
-            sync_dist=True,
-        )
-
-
-def _n(counts: torch.Tensor, task: str) -> int:
-    return int(counts[0].sum()) if task == "multilabel" else int(counts.sum())
-
-
-def _white_box_checks(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, task: str) -> dict[str, Any]:
-    loss_fn = bce_sum if task == "multilabel" else cross_entropy_sum
-    with attack_mode(net):
-        x = x.clone().requires_grad_(True)
-        out = net(x)
-        (grad,) = torch.autograd.grad(loss_fn(out, y), x)
-        out = out.detach()
-    with eval_mode(net):
-        again = net(x)
-    rows_sum_to_one = torch.allclose(out.sum(1), torch.ones_like(out[:, 0]), atol=1e-4)
-    looks_like_probs = bool((out >= 0).all() and (out <= 1).all() and rows_sum_to_one)
-    nonzero = float((grad.flatten(1).abs().amax(1) > 0).float().mean())
-    return {
-        "outputs_are_logits": not looks_like_probs,
-        "deterministic": bool(torch.allclose(out, again, atol=1e-5)),
-        "nonzero_input_grad": nonzero >= 0.99,
-        "nonzero_input_grad_fraction": nonzero,
-    }

@@ -17,7 +17,9 @@ from callbacks.figures import corruption_examples, shift_heatmap
 from callbacks.mlflow_logger_lookup import mlflow_logger
 from datamodules.corruptions import ALEXNET_BASELINE
 from lightning_modules.components.confusion import accuracy, balanced_accuracy, confusion_counts
+from lightning_modules.components.errors import InputError
 from lightning_modules.components.metric_names import metric_name
+from lightning_modules.components.metrics import scores
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +51,18 @@ class ShiftEvaluation(Callback):
         self._counts, self._scores, self._labels, self._report = {}, {}, {}, None
         names = getattr(trainer.datamodule, "test_split_names", None)
         if names is None:
-            raise ValueError(
+            raise InputError(
                 "ShiftEvaluation needs a datamodule with test_split_names (MedMNISTDataModule(shifts=...))"
             )
         self._names = names
+        # Every labelled split starts empty on every rank, so a rank that receives no batch of a split still takes
+        # part in its reductions (under DDP a small split can leave a rank with nothing).
+        c, task = pl_module.num_classes, pl_module.task
+        shape = (c, 2, 2) if task == "multilabel" else (c, c)
+        for split in (name for name in names if not name.startswith("ood/")):
+            self._counts[split] = torch.zeros(shape, dtype=torch.long)
+            self._scores[split] = [torch.zeros(0, c)]
+            self._labels[split] = [torch.zeros((0, c) if task == "multilabel" else (0,), dtype=torch.long)]
 
     @override
     def on_test_batch_end(
@@ -68,27 +78,23 @@ class ShiftEvaluation(Callback):
         if split.startswith("ood/") or outputs is None:
             return
         logits, y = outputs.detach(), batch[1]
-        counts = confusion_counts(logits, y, pl_module.task, pl_module.num_classes).cpu()
-        self._counts[split] = self._counts.get(split, 0) + counts
-        probs = logits.softmax(1) if pl_module.task == "multiclass" else logits.sigmoid()
-        self._scores.setdefault(split, []).append(probs.cpu())
-        self._labels.setdefault(split, []).append(y.cpu())
+        self._counts[split] += confusion_counts(logits, y, pl_module.task, pl_module.num_classes).cpu()
+        self._scores[split].append(scores(pl_module.task, logits).float().cpu())
+        self._labels[split].append(y.long().cpu())
 
     @override
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not any(name.startswith("shift/") for name in self._counts):
             return
         splits = {}
-        for split in self._names:
-            if split not in self._counts:
-                continue
+        for split in self._counts:
             counts = trainer.strategy.reduce(self._counts[split].to(pl_module.device), reduce_op="sum").cpu()
-            scores = _gather_rows(trainer, torch.cat(self._scores[split]), pl_module.device)
+            probs = _gather_rows(trainer, torch.cat(self._scores[split]), pl_module.device)
             labels = _gather_rows(trainer, torch.cat(self._labels[split]), pl_module.device)
             splits[split] = {
                 "acc": accuracy(counts),
                 "bal_acc": float(balanced_accuracy(counts)),
-                "auroc": _auroc(scores, labels, pl_module.task, pl_module.num_classes),
+                "auroc": _auroc(probs, labels, pl_module.task, pl_module.num_classes),
                 "n": len(labels),
             }
         report = self._summarise(splits, trainer.datamodule.spec.flag)

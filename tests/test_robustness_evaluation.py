@@ -85,7 +85,60 @@ def test_max_samples(tmp_path, trained) -> None:
     )
     quiet_trainer(tmp_path, callbacks=[callback]).test(model, dm, verbose=False)
     n = {r["key"]: r["n"] for r in callback.report["results"]}
-    assert n == {"clean": 20, "pgd2/linf_8_255": 20, "autoattack/linf_8_255": 10}
+    assert n == {"clean": 20, "pgd2/linf_8_255": 20, "autoattack/linf_8_255": 10, "worst/linf_8_255": 10}
+
+
+def test_worst_case_is_per_sample_over_the_same_samples() -> None:
+    """Issue 9.5: two attacks that each fool a different half of the samples have accuracy 0.5 each; the minimum of
+    those accuracies (the old summary) said 0.5, the per-sample worst case is 0."""
+    from lightning_modules.components.confusion import (
+        accuracy,
+        confusion_from_predictions,
+        worst_case_predictions,
+    )
+
+    y = torch.tensor([0, 1, 0, 1])
+    clean, attack_a, attack_b = y.clone(), torch.tensor([1, 0, 0, 1]), torch.tensor([0, 1, 1, 0])
+    worst = worst_case_predictions([clean, attack_a, attack_b], y, "multiclass")
+    assert accuracy(confusion_from_predictions(worst, y, "multiclass", 2)) == 0.0
+    assert torch.equal(worst, torch.tensor([1, 0, 1, 0]))
+    labels = torch.tensor([[1, 0], [0, 1]])  # multi-label: per label, wrong if any evaluation is wrong
+    worst = worst_case_predictions(
+        [labels, torch.tensor([[1, 1], [0, 1]]), torch.tensor([[0, 0], [0, 1]])], labels, "multilabel"
+    )
+    assert torch.equal(worst, torch.tensor([[0, 1], [0, 1]]))
+
+
+def test_multilabel_gets_its_attacks_and_autoattack_is_refused_before_training(tmp_path, synthetic_npz) -> None:
+    """Issue 9.7: a multi-label task gets fgsm and pgd by default; asking for AutoAttack fails at setup, before the
+    first training step, not after the whole fit."""
+    from lightning.pytorch import Callback
+
+    from lightning_modules.components.errors import InputError
+
+    dm = MedMNISTDataModule("chestmnist", path=str(synthetic_npz("chestmnist")), batch_size=16)
+    default = RobustnessEvaluation(linf_eps=["8/255"], l2_eps=[], pgd_steps=2, sanity_checks=False)
+    trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0, callbacks=[default])
+    model = ClassifierModule("test_resnet", dm.num_classes, dm.in_chans, dm.task)
+    trainer.fit(model, dm)
+    trainer.test(model, dm, verbose=False)
+    assert {r["key"] for r in default.report["results"]} == {
+        "clean",
+        "fgsm/linf_8_255",
+        "pgd2/linf_8_255",
+        "worst/linf_8_255",
+    }
+
+    steps = []
+
+    class Count(Callback):
+        def on_train_batch_start(self, *args) -> None:
+            steps.append(1)
+
+    explicit = RobustnessEvaluation(attacks=["fgsm", "autoattack"], linf_eps=["8/255"], l2_eps=[])
+    with pytest.raises(InputError, match="assume a softmax classifier"):
+        quiet_trainer(tmp_path, max_steps=1, callbacks=[explicit, Count()]).fit(model, dm)
+    assert steps == []
 
 
 ROBUST = {
@@ -127,7 +180,7 @@ def test_medrobust_test_on_a_checkpoint_single_and_ddp(tmp_path, monkeypatch) ->
         str(tmp_path / "robust.yaml"),
         *common,
         f"--ckpt_path={best}",
-        "--mlflow.system_metrics=false",
+        "--system_metrics.enabled=false",
     ]
     single = medrobust(*test_args, cwd=tmp_path, MLFLOW_TRACKING_URI=uri)
     assert single.returncode == 0, single.stderr[-3000:]
@@ -144,7 +197,7 @@ def test_medrobust_test_on_a_checkpoint_single_and_ddp(tmp_path, monkeypatch) ->
     assert len(test_runs) == 2 and all(r.info.status == "FINISHED" for r in test_runs)
     one, two = (r.data.metrics for r in test_runs)
     adv = [k for k in one if k.startswith("test/adv/")]
-    assert len(adv) == 12
+    assert len(adv) == 12 + 3 * 4  # 2 attacks x 3 budgets x (acc, bal_acc); worst case x 3 x (acc, bal_acc, n, share)
     for key in [*adv, "test/acc", "test/bal_acc", "test/auroc"]:
         assert two[key] == pytest.approx(one[key], abs=1e-6), key
     client = MlflowClient(uri)
