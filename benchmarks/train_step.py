@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from _common import add_data_args, data_root
 from lightning.pytorch import Callback, Trainer
 
-from callbacks.mlflow_run_recorder import MLflowRunRecorder
+from callbacks.mlflow_checkpoints import MLflowCheckpoints
 from datamodules.medmnist import MedMNISTDataModule
 from experiments.mlflow_logger import MLflowRunLogger
 from lightning_modules.classifier import ClassifierModule
@@ -70,7 +70,7 @@ def framework(dm: MedMNISTDataModule, args: argparse.Namespace) -> float:
             max_steps=args.warmup + args.steps,
             limit_val_batches=0,
             logger=logger,
-            callbacks=[timer, MLflowRunRecorder()],
+            callbacks=[timer, MLflowCheckpoints()],
             enable_checkpointing=False,
             default_root_dir=tmp,
             enable_progress_bar=not args.no_progress_bar,

@@ -2,14 +2,24 @@
 
 from callbacks.adversarial_training import AdversarialTraining
 from callbacks.corruption_augmentation import CorruptionAugmentation
-from callbacks.mlflow_run_recorder import MLflowRunRecorder
+from callbacks.mlflow_checkpoints import MLflowCheckpoints
+from callbacks.mlflow_dataset_inputs import MLflowDatasetInputs
+from callbacks.mlflow_system_metrics import MLflowSystemMetrics
+from callbacks.mlflow_test_record import MLflowTestRecord
+from callbacks.robust_validation import RobustValidation
 from callbacks.robustness_evaluation import RobustnessEvaluation
+from callbacks.selection_checkpoint import SelectionCheckpoint
 from callbacks.shift_evaluation import ShiftEvaluation
 
 __all__ = [
     "AdversarialTraining",
     "CorruptionAugmentation",
-    "MLflowRunRecorder",
+    "MLflowCheckpoints",
+    "MLflowDatasetInputs",
+    "MLflowSystemMetrics",
+    "MLflowTestRecord",
+    "RobustValidation",
     "RobustnessEvaluation",
+    "SelectionCheckpoint",
     "ShiftEvaluation",
 ]

@@ -1,0 +1,68 @@
+"""MLflowCheckpoints: the run's identity in every checkpoint, and the selected checkpoint and epoch in the run."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
+
+from callbacks.mlflow_logger_lookup import mlflow_logger
+from callbacks.selection_checkpoint import SelectionCheckpoint
+from callbacks.tracking_uri import redact_uri
+
+
+class MLflowCheckpoints(Callback):
+    """Tie checkpoints and runs together.
+
+    * In every checkpoint: ``checkpoint["mlflow"]`` holds the run id, experiment id and the tracking URI with its
+      credentials removed, so ``--ckpt_path`` resumes the same run and no password is written to disk.
+    * After fit: the selected checkpoint as the artifact ``checkpoints/best.ckpt`` (weights, hyperparameters and
+      callback states, without optimizer state, so ``medrobust test --ckpt_path`` and ``load_from_checkpoint`` take
+      it), its local path as tag ``best_checkpoint``, and the selection as tags ``selection.rule``,
+      ``selection.metric``, ``selection.epoch`` and ``selection.score`` (see :class:`~callbacks.SelectionCheckpoint`).
+
+    Args:
+        log_best: upload the selected checkpoint into the run.
+    """
+
+    def __init__(self, log_best: bool = True) -> None:
+        self.log_best = log_best
+
+    @override
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        logger = mlflow_logger(trainer)
+        if logger is not None and trainer.is_global_zero:
+            checkpoint["mlflow"] = {
+                "run_id": logger.run_id,
+                "experiment_id": logger.experiment_id,
+                "tracking_uri": redact_uri(logger._tracking_uri),
+            }
+
+    @override
+    @rank_zero_only
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        logger = mlflow_logger(trainer)
+        callback = trainer.checkpoint_callback
+        if logger is None or callback is None:
+            return
+        client, run_id = logger.experiment, logger.run_id
+        if isinstance(callback, SelectionCheckpoint):
+            for key, value in callback.selection().items():
+                client.set_tag(run_id, f"selection.{key}", str(value))
+        best = getattr(callback, "best_model_path", "")
+        if not best:
+            return
+        client.set_tag(run_id, "best_checkpoint", str(Path(best).resolve()))
+        if self.log_best:
+            checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+            for key in ("optimizer_states", "lr_schedulers"):
+                checkpoint.pop(key, None)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "best.ckpt"
+                torch.save(checkpoint, path)
+                client.log_artifact(run_id, str(path), "checkpoints")
