@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -16,11 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from lightning_modules.components.errors import InputError
+
 log = logging.getLogger(__name__)
 
 SIZES = (28, 64, 128, 224)
 SPLITS = ("train", "val", "test")
 ENV_ROOT = "MEDMNIST_ROOT"
+ENV_CACHE = "MEDROBUST_CACHE"
 DEFAULT_ROOT = "~/.medmnist"
 
 # medmnist's task strings, mapped onto the three loss/metric regimes a classifier needs. Ordinal regression
@@ -33,15 +37,27 @@ TASKS = {
 }
 
 
-class MedMNISTFileError(RuntimeError):
+class MedMNISTFileError(InputError):
     """A MedMNIST file is missing, corrupt or malformed. The message says what to do about it."""
 
 
 @cache
 def medmnist_info() -> dict[str, dict[str, Any]]:
-    """``medmnist.INFO`` restricted to the 2D datasets."""
-    from medmnist import INFO  # lazy: the import creates ~/.medmnist
+    """``medmnist.INFO`` restricted to the 2D datasets.
 
+    Importing ``medmnist`` creates ``~/.medmnist`` as a side effect; we only want its metadata table, so the import
+    runs with ``HOME`` pointed at a throwaway folder (``medmnist``'s own default root is never used here).
+    """
+    with tempfile.TemporaryDirectory() as home:
+        saved = os.environ.get("HOME")
+        os.environ["HOME"] = home
+        try:
+            from medmnist import INFO
+        finally:
+            if saved is None:
+                os.environ.pop("HOME", None)
+            else:
+                os.environ["HOME"] = saved
     return {flag: info for flag, info in INFO.items() if not info["python_class"].endswith("3D")}
 
 
@@ -60,9 +76,9 @@ class MedMNISTSpec:
     def __post_init__(self) -> None:
         flags = medmnist_info()
         if self.flag not in flags:
-            raise ValueError(f"Unknown 2D MedMNIST flag {self.flag!r}. Valid flags: {', '.join(sorted(flags))}.")
+            raise InputError(f"Unknown 2D MedMNIST flag {self.flag!r}. Valid flags: {', '.join(sorted(flags))}.")
         if self.size not in SIZES:
-            raise ValueError(f"MedMNIST has no size {self.size!r} for {self.flag}. Valid sizes: {SIZES}.")
+            raise InputError(f"MedMNIST has no size {self.size!r} for {self.flag}. Valid sizes: {SIZES}.")
 
     @property
     def info(self) -> dict[str, Any]:
@@ -106,9 +122,28 @@ class MedMNISTSpec:
         return dict(self.info["n_samples"])
 
 
-def resolve_root(root: str | os.PathLike | None) -> Path:
-    """``root`` if given, else ``$MEDMNIST_ROOT``, else ``~/.medmnist``."""
-    return Path(root or os.environ.get(ENV_ROOT) or DEFAULT_ROOT).expanduser()
+def resolve_roots(root: str | os.PathLike | None) -> list[Path]:
+    """The folders to look for official files in: ``root`` if given, else ``$MEDMNIST_ROOT``, else ``~/.medmnist``.
+
+    Either may list several folders separated by ``os.pathsep`` (``:``), searched in order; a missing file is
+    downloaded (when allowed) into the last one, e.g. ``MEDMNIST_ROOT=../shared/data/medmnist:~/.medmnist``.
+    """
+    text = str(root) if root else os.environ.get(ENV_ROOT) or DEFAULT_ROOT
+    return [Path(part).expanduser() for part in text.split(os.pathsep) if part] or [Path(DEFAULT_ROOT).expanduser()]
+
+
+def absolutize_env_paths(environ: os._Environ | dict[str, str] = os.environ) -> None:
+    """Resolve ``$MEDMNIST_ROOT`` and ``$MEDROBUST_CACHE`` once, against the working directory they were given in.
+
+    Called where a process starts (the ``medrobust`` command, the test session, the benchmarks): a relative
+    ``MEDMNIST_ROOT=../shared/data/medmnist`` then means the same folder to every subprocess, whatever its own
+    working directory.
+    """
+    for key in (ENV_ROOT, ENV_CACHE):
+        value = environ.get(key)
+        if value:
+            parts = [str(Path(part).expanduser().absolute()) for part in value.split(os.pathsep) if part]
+            environ[key] = os.pathsep.join(parts)
 
 
 _md5_cache: dict[tuple[str, int, int], str] = {}
@@ -127,35 +162,42 @@ def file_md5(path: Path, chunk: int = 1 << 22) -> str:
     return _md5_cache[key]
 
 
-def missing_file_message(spec: MedMNISTSpec, root: Path, reason: str = "") -> str:
+def missing_file_message(spec: MedMNISTSpec, roots: list[Path], reason: str = "") -> str:
+    searched = ", ".join(str(r) for r in roots)
     return (
-        f"MedMNIST file {spec.filename} not found in {root}{f' ({reason})' if reason else ''}.\n"
+        f"MedMNIST file {spec.filename} not found in {searched}{f' ({reason})' if reason else ''}.\n"
         f"  Download it from {spec.url}\n"
-        f"  (MD5 {spec.md5}) and save it as {root / spec.filename},\n"
+        f"  (MD5 {spec.md5}) and save it as {roots[-1] / spec.filename},\n"
         f"  or point --data.root / ${ENV_ROOT} at the folder that holds it, or pass --data.download true online."
     )
 
 
-def download(spec: MedMNISTSpec, root: Path) -> Path:
-    """Download the official file with torchvision's MD5-checking downloader, exactly as ``medmnist`` does."""
+def download(spec: MedMNISTSpec, roots: list[Path]) -> Path:
+    """Download the official file into the last root, with torchvision's MD5-checking downloader (as ``medmnist``)."""
     from torchvision.datasets.utils import download_url
 
+    root = roots[-1]
     root.mkdir(parents=True, exist_ok=True)
     try:
         download_url(spec.url, str(root), filename=spec.filename, md5=spec.md5)
     except Exception as err:  # network errors come in many types (URLError, HTTPError, socket errors)
-        raise MedMNISTFileError(missing_file_message(spec, root, f"download failed: {err}")) from err
+        raise MedMNISTFileError(missing_file_message(spec, roots, f"download failed: {err}")) from err
     return root / spec.filename
 
 
-def locate(spec: MedMNISTSpec, root: Path, download_missing: bool = False) -> Path:
-    """Path of the official file under ``root``, downloading it if allowed; raises a helpful error otherwise."""
-    path = root / spec.filename
-    if path.is_file():
+def find(spec: MedMNISTSpec, roots: list[Path]) -> Path | None:
+    """The official file in the first root that holds it."""
+    return next((root / spec.filename for root in roots if (root / spec.filename).is_file()), None)
+
+
+def locate(spec: MedMNISTSpec, roots: list[Path], download_missing: bool = False) -> Path:
+    """Path of the official file, downloading it if allowed; raises a helpful error otherwise."""
+    path = find(spec, roots)
+    if path is not None:
         return path
     if download_missing:
-        return download(spec, root)
-    raise MedMNISTFileError(missing_file_message(spec, root))
+        return download(spec, roots)
+    raise MedMNISTFileError(missing_file_message(spec, roots))
 
 
 def verify_official(spec: MedMNISTSpec, path: Path) -> str:
@@ -173,6 +215,8 @@ def verify_official(spec: MedMNISTSpec, path: Path) -> str:
 def load_arrays(spec: MedMNISTSpec, path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Read and validate ``{split}_images`` / ``{split}_labels`` for every split.
 
+    Single-label files may store labels as ``(N,)`` instead of MedMNIST's ``(N, 1)``; they are accepted.
+
     Returns:
         ``{split: (images, labels)}`` with images uint8 ``(N, H, W)`` or ``(N, H, W, 3)`` and labels ``(N, L)``.
     """
@@ -189,6 +233,9 @@ def load_arrays(spec: MedMNISTSpec, path: Path) -> dict[str, tuple[np.ndarray, n
             )
         arrays = {split: (npz[f"{split}_images"], npz[f"{split}_labels"]) for split in SPLITS}
     for split, (images, labels) in arrays.items():
+        if labels.ndim == 1 and spec.task != "multilabel":
+            labels = labels.reshape(-1, 1)
+            arrays[split] = (images, labels)
         _check_split(spec, path, split, images, labels)
     return arrays
 
@@ -203,8 +250,8 @@ def _check_split(spec: MedMNISTSpec, path: Path, split: str, images: np.ndarray,
     n_labels = spec.num_classes if spec.task == "multilabel" else 1
     if labels.ndim != 2 or labels.shape != (len(images), n_labels):
         raise MedMNISTFileError(
-            f"{path}: {split}_labels has shape {labels.shape}; expected ({len(images)}, {n_labels}) to match "
-            f"{split}_images for {spec.flag}."
+            f"{path}: {split}_labels has shape {labels.shape}; expected ({len(images)}, {n_labels})"
+            f"{f' or ({len(images)},)' if n_labels == 1 else ''} to match {split}_images for {spec.flag}."
         )
     if labels.size and (labels.min() < 0 or labels.max() >= (2 if spec.task == "multilabel" else spec.num_classes)):
         raise MedMNISTFileError(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -12,7 +13,7 @@ import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 from typing_extensions import override
 
 from datamodules.files import (
@@ -20,13 +21,15 @@ from datamodules.files import (
     MedMNISTFileError,
     MedMNISTSpec,
     file_md5,
+    find,
     load_arrays,
     locate,
-    resolve_root,
+    resolve_roots,
     verify_official,
 )
 from datamodules.shifts import corrupted_split, official_test_split, parse_shifts, to_channels
 from datamodules.tensor_dataset import TensorImageDataset, identity_collate
+from lightning_modules.components.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +41,16 @@ class MedMNISTDataModule(LightningDataModule):
 
     Metadata (task, channels, classes) always comes from ``medmnist.INFO[flag]``. Files come from ``path`` when given
     (a researcher's own MedMNIST-format file: its MD5 is recorded, not checked), else ``root/<flag>[_<size>].npz``
-    checked against the official MD5.
+    checked against the official MD5. Labels stored as ``(N,)`` instead of ``(N, 1)`` are accepted for single-label
+    tasks.
 
     Args:
         flag: MedMNIST 2D flag, e.g. ``"pneumoniamnist"``.
         size: image side: 28, 64, 128 or 224.
-        root: folder with the official files; default ``$MEDMNIST_ROOT``, else ``~/.medmnist``.
+        root: folder with the official files; default ``$MEDMNIST_ROOT``, else ``~/.medmnist``. Several folders
+            separated by ``os.pathsep`` (``:``) are searched in order.
         path: a MedMNIST-format ``.npz`` to use instead of the official file.
-        download: download the official file into ``root`` when it is missing (needs network).
+        download: download the official file into the last ``root`` folder when no folder holds it (needs network).
         batch_size: training batch size (per process under DDP).
         eval_batch_size: batch size for val/test; default ``batch_size``.
         num_workers: DataLoader workers. Batches are one tensor index, so 0 is usually fastest.
@@ -56,6 +61,9 @@ class MedMNISTDataModule(LightningDataModule):
             dataset at severities 1-5), ``"corruption:<name>[@<k>]"``, ``"resolution:<size>"`` (the official test
             split at another size, fed at that size), ``"ood:<flag>"`` (another dataset's test split, labels -1).
         shift_seed: seed of the random corruptions.
+        sampler: ``"random"`` (shuffle) or ``"balanced"``: draw training samples with probability inversely
+            proportional to their class's count, so each epoch sees the classes about equally often (single-label
+            tasks; as many draws as the split has samples, with replacement).
         cache_dir: where corrupted splits are cached; default ``$MEDROBUST_CACHE``, else ``~/.cache/medrobust``.
 
     Example:
@@ -78,11 +86,12 @@ class MedMNISTDataModule(LightningDataModule):
         shifts: list[str] | None = None,
         shift_seed: int = 0,
         cache_dir: str | None = None,
+        sampler: Literal["random", "balanced"] = "random",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.spec = MedMNISTSpec(flag, size)  # raises on an unknown flag or size
-        self.root = resolve_root(root)
+        self.roots = resolve_roots(root)
         self.path = Path(path).expanduser() if path else None
         self.download = download
         self.batch_size = batch_size
@@ -93,6 +102,11 @@ class MedMNISTDataModule(LightningDataModule):
         self.shifts = parse_shifts(shifts or [], flag, size)  # raises, listing valid choices
         self.shift_seed = shift_seed
         self.cache_dir = cache_dir
+        if sampler not in ("random", "balanced"):
+            raise InputError(f"Unknown sampler {sampler!r}; valid: random, balanced")
+        if sampler == "balanced" and self.spec.task == "multilabel":
+            raise InputError("sampler='balanced' needs one class per sample; for multi-label tasks use class_weights")
+        self.sampler = sampler
         self.md5: str | None = None
         self.datasets: dict[str, TensorImageDataset] = {}
         self.shifted: dict[str, TensorImageDataset] = {}
@@ -100,7 +114,7 @@ class MedMNISTDataModule(LightningDataModule):
         if self.path is not None and not self.path.is_file():
             raise MedMNISTFileError(f"--data.path {self.path} does not exist.")
         if self.path is None and not download:
-            locate(self.spec, self.root)
+            locate(self.spec, self.roots)
 
     # Metadata the CLI links into the model.
     @property
@@ -121,12 +135,14 @@ class MedMNISTDataModule(LightningDataModule):
 
     @property
     def file(self) -> Path:
-        return self.path if self.path is not None else self.root / self.spec.filename
+        if self.path is not None:
+            return self.path
+        return find(self.spec, self.roots) or self.roots[-1] / self.spec.filename
 
     @override
     def prepare_data(self) -> None:
         if self.path is None:
-            locate(self.spec, self.root, download_missing=self.download)
+            locate(self.spec, self.roots, download_missing=self.download)
 
     @property
     def test_split_names(self) -> list[str]:
@@ -139,11 +155,31 @@ class MedMNISTDataModule(LightningDataModule):
             self._load()
         if stage in (None, "test") and self.shifts and not self.shifted:
             self._build_shifts()
+        if self.trainer is not None:
+            self.check_shards(self.trainer.world_size)
+
+    def check_shards(self, world_size: int) -> None:
+        """Refuse evaluation splits with fewer samples than processes.
+
+        Evaluation loaders never pad (each sample counts once), so with fewer samples than processes some process
+        gets none; Lightning then skips that process's evaluation loop, and the others would wait for it in every
+        reduction. Splits with at least one sample per process are fine, however unevenly they divide.
+        """
+        if world_size <= 1:
+            return
+        splits = {k: v for k, v in self.datasets.items() if k != "train"} | self.shifted
+        small = {split: len(ds) for split, ds in splits.items() if len(ds) < world_size}
+        if small:
+            raise InputError(
+                f"Evaluation splits {small} have fewer samples than the {world_size} processes: each process needs "
+                "at least one (evaluation never pads, so that each sample counts once). Use more samples "
+                "(--data.subsample) or fewer devices."
+            )
 
     def _load(self) -> None:
         file = self.file
         if self.path is None:
-            self.md5 = verify_official(self.spec, locate(self.spec, self.root))
+            self.md5 = verify_official(self.spec, locate(self.spec, self.roots))
         else:
             self.md5 = file_md5(file)
         arrays = load_arrays(self.spec, file)
@@ -163,12 +199,12 @@ class MedMNISTDataModule(LightningDataModule):
                 images, labels = corrupted[(shift.name, shift.severity)], test.labels
             elif shift.kind == "resolution":
                 other = TensorImageDataset.from_numpy(
-                    *official_test_split(self.spec.flag, int(shift.name), str(self.root)),
+                    *official_test_split(self.spec.flag, int(shift.name), os.pathsep.join(map(str, self.roots))),
                     multilabel=self.task == "multilabel",
                 )
                 images, labels = other.images, other.labels
             else:
-                arrays = official_test_split(shift.name, self.spec.size, str(self.root))
+                arrays = official_test_split(shift.name, self.spec.size, os.pathsep.join(map(str, self.roots)))
                 other = TensorImageDataset.from_numpy(arrays[0], np.zeros((len(arrays[0]), 1)), multilabel=False)
                 images = to_channels(other.images, self.in_chans)
                 shape = (len(images), self.num_classes) if self.task == "multilabel" else (len(images),)
@@ -181,7 +217,7 @@ class MedMNISTDataModule(LightningDataModule):
             return dataset
         n = round(amount * len(dataset)) if isinstance(amount, float) else amount
         if not 0 < n <= len(dataset):
-            raise ValueError(f"subsample {amount!r} for {split} is outside 1..{len(dataset)} samples")
+            raise InputError(f"subsample {amount!r} for {split} is outside 1..{len(dataset)} samples")
         generator = torch.Generator().manual_seed(self.subsample_seed + SPLITS.index(split))
         keep = torch.randperm(len(dataset), generator=generator)[:n].sort().values
         return dataset.subset(keep)
@@ -191,8 +227,13 @@ class MedMNISTDataModule(LightningDataModule):
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for the {split} loader")
         sampler = None
+        if split == "train" and self.sampler == "balanced":
+            counts, _ = self.label_counts("train")
+            weights = 1.0 / counts.clamp_min(1).double()[dataset.labels]
+            sampler, shuffle = WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True), False
         if split != "train" and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             # DistributedSampler pads the last batch with repeated samples; evaluation must count each sample once.
+            # (check_shards has made sure that each process gets at least one.)
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(
             dataset,
@@ -219,6 +260,13 @@ class MedMNISTDataModule(LightningDataModule):
             return self._loader("test", shuffle=False)
         return [self._loader("test", shuffle=False), *(self._loader(s.split, shuffle=False) for s in self.shifts)]
 
+    def label_counts(self, split: str) -> tuple[torch.Tensor, int]:
+        """``(counts, n)``: samples per class (positives per label for multi-label tasks) and samples in ``split``."""
+        labels = self.datasets[split].labels
+        if self.task == "multilabel":
+            return labels.sum(0).long(), len(labels)
+        return torch.bincount(labels, minlength=self.num_classes), len(labels)
+
     def describe(self) -> dict[str, Any]:
         """What a run records about its data (call after ``setup``)."""
         return {
@@ -232,6 +280,7 @@ class MedMNISTDataModule(LightningDataModule):
             "num_classes": self.num_classes,
             "in_chans": self.in_chans,
             "n_samples": {split: len(ds) for split, ds in self.datasets.items()},
+            "label_counts": {split: self.label_counts(split)[0].tolist() for split in self.datasets},
         }
 
 
@@ -241,6 +290,6 @@ def _per_split(subsample: Subsample) -> dict[str, int | float]:
     if isinstance(subsample, dict):
         unknown = set(subsample) - set(SPLITS)
         if unknown:
-            raise ValueError(f"subsample has unknown splits {sorted(unknown)}; valid: {SPLITS}")
+            raise InputError(f"subsample has unknown splits {sorted(unknown)}; valid: {SPLITS}")
         return dict(subsample)
     return dict.fromkeys(SPLITS, subsample)

@@ -14,13 +14,13 @@ import torch
 from tqdm.auto import tqdm
 
 from datamodules.corruptions import SEVERITIES, check, corrupt, corruptions_for
-from datamodules.files import SIZES, MedMNISTSpec, load_arrays, locate, resolve_root, verify_official
+from datamodules.files import ENV_CACHE, SIZES, MedMNISTSpec, load_arrays, locate, resolve_roots, verify_official
+from lightning_modules.components.errors import InputError
 
 log = logging.getLogger(__name__)
 
 #: bump when a corruption's output changes, so that stale caches are not reused
 CORRUPTIONS_VERSION = 1
-ENV_CACHE = "MEDROBUST_CACHE"
 
 
 @dataclass(frozen=True)
@@ -63,28 +63,28 @@ def parse_shifts(specs: list[str], flag: str, size: int) -> list[Shift]:
             try:
                 levels = [int(severity)] if severity else list(SEVERITIES)
             except ValueError as err:
-                raise ValueError(f"Severity in {spec!r} is not an integer 1..5") from err
+                raise InputError(f"Severity in {spec!r} is not an integer 1..5") from err
             for level in levels:
                 check(flag, name, level)
             shifts += [Shift("corruption", name, k) for k in levels]
         elif kind == "resolution" and arg:
             if not arg.isdigit() or int(arg) not in SIZES or int(arg) == size:
-                raise ValueError(f"{spec!r}: the test size must be one of {[s for s in SIZES if s != size]}")
+                raise InputError(f"{spec!r}: the test size must be one of {[s for s in SIZES if s != size]}")
             shifts.append(Shift("resolution", arg))
         elif kind == "ood" and arg:
             MedMNISTSpec(arg, size)  # raises on an unknown flag
             if arg == flag:
-                raise ValueError(f"{spec!r}: the OOD dataset must differ from {flag}")
+                raise InputError(f"{spec!r}: the OOD dataset must differ from {flag}")
             shifts.append(Shift("ood", arg))
         else:
-            raise ValueError(
+            raise InputError(
                 f"Unknown shift {spec!r}. Valid: 'corruptions', 'corruption:<name>[@<1..5>]', "
                 f"'resolution:<{'|'.join(str(s) for s in SIZES if s != size)}>', 'ood:<flag>'"
             )
     seen = [s.split for s in shifts]
     duplicates = sorted({s for s in seen if seen.count(s) > 1})
     if duplicates:
-        raise ValueError(f"Shifts listed twice: {duplicates}")
+        raise InputError(f"Shifts listed twice: {duplicates}")
     return shifts
 
 
@@ -129,9 +129,9 @@ def _save_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def official_test_split(flag: str, size: int, root: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """The official test split of another flag or size, MD5-checked, from the same root."""
+    """The official test split of another flag or size, MD5-checked, from the same root(s)."""
     spec = MedMNISTSpec(flag, size)
-    path = locate(spec, resolve_root(root))
+    path = locate(spec, resolve_roots(root))
     verify_official(spec, path)
     return load_arrays(spec, path)["test"]
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -174,3 +177,65 @@ def test_not_an_npz(tmp_path) -> None:
 def test_missing_user_path(tmp_path) -> None:
     with pytest.raises(MedMNISTFileError, match="does not exist"):
         MedMNISTDataModule("pneumoniamnist", path=str(tmp_path / "nope.npz"))
+
+
+def test_single_label_labels_of_shape_n_are_accepted(tmp_path, synthetic_npz) -> None:
+    """Issue 9.26: (N,) labels, a common way to save single-label files, are read as MedMNIST's (N, 1); shapes that
+    are really wrong are still refused, saying what is expected."""
+    with np.load(synthetic_npz("pathmnist")) as npz:
+        arrays = dict(npz)
+    flat = {k: (v.reshape(-1) if k.endswith("_labels") else v) for k, v in arrays.items()}
+    np.savez(tmp_path / "flat.npz", **flat)
+    dm = MedMNISTDataModule("pathmnist", path=str(tmp_path / "flat.npz"))
+    dm.setup("fit")
+    assert torch.equal(
+        dm.datasets["train"].labels, torch.from_numpy(arrays["train_labels"].reshape(-1).astype(np.int64))
+    )
+    bad = {**arrays, "train_labels": arrays["train_labels"].reshape(-1)[:-1]}
+    np.savez(tmp_path / "bad.npz", **bad)
+    with pytest.raises(MedMNISTFileError, match=r"expected \(48, 1\) or \(48,\)"):
+        MedMNISTDataModule("pathmnist", path=str(tmp_path / "bad.npz")).setup("fit")
+    with np.load(synthetic_npz("chestmnist")) as npz:
+        multi = {k: (v[:, 0] if k.endswith("_labels") else v) for k, v in npz.items()}
+    np.savez(tmp_path / "multi.npz", **multi)
+    with pytest.raises(MedMNISTFileError, match=r"expected \(48, 14\)"):
+        MedMNISTDataModule("chestmnist", path=str(tmp_path / "multi.npz")).setup("fit")
+
+
+def test_root_is_a_search_path(tmp_path, real_root, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 9.19: MEDMNIST_ROOT may list folders; the first holding the file wins, and a missing file is named
+    with every folder searched and the one to put it in (the last, where a download would go)."""
+    empty = tmp_path / "empty"
+    monkeypatch.setenv("MEDMNIST_ROOT", f"{empty}{os.pathsep}{real_root}")
+    assert MedMNISTDataModule("breastmnist").file == real_root / "breastmnist.npz"
+    with pytest.raises(MedMNISTFileError) as err:
+        MedMNISTDataModule("breastmnist", size=64, root=f"{real_root}{os.pathsep}{empty}")
+    assert f"not found in {real_root}, {empty}" in str(err.value)
+    assert f"save it as {empty / 'breastmnist_64.npz'}" in str(err.value)
+
+
+def test_relative_environment_paths_are_resolved_once(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 9.17: a relative MEDMNIST_ROOT means the folder it was given in, for every subprocess whatever its own
+    working directory (benchmark scripts run from benchmarks/)."""
+    from datamodules.files import absolutize_env_paths
+
+    monkeypatch.chdir(tmp_path)
+    env = {"MEDMNIST_ROOT": f"data{os.pathsep}~/x", "MEDROBUST_CACHE": "cache"}
+    absolutize_env_paths(env)
+    assert env["MEDMNIST_ROOT"] == f"{tmp_path / 'data'}{os.pathsep}{Path('~/x').expanduser()}"
+    assert env["MEDROBUST_CACHE"] == str(tmp_path / "cache")
+
+
+def test_class_balanced_sampler(synthetic_npz, tmp_path) -> None:
+    """Issue 9.24: sampler='balanced' draws each class about equally often from an imbalanced split."""
+    with np.load(synthetic_npz("pneumoniamnist", n=(400, 16, 16))) as npz:
+        arrays = dict(npz)
+    arrays["train_labels"] = (np.arange(400) < 40).astype(np.uint8).reshape(-1, 1)  # 10% class 1
+    np.savez(tmp_path / "imbalanced.npz", **arrays)
+    dm = MedMNISTDataModule("pneumoniamnist", path=str(tmp_path / "imbalanced.npz"), sampler="balanced", batch_size=400)
+    dm.setup("fit")
+    torch.manual_seed(0)
+    _, y = next(iter(dm.train_dataloader()))
+    assert len(y) == 400 and 0.4 < float(y.float().mean()) < 0.6
+    with pytest.raises(ValueError, match="one class per sample"):
+        MedMNISTDataModule("chestmnist", path=str(synthetic_npz("chestmnist")), sampler="balanced")

@@ -8,6 +8,7 @@ import torch
 
 from datamodules.corruptions import ops
 from datamodules.corruptions.registry import NOT_IMPLEMENTED, OPERATION, SEVERITY_PARAMS
+from lightning_modules.components.errors import InputError
 
 SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -15,7 +16,7 @@ SEVERITIES = (1, 2, 3, 4, 5)
 def corruptions_for(flag: str) -> list[str]:
     """The corruptions MedMNIST-C defines for ``flag`` that medrobust implements, in registry order."""
     if flag not in SEVERITY_PARAMS:
-        raise ValueError(f"MedMNIST-C defines no corruptions for {flag!r}; it covers {sorted(SEVERITY_PARAMS)}")
+        raise InputError(f"MedMNIST-C defines no corruptions for {flag!r}; it covers {sorted(SEVERITY_PARAMS)}")
     return [name for name in SEVERITY_PARAMS[flag] if name not in NOT_IMPLEMENTED]
 
 
@@ -24,12 +25,12 @@ def check(flag: str, name: str, severity: int) -> None:
     valid = corruptions_for(flag)
     if name not in valid:
         if name in SEVERITY_PARAMS[flag] and name in NOT_IMPLEMENTED:
-            raise ValueError(f"Corruption {name!r} of {flag} is not implemented in medrobust yet; valid: {valid}")
+            raise InputError(f"Corruption {name!r} of {flag} is not implemented in medrobust yet; valid: {valid}")
         known = name in OPERATION or name in NOT_IMPLEMENTED
         why = f"does not apply to {flag}'s modality" if known else "is unknown"
-        raise ValueError(f"Corruption {name!r} {why}. Valid corruptions for {flag}: {valid}")
+        raise InputError(f"Corruption {name!r} {why}. Valid corruptions for {flag}: {valid}")
     if severity not in SEVERITIES:
-        raise ValueError(f"Severity {severity!r} is outside 1..5 (valid: {list(SEVERITIES)})")
+        raise InputError(f"Severity {severity!r} is outside 1..5 (valid: {list(SEVERITIES)})")
 
 
 def corrupt(images: torch.Tensor, flag: str, name: str, severity: int, seed: int = 0) -> torch.Tensor:
@@ -39,7 +40,7 @@ def corrupt(images: torch.Tensor, flag: str, name: str, severity: int, seed: int
     """
     check(flag, name, severity)
     if images.dtype != torch.uint8 or images.ndim != 4:
-        raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        raise InputError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
     param = SEVERITY_PARAMS[flag][name][severity - 1]
     generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{flag}/{name}/{severity}".encode()))
     op = getattr(ops, OPERATION[name])
