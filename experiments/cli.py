@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
-import glob
+import copy
 import logging
 import os
 import sys
 from pathlib import Path
 
-import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from callbacks.mlflow_run_recorder import MLflowRunRecorder
-from datamodules.files import MedMNISTFileError
+from callbacks.mlflow_checkpoints import MLflowCheckpoints
+from callbacks.mlflow_dataset_inputs import MLflowDatasetInputs
+from callbacks.mlflow_system_metrics import MLflowSystemMetrics
+from callbacks.mlflow_test_record import MLflowTestRecord
+from callbacks.selection_checkpoint import SelectionCheckpoint
+from callbacks.tracking_uri import redact_uri
+from datamodules.files import absolutize_env_paths, find
 from datamodules.medmnist import MedMNISTDataModule
 from experiments.mlflow_logger import MLflowRunLogger
 from experiments.mlflow_save_config import MLflowSaveConfig
+from experiments.resume import ResumePoint, checkpoint_identity, find_resume_point
 from lightning_modules.classifier import ClassifierModule
+from lightning_modules.components.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +43,18 @@ class MedRobustCLI(LightningCLI):
     On top of LightningCLI:
 
     * ``num_classes``, ``in_chans`` and ``task`` flow from the datamodule's MedMNIST metadata into the model;
-    * an :class:`MLflowRunLogger` on ``sqlite:///mlflow.db`` is the default logger, and the resolved config is saved
-      into the run as ``config.yaml``;
-    * a ``checkpoint`` section configures the ModelCheckpoint (default: best by ``val/auroc``, plus ``last.ckpt``),
-      in ``<default_root_dir>/<experiment_id>/<run_id>/checkpoints``;
-    * ``fit`` ends by testing the best checkpoint into the same run (``--test_after_fit false`` turns it off);
-    * ``fit --ckpt_path last`` (or a checkpoint path) continues the MLflow run that wrote the checkpoint.
+    * an :class:`MLflowRunLogger` on ``sqlite:///mlflow.db`` is the default logger; the resolved config is saved
+      into the run as ``config.yaml`` and params; every run records its data, checkpoints, system metrics, test
+      confusion matrix and ``summary/*`` metrics;
+    * a ``checkpoint`` section configures the :class:`SelectionCheckpoint` (a named model-selection rule, default
+      ``clean_auroc``, plus ``last.ckpt``), in ``<default_root_dir>/<experiment_id>/<run_id>/checkpoints``;
+    * the data is loaded and checked before the MLflow run is created, so bad input leaves no FAILED run behind;
+    * ``fit`` ends by testing the selected checkpoint into the same run (``--test_after_fit false`` turns it off);
+    * ``fit --ckpt_path last`` continues the unfinished run this config names (its experiment and run name or id),
+      and refuses when that is ambiguous; ``--ckpt_path <file>`` continues the run that wrote the file. Under SLURM,
+      a fit without ``--ckpt_path`` does the same, and never resumes another run's ``hpc_ckpt_*.ckpt``;
+    * checkpoints are loaded with ``weights_only=True``, and pretrained weights are not fetched when a checkpoint
+      supplies the weights.
     """
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
@@ -69,18 +82,46 @@ class MedRobustCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for key in ("num_classes", "in_chans", "task"):
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.monitor": "val/auroc", "checkpoint.mode": "max", "checkpoint.save_last": True})
-        parser.add_lightning_class_args(MLflowRunRecorder, "mlflow")
+        parser.add_lightning_class_args(SelectionCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(MLflowSystemMetrics, "system_metrics")
         parser.add_argument("--test_after_fit", type=bool, default=True, help="fit ends by testing the best checkpoint")
 
+    @override
+    def instantiate_classes(self) -> None:
+        """LightningCLI's, except that the model is built with ``pretrained=False`` when a checkpoint will supply its
+        weights (no network needed); the config the run records keeps what the user wrote."""
+        config = self.config
+        section = config.get(self.subcommand, config) if self.subcommand else config
+        if section.get("ckpt_path") is not None and section.get("model.pretrained"):
+            config = copy.deepcopy(config)
+            (config.get(self.subcommand, config) if self.subcommand else config)["model.pretrained"] = False
+        self.config_init = self.parser.instantiate_classes(config)
+        self.datamodule = self._get(self.config_init, "data")
+        self.model = self._get(self.config_init, "model")
+        self._add_configure_optimizers_method_to_model(self.subcommand)
+        self.trainer = self.instantiate_trainer()
+
+    @override
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
+        """Every run records its data, checkpoints and test results (the recorders take no settings)."""
+        recorders = [MLflowDatasetInputs(), MLflowCheckpoints(), MLflowTestRecord()]
+        return super()._instantiate_trainer(config, [*callbacks, *recorders])
+
+    # ---------------------------------------------------------------------------------------------- hooks
     def before_fit(self) -> None:
+        self._validate_data("fit")
         config = self.config_init[self.subcommand]
-        ckpt_path = config.get("ckpt_path")
-        if ckpt_path is not None:
-            config["ckpt_path"] = self._resume(ckpt_path)
+        config["ckpt_path"] = self._resume(config.get("ckpt_path"))
         if config.get("test_after_fit") and isinstance(self.trainer.logger, MLflowRunLogger):
             self.trainer.logger.keep_open_after_fit()
+
+    def before_validate(self) -> None:
+        self._validate_data("validate")
+        self._check_checkpoint_file()
+
+    def before_test(self) -> None:
+        self._validate_data("test")
+        self._check_checkpoint_file()
 
     def after_fit(self) -> None:
         if not self.config_init[self.subcommand].get("test_after_fit") or self.trainer.interrupted:
@@ -89,46 +130,76 @@ class MedRobustCLI(LightningCLI):
         rank_zero_info(f"Testing {best or 'the final weights'} into the same run")
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
 
-    def _resume(self, ckpt_path: str) -> str | None:
-        """Resolve ``last`` to a file and point the MLflow logger at the run that wrote it."""
-        path = self._find_last() if ckpt_path == "last" else Path(ckpt_path)
-        if path is None:
-            rank_zero_warn(f"--ckpt_path last: no last*.ckpt under {self.trainer.default_root_dir}; starting afresh")
-            return None
-        if not path.is_file():
-            raise FileNotFoundError(f"--ckpt_path {ckpt_path}: {path} does not exist")
-        info = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("mlflow")
-        logger = self.trainer.logger
-        if info and isinstance(logger, MLflowRunLogger):
-            if info["tracking_uri"] != logger.tracking_uri:
-                rank_zero_warn(f"{path} was tracked at {info['tracking_uri']}, this run at {logger.tracking_uri}")
-            logger.resume_run(info["run_id"])
-            rank_zero_info(f"Resuming MLflow run {info['run_id']} from {path}")
-        return str(path)
+    def _validate_data(self, stage: str) -> None:
+        """Load and check the data now, before the MLflow run exists (a download waits for Lightning's hook)."""
+        dm = self.datamodule
+        if isinstance(dm, MedMNISTDataModule) and (dm.path is not None or find(dm.spec, dm.roots) is not None):
+            dm.setup(stage)
+            dm.check_shards(self.trainer.world_size)
 
-    def _find_last(self) -> Path | None:
-        dirpaths = [cb.dirpath for cb in self.trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
-        # Without an explicit dirpath, checkpoints live in <default_root_dir>/<experiment_id>/<run_id>/checkpoints.
-        patterns = [f"{d}/last*.ckpt" for d in dirpaths]
-        patterns = patterns or [f"{self.trainer.default_root_dir}/*/*/checkpoints/last*.ckpt"]
-        found = [Path(p) for pattern in patterns for p in glob.glob(pattern)]
-        return max(found, key=lambda p: p.stat().st_mtime) if found else None
+    def _check_checkpoint_file(self) -> None:
+        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        if ckpt_path not in (None, "last", "best", "hpc"):
+            checkpoint_identity(Path(ckpt_path))
+
+    def _resume(self, ckpt_path: str | None) -> str | None:
+        """What ``fit`` resumes from: a file, the run this config names (``last``; under SLURM also ``None``), or
+        nothing. The MLflow logger is pointed at the run the checkpoint belongs to."""
+        slurm = SLURMEnvironment.detect()
+        if ckpt_path not in (None, "last"):
+            point = ResumePoint(Path(ckpt_path), checkpoint_identity(Path(ckpt_path)).get("run_id"))
+        elif ckpt_path == "last" or slurm:
+            point = self._find_resume_point(hpc=slurm, explicit=ckpt_path == "last")
+            if point is None:
+                if ckpt_path == "last":
+                    rank_zero_warn("--ckpt_path last: this config's run has no checkpoint to resume; starting afresh")
+                # Under SLURM, Lightning resumes the newest hpc_ckpt_* in default_root_dir when ckpt_path is None,
+                # whichever run wrote it. "last" makes it look in this new run's own (empty) folder instead.
+                return "last" if slurm else None
+        else:
+            return None
+        logger = self.trainer.logger
+        if point.run_id and isinstance(logger, MLflowRunLogger):
+            logger.resume_run(point.run_id)
+            rank_zero_info(f"Resuming MLflow run {point.run_id} from {point.path}")
+        return str(point.path)
+
+    def _find_resume_point(self, hpc: bool, explicit: bool) -> ResumePoint | None:
+        logger = self.trainer.logger
+        if not isinstance(logger, MLflowRunLogger):
+            raise InputError("--ckpt_path last needs the MLflow logger, to know which run this config names")
+        dirpath = getattr(self.trainer.checkpoint_callback, "dirpath", None)
+        return find_resume_point(
+            logger._mlflow_client,
+            logger._experiment_name,
+            logger._run_name,
+            logger._run_id,
+            Path(self.trainer.default_root_dir),
+            dirpath,
+            hpc=hpc,
+            explicit=explicit,
+        )
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console entry point. Bad input exits with status 2 and one clear message (the traceback with
-    ``MEDROBUST_TRACEBACK=1``); the MLflow run, if one was started, is marked FAILED by the logger."""
+    """Console entry point. Bad input (:class:`InputError`) exits with status 2 and one clear message (the traceback
+    with ``MEDROBUST_TRACEBACK=1``); any other error keeps its traceback. A started MLflow run is marked FAILED."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    absolutize_env_paths()
     argv = sys.argv[1:] if args is None else list(args)
     try:
-        if argv and argv[0] in ("sweep", "report"):
-            from experiments.sweep import report_main, sweep_main
+        if argv and argv[0] == "sweep":
+            from experiments.sweep import sweep_main
 
-            raise SystemExit((sweep_main if argv[0] == "sweep" else report_main)(argv[1:]))
+            raise SystemExit(sweep_main(argv[1:]))
+        if argv and argv[0] == "report":
+            from experiments.report import report_main
+
+            raise SystemExit(report_main(argv[1:]))
         MedRobustCLI(args=args)
-    except (ValueError, FileNotFoundError, MedMNISTFileError) as err:
+    except InputError as err:
         if os.environ.get("MEDROBUST_TRACEBACK"):
             raise
-        print(f"medrobust: error: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"medrobust: error: {type(err).__name__}: {redact_uri(str(err))}", file=sys.stderr)
         print("(set MEDROBUST_TRACEBACK=1 for the traceback)", file=sys.stderr)
         raise SystemExit(2) from None

@@ -7,22 +7,57 @@ import os
 from typing import Any, Literal
 
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
+
+from callbacks.tracking_uri import has_credentials, redact_uri
+from lightning_modules.components.errors import InputError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+#: the experiment tag MLflow's UI reads to open an experiment on its runs table instead of the GenAI traces overview
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+#: set on a run that Lightning's SLURM requeue handler stopped: the run is KILLED, to be resumed, not FINISHED
+REQUEUED_TAG = "medrobust.requeued"
+
+
+def mark_model_training(client: Any, experiment_id: str) -> None:
+    """Tag an experiment as model training, so MLflow's UI opens it on the runs table (once; cheap to repeat)."""
+    experiment = client.get_experiment(experiment_id)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+
+def ensure_experiment(client: Any, name: str) -> str:
+    """The id of the active experiment ``name``, created (and marked as model training) if missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        experiment_id = client.create_experiment(name)
+    elif experiment.lifecycle_stage != "active":
+        raise InputError(f"MLflow experiment {name!r} is deleted; restore it or use another name")
+    else:
+        experiment_id = experiment.experiment_id
+    mark_model_training(client, experiment_id)
+    return experiment_id
 
 
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
-    """``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else the embedded SQLite store ``sqlite:///mlflow.db``."""
+    """``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else the embedded SQLite store ``sqlite:///mlflow.db``.
+
+    A URI with credentials (``postgresql://user:password@host/db``) is used as given but never printed or saved:
+    configs, params, checkpoints and messages get :func:`~callbacks.tracking_uri.redact_uri`'s form.
+    """
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if uri.startswith("file:") or "://" not in uri:
-        raise ValueError(
-            f"MLflow tracking URI {uri!r} is a file store, which this MLflow no longer writes. Use a database "
-            f"(e.g. {DEFAULT_TRACKING_URI}) or a server (http://127.0.0.1:5000)."
+        raise InputError(
+            f"MLflow tracking URI {redact_uri(uri)!r} is a file store, which this MLflow no longer writes. Use a "
+            f"database (e.g. {DEFAULT_TRACKING_URI}) or a server (http://127.0.0.1:5000)."
         )
+    if has_credentials(uri):
+        # MLflow prints "View run ... at: <uri>" when a run ends; with credentials in the URI that would print them.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     return uri
 
 
@@ -30,9 +65,12 @@ class MLflowRunLogger(MLFlowLogger):
     """One MLflow run per training run, on the embedded SQLite store unless told otherwise.
 
     Differences from Lightning's ``MLFlowLogger``: the tracking URI is resolved when the logger is built (argument,
-    then ``$MLFLOW_TRACKING_URI``, then ``sqlite:///mlflow.db``); checkpoints are logged by default; a run can be
-    resumed (:meth:`resume_run`), in which case parameters already logged are not logged again; and
-    :meth:`keep_open_after_fit` keeps the run RUNNING between ``fit`` and the ``test`` that follows it.
+    then ``$MLFLOW_TRACKING_URI``, then ``sqlite:///mlflow.db``); a run can be resumed (:meth:`resume_run`): it is set
+    back to RUNNING when first used, and parameters already logged are not logged again; :meth:`keep_open_after_fit`
+    keeps the run RUNNING between ``fit`` and the ``test`` that follows it; the experiment is tagged as model
+    training (``mlflow.experimentKind``), so MLflow's UI opens it on the runs table; and when Lightning's SLURM
+    requeue handler stops the job, the run is marked KILLED (tag ``medrobust.requeued``), not FINISHED, so that a
+    sweep resumes it instead of skipping it.
 
     Args:
         experiment_name: MLflow experiment, created if missing.
@@ -40,7 +78,7 @@ class MLflowRunLogger(MLFlowLogger):
         tracking_uri: see above.
         tags: extra run tags.
         log_model: Lightning's checkpoint logging (``True``: best and last with optimizer state; ``"all"``: every
-            checkpoint). Off by default: :class:`~callbacks.MLflowRunRecorder` logs the best weights instead.
+            checkpoint). Off by default: :class:`~callbacks.MLflowCheckpoints` logs the selected weights instead.
         artifact_location: artifact root for a newly created experiment.
         run_id: continue this run instead of creating one.
     """
@@ -66,6 +104,7 @@ class MLflowRunLogger(MLFlowLogger):
         )
         self.resumed = run_id is not None
         self._keep_open = False
+        self._checked_in = False
         #: set by :class:`~experiments.mlflow_save_config.MLflowSaveConfig`, which logs the whole config as params
         self.params_from_config = False
 
@@ -73,8 +112,20 @@ class MLflowRunLogger(MLFlowLogger):
     def tracking_uri(self) -> str:
         return self._tracking_uri
 
+    @property
+    @override
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        client = super().experiment
+        if not self._checked_in:
+            self._checked_in = True
+            mark_model_training(client, self._experiment_id)
+            if self.resumed and client.get_run(self._run_id).info.status != "RUNNING":
+                client.update_run(self._run_id, status="RUNNING")  # it trains again: not FAILED or KILLED meanwhile
+        return client
+
     def resume_run(self, run_id: str) -> None:
-        """Continue an existing run (call before the run is first used)."""
+        """Continue an existing run (call before the run is first used); it is set RUNNING when first used."""
         if self._initialized and self._run_id != run_id:
             raise RuntimeError(f"logger already writes to run {self._run_id}; cannot switch to {run_id}")
         self._run_id = run_id
@@ -92,27 +143,28 @@ class MLflowRunLogger(MLFlowLogger):
 
     @rank_zero_only
     def log_params(self, params: Any) -> None:
-        """Log (nested) params; on a resumed run, only those not logged yet."""
+        """Log (nested) params; on a resumed run, only those not logged yet (MLflow params cannot change; a changed
+        setting is recorded as a new config version by :class:`~experiments.mlflow_save_config.MLflowSaveConfig`)."""
         from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
 
         # LightningCLI's bookkeeping keys (``_instantiator``, ``_class_path``) are not hyperparameters.
         params = {k: v for k, v in _flatten_dict(_convert_params(params)).items() if not k.startswith("_")}
-        if not self.resumed:
-            return super().log_hyperparams(params)
-        logged = self.experiment.get_run(self.run_id).data.params
-        fresh = {}
-        for key, value in params.items():
-            if key not in logged:
-                fresh[key] = value
-            elif logged[key] != str(value)[:250]:
-                log.warning("Resumed run %s keeps %s=%s; ignoring new value %s", self.run_id, key, logged[key], value)
-        if fresh:
-            super().log_hyperparams(fresh)
-        return None
+        if self.resumed:
+            logged = self.experiment.get_run(self.run_id).data.params
+            params = {k: v for k, v in params.items() if k not in logged}
+        if params:
+            super().log_hyperparams(params)
 
     @override
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
+        if status == "finished":
+            # Only Lightning's SLURM requeue handler finalizes with "finished": the job goes back to the queue and
+            # the run is to be resumed, not counted as done.
+            if self._initialized:
+                self.experiment.set_tag(self.run_id, REQUEUED_TAG, "true")
+                self.experiment.set_terminated(self.run_id, "KILLED")
+            return
         if self._keep_open and status == "success":
             self._keep_open = False
             if self._initialized and self._checkpoint_callback:

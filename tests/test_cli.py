@@ -18,7 +18,7 @@ TINY = [
     "--trainer.max_epochs=2",
     "--trainer.enable_progress_bar=false",
     "--trainer.logger.init_args.experiment_name=tests",
-    "--mlflow.system_metrics_interval=0.2",
+    "--system_metrics.interval=0.2",
     "--trainer.log_every_n_steps=1",
 ]
 QUICKSTART = str(REPO / "experiments" / "configs" / "quickstart.yaml")
@@ -37,12 +37,21 @@ def artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> set
 
 
 def test_fit_records_a_complete_run(tracking_uri, pneumonia_data_args) -> None:
-    MedRobustCLI(args=["fit", "--config", QUICKSTART, *TINY, *pneumonia_data_args])
+    robust = ["--trainer.callbacks+=callbacks.RobustValidation", "--trainer.callbacks.steps=2"]
+    MedRobustCLI(args=["fit", "--config", QUICKSTART, *TINY, *pneumonia_data_args, *robust])
     (run,) = runs(tracking_uri)
     client = MlflowClient(tracking_uri)
     assert run.info.status == "FINISHED"
     params = run.data.params
     assert params["model.model_name"] == "test_resnet" and params["data.flag"] == "pneumoniamnist"
+    # Issue 9.22: callback settings are params of their own, searchable in the UI.
+    assert params["callbacks.RobustValidation.steps"] == "2" and "trainer.callbacks" not in params
+    # Issue 9.25: the experiment opens on the runs table in MLflow's UI.
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    # Issue 9.1: the selection rule and the epoch it chose are on the run.
+    assert run.data.tags["selection.rule"] == "clean_auroc" and run.data.tags["selection.epoch"] in ("0", "1")
+    assert "summary/clean_bal_acc" in run.data.metrics
     assert params["model.num_classes"] == "2" and params["model.optimizer.init_args.lr"] == "0.001"  # linked + nested
     assert params["trainer.max_epochs"] == "2"
     metrics = run.data.metrics
@@ -90,14 +99,14 @@ def test_test_subcommand_on_a_checkpoint(tracking_uri, pneumonia_data_args) -> N
     assert test_run.data.metrics["test/auroc"] == pytest.approx(fit_run.data.metrics["test/auroc"])
 
 
-def medrobust(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+def medrobust(*args: str, cwd: Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "experiments", *args],
         cwd=cwd,
         env=subprocess_env(**env),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
 
 
@@ -121,16 +130,65 @@ def test_resume_after_kill_continues_the_same_run(tmp_path, pneumonia_data_args)
     assert "test/auroc" in run.data.metrics
 
 
-def test_crash_marks_the_run_failed(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data.root={root}"], "MD5 mismatch"),
+        (["--data.path={good}", "--data.subsample=1000"], "outside 1..48 samples"),
+    ],
+)
+def test_bad_data_leaves_no_run_behind(tmp_path, args, message) -> None:
+    """Issue 9.26: data is loaded and checked before the MLflow run is created: a typo clutters no experiment."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     root = tmp_path / "root"
     write_medmnist_npz(root / "pneumoniamnist.npz", "pneumoniamnist")  # right name, wrong bytes
+    good = write_medmnist_npz(tmp_path / "good.npz", "pneumoniamnist")
+    args = [a.format(root=root, good=good) for a in args]
+    result = medrobust("fit", "--config", QUICKSTART, *TINY, *args, cwd=tmp_path, MLFLOW_TRACKING_URI=uri)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert runs(uri) == []
+
+
+def test_an_error_inside_training_keeps_its_traceback_and_fails_the_run(tmp_path, pneumonia_data_args) -> None:
+    """Issue 9.12: only our own input errors get the one-line message (exit 2); a ValueError raised mid-training is
+    a failure: exit 1, with its traceback, and the run is FAILED."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    fail = ["--trainer.callbacks+=fail_once.FailOnce", f"--trainer.callbacks.marker={tmp_path / 'failed'}"]
+    fail += ["--trainer.callbacks.error=ValueError"]
     result = medrobust(
-        "fit", "--config", QUICKSTART, *TINY, f"--data.root={root}", cwd=tmp_path, MLFLOW_TRACKING_URI=uri
+        "fit", "--config", QUICKSTART, *TINY, *pneumonia_data_args, *fail, cwd=tmp_path, MLFLOW_TRACKING_URI=uri
     )
-    assert result.returncode == 2
-    assert "MD5 mismatch" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" in result.stderr and "ValueError: FailOnce: injected failure" in result.stderr
+    assert "medrobust: error" not in result.stderr
     assert [r.info.status for r in runs(uri)] == ["FAILED"]
+
+
+def test_a_checkpoint_with_a_pickle_payload_is_refused_and_runs_nothing(tmp_path, pneumonia_data_args) -> None:
+    """Issue 9.10: checkpoints are loaded with weights_only=True, for resume (fit) and for evaluation (test)."""
+    marker = tmp_path / "payload_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"state_dict": {}, "mlflow": {"run_id": "x"}, "evil": Payload()}, tmp_path / "evil.ckpt")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for command in ("fit", "test"):
+        result = medrobust(
+            command,
+            "--config",
+            QUICKSTART,
+            *TINY,
+            *pneumonia_data_args,
+            f"--ckpt_path={tmp_path / 'evil.ckpt'}",
+            cwd=tmp_path,
+            MLFLOW_TRACKING_URI=uri,
+        )
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "Refused to load" in result.stderr and "weights_only" in result.stderr
+        assert not marker.exists()
 
 
 @pytest.mark.parametrize(
@@ -153,4 +211,4 @@ def test_bad_input_exits_nonzero_without_a_finished_run(tmp_path, args, message)
     result = medrobust("fit", "--config", QUICKSTART, *TINY, *args, cwd=tmp_path, MLFLOW_TRACKING_URI=uri)
     assert result.returncode == 2, result.stderr[-2000:]
     assert message.format(tmp=tmp_path) in result.stderr
-    assert all(r.info.status == "FAILED" for r in runs(uri)) if (tmp_path / "mlflow.db").exists() else True
+    assert not (tmp_path / "mlflow.db").exists() or runs(uri) == []  # checked before any run was created

@@ -12,20 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import REPO, SHARED_MEDMNIST, subprocess_env, write_medmnist_npz
 from mlflow import MlflowClient
 from test_cli import medrobust
 
 from experiments.mlflow_server import LocalMlflowServer
-from experiments.sweep import SweepError, SweepSpec, set_override
-from experiments.tradeoff import (
-    RunRow,
-    build_report,
-    format_table,
-    pareto_front,
-    summary_metrics,
-)
+from experiments.sweep_spec import SweepError, SweepSpec, set_override
+from experiments.tradeoff import RunRow, build_report, format_table, pareto_front
+from lightning_modules.components.summary import summary_metrics
 
 QUICKSTART = REPO / "experiments" / "configs" / "quickstart.yaml"
 SWEEP_BASE = REPO / "experiments" / "configs" / "sweeps" / "pneumonia_tradeoff_cpu.yaml"
@@ -77,8 +73,8 @@ def test_callback_overrides() -> None:
     set_override(config, "callbacks.AdversarialTraining", None)
     set_override(config, "trainer.max_epochs", 1)
     names = [cb["class_path"].rsplit(".", 1)[1] for cb in config["trainer"]["callbacks"]]
-    assert names == ["RobustnessEvaluation", "ShiftEvaluation"]
-    robust = config["trainer"]["callbacks"][0]["init_args"]
+    assert names == ["RobustValidation", "RobustnessEvaluation", "ShiftEvaluation"]
+    robust = config["trainer"]["callbacks"][1]["init_args"]
     assert robust["pgd_steps"] == 3 and robust["attacks"] == ["fgsm", "pgd"]  # merged, not replaced
     with pytest.raises(SweepError, match=r"no AdversarialTraining in trainer.callbacks"):
         set_override(config, "callbacks.AdversarialTraining.eps", 0.1)
@@ -106,14 +102,20 @@ def test_bad_sweep_file_exits_2_with_one_message(tmp_path) -> None:
 
 
 # ------------------------------------------------------------------------------------------- aggregation
-def test_summary_takes_the_strongest_attack_per_budget() -> None:
+def test_summary_is_the_per_sample_worst_case() -> None:
+    """Issue 9.5: summary/adv_* is RobustnessEvaluation's per-sample worst case, with its n; the minimum of
+    whole-attack accuracies measured on different samples is not used."""
     metrics = {
         "test/acc": 0.9,
         "test/bal_acc": 0.85,
         "test/auroc": 0.95,
+        "test/top_pred_share": 0.6,
         "test/adv/fgsm/linf_8_255/acc": 0.5,
         "test/adv/pgd10/linf_8_255/acc": 0.4,
         "test/adv/autoattack/linf_8_255/acc": 0.45,
+        "test/adv/worst/linf_8_255/acc": 0.35,
+        "test/adv/worst/linf_8_255/bal_acc": 0.3,
+        "test/adv/worst/linf_8_255/n": 64,
         "test/adv/pgd10/linf_2_255/bal_acc": 0.7,
         "test/shift/mean/bal_acc": 0.6,
         "test/shift/be": 1.1,
@@ -126,8 +128,10 @@ def test_summary_takes_the_strongest_attack_per_budget() -> None:
             "summary/clean_acc": 0.9,
             "summary/clean_bal_acc": 0.85,
             "summary/clean_auroc": 0.95,
-            "summary/adv_acc/linf_8_255": 0.4,
-            "summary/adv_bal_acc/linf_2_255": 0.7,
+            "summary/clean_top_pred_share": 0.6,
+            "summary/adv_acc/linf_8_255": 0.35,
+            "summary/adv_bal_acc/linf_8_255": 0.3,
+            "summary/adv_n/linf_8_255": 64,
             "summary/shift_bal_acc": 0.6,
             "summary/shift_be": 1.1,
             "summary/shift_auroc": 0.7,
@@ -155,7 +159,8 @@ def test_pareto_front_and_seed_groups() -> None:
     assert groups["eps=8/255"]["adv_acc/linf_8_255/mean"] == pytest.approx(0.62)
     assert groups["eps=8/255"]["adv_acc/linf_8_255/std"] == pytest.approx(0.0283, abs=1e-4)
     assert report["pareto_front"]["linf_8_255"] == ["eps=8/255", "eps=0"]
-    assert "| eps=0 | 2 | 0.890 ± 0.014 | 0.010 ± 0.014 |" in format_table(report)
+    assert report["metric"] == "acc"  # no class ratio recorded: nothing says the labels are imbalanced
+    assert "| eps=0 | 2 | 0.890 ± 0.014 | 0.010 ± 0.014 |  |" in format_table(report)
 
 
 def test_every_sweep_file_composes_into_valid_configs(tmp_path, tracking_uri) -> None:
@@ -190,11 +195,12 @@ TINY = {
     "trainer.enable_progress_bar": False,
     "trainer.log_every_n_steps": 1,
     "trainer.accelerator": "cpu",
-    "mlflow.system_metrics": False,
+    "system_metrics.enabled": False,
     "data.batch_size": 64,
     "data.eval_batch_size": 64,
     "data.shifts": ["corruption:gaussian_noise@1", "corruption:gaussian_noise@5"],
     "callbacks.AdversarialTraining.steps": 2,
+    "callbacks.AdversarialTraining.warmup_epochs": 0,
     "callbacks.RobustnessEvaluation.linf_eps": ["2/255", "8/255"],
     "callbacks.RobustnessEvaluation.pgd_steps": 3,
     "callbacks.RobustnessEvaluation.sanity_checks": False,
@@ -317,8 +323,12 @@ def test_sweep_against_a_real_mlflow_server(tmp_path, mlflow_server) -> None:
         overrides={**TINY, **data_overrides(tmp_path), "trainer.max_epochs": 1},
         grid={"callbacks.AdversarialTraining.eps": [0, "8/255"]},
     )
-    proc = sweep(path, cwd=tmp_path, uri=mlflow_server)
+    # Issue 9.11: a tracking URI with credentials (the server ignores them) is used, and persisted nowhere.
+    secret = "s3cr3t-pw"
+    uri = mlflow_server.replace("http://", f"http://alice:{secret}@")
+    proc = sweep(path, cwd=tmp_path, uri=uri)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert secret not in proc.stdout + proc.stderr
     client = MlflowClient(mlflow_server)
     runs = sweep_runs(client)
     assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
@@ -334,9 +344,19 @@ def test_sweep_against_a_real_mlflow_server(tmp_path, mlflow_server) -> None:
     assert sorted(r["group"] for r in report["runs"]) == ["eps=0", "eps=8/255"]
     assert "plots/tradeoff_adversarial.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     # And `medrobust report` rebuilds the same table over HTTP, for the parent run or the whole experiment.
-    rep = medrobust("report", "tests", "--tracking-uri", mlflow_server, cwd=tmp_path)
+    rep = medrobust("report", "tests", "--tracking-uri", uri, cwd=tmp_path)
     assert rep.returncode == 0, rep.stderr[-3000:]
-    assert "| eps=8/255 | 1 |" in rep.stdout
+    assert "| eps=8/255 | 1 |" in rep.stdout and secret not in rep.stdout + rep.stderr
+    for child in children:  # params, tags, config.yaml
+        assert secret not in json.dumps([child.data.params, child.data.tags])
+        config = Path(client.download_artifacts(child.info.run_id, "config.yaml", str(tmp_path / child.info.run_id)))
+        assert secret not in config.read_text()
+    written = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]  # child configs and checkpoints
+    assert any(p.suffix == ".ckpt" for p in written) and any(p.suffix == ".yaml" for p in written)
+    for file in written:
+        assert secret.encode() not in file.read_bytes(), file
+    ckpt = next(p for p in written if p.name == "last.ckpt")
+    assert torch.load(ckpt, weights_only=True)["mlflow"]["tracking_uri"].startswith("http://***@127.0.0.1")
 
 
 def test_a_killed_sweep_relaunches_without_rerunning_or_duplicating(tmp_path) -> None:
@@ -440,7 +460,7 @@ def test_a_failed_ddp_child_resumes_in_the_same_run(tmp_path) -> None:
 def test_stale_detection_by_process_and_by_heartbeat(tmp_path) -> None:
     """RUNNING children: this host's dead process -> KILLED; another host's old heartbeat -> KILLED; another host's
     fresh heartbeat -> left alone (it is running there) and skipped by the driver."""
-    from experiments.sweep import SweepRunner
+    from experiments.sweep_runner import SweepRunner
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = SweepSpec.load(write_sweep(tmp_path / "s.yaml", experiment="tests", grid={"seed_everything": [0, 1, 2]}))
@@ -476,24 +496,48 @@ def test_stale_detection_by_process_and_by_heartbeat(tmp_path) -> None:
 
 
 def test_report_on_an_experiment_of_runs_made_without_a_sweep(tmp_path) -> None:
-    """`medrobust report <experiment>`: runs named alike are one point, their seeds averaged; parents are left out."""
-    from experiments.sweep import report_target
+    """`medrobust report <experiment>`: runs named alike are one point, their seeds averaged; parents are left out.
+    Issue 9.23: the report reads the runs and writes only into its own report run."""
+    from experiments.report import report_target
     from experiments.tradeoff import log_report
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.create_experiment("study")
+    exp = client.create_experiment("study", artifact_location=str(tmp_path / "artifacts"))
     for name, seed, acc, adv in [("standard", 0, 0.86, 0.0), ("standard", 1, 0.84, 0.02), ("pgd_at", 0, 0.82, 0.66)]:
         run = client.create_run(exp, run_name=name)
         client.log_param(run.info.run_id, "seed_everything", seed)
         client.log_metric(run.info.run_id, "test/acc", acc)
-        client.log_metric(run.info.run_id, "test/adv/pgd20/linf_8_255/acc", adv)
+        client.log_metric(run.info.run_id, "test/adv/worst/linf_8_255/acc", adv)
         client.set_terminated(run.info.run_id)
+    before = {r.info.run_id: (r.data.metrics, r.info.end_time) for r in client.search_runs([exp])}
     report_id, rows, axes = report_target(client, "study")
     report = log_report(client, report_id, rows, axes)
     groups = {g["group"]: g for g in report["groups"]}
     assert set(groups) == {"run=standard", "run=pgd_at"} and groups["run=standard"]["n"] == 2
     assert groups["run=standard"]["clean_acc/mean"] == pytest.approx(0.85)
     assert report["pareto_front"]["linf_8_255"] == ["run=pgd_at", "run=standard"]
-    assert client.get_run(rows[0].run_id).data.metrics["summary/clean_acc"] == rows[0].summary["summary/clean_acc"]
+    after = {r.info.run_id: (r.data.metrics, r.info.end_time) for r in client.search_runs([exp])}
+    assert {k: v for k, v in after.items() if k != report_id} == before  # the studied runs are untouched
     # Asking again reuses the report run instead of adding one.
     assert report_target(client, "study")[0] == report_id
+
+
+def test_imbalanced_test_labels_compare_balanced_accuracy_and_flag_constant_classifiers() -> None:
+    """Issue 9.24: on an imbalanced test set a model answering the majority class keeps its accuracy under attack and
+    looked the most robust; by default the report then compares balanced accuracy, and flags that model."""
+    common = {"summary/test_class_ratio": 1.67}
+    constant = {"summary/clean_acc": 0.62, "summary/clean_bal_acc": 0.5, "summary/adv_acc/linf_8_255": 0.62}
+    constant |= {"summary/adv_bal_acc/linf_8_255": 0.5, "summary/clean_top_pred_share": 1.0}
+    robust = {"summary/clean_acc": 0.80, "summary/clean_bal_acc": 0.75, "summary/adv_acc/linf_8_255": 0.33}
+    robust |= {"summary/adv_bal_acc/linf_8_255": 0.55, "summary/clean_top_pred_share": 0.7}
+    rows = [
+        RunRow("a", "standard", "FINISHED", {"eps": "0"}, common | constant),
+        RunRow("b", "pgd_at", "FINISHED", {"eps": "8/255"}, common | robust),
+    ]
+    report = build_report(rows, ["eps"])
+    assert report["metric"] == "bal_acc"
+    assert report["pareto_front"]["linf_8_255"] == ["eps=8/255"]  # by accuracy, eps=0 dominated on the y axis
+    assert build_report(rows, ["eps"], metric="acc")["pareto_front"]["linf_8_255"] == ["eps=0", "eps=8/255"]
+    assert report["near_constant"] == ["standard: clean"]
+    table = format_table(report)
+    assert "near-constant: standard: clean" in table and "by balanced accuracy" in table

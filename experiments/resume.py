@@ -1,0 +1,105 @@
+"""Which checkpoint a resume means: the newest one of the run a config names, never another run's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lightning_modules.components.errors import InputError
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """A checkpoint to resume from, and the MLflow run it continues."""
+
+    path: Path
+    run_id: str | None
+
+
+def checkpoint_identity(path: Path) -> dict[str, Any]:
+    """The ``mlflow`` record of a checkpoint (run id, experiment id, tracking URI), read with ``weights_only=True``.
+
+    A file holding Python objects beyond tensors and plain containers is refused before anything in it runs.
+    """
+    if not path.is_file():
+        raise InputError(f"--ckpt_path {path}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # UnpicklingError for a payload, RuntimeError/EOFError for a damaged file
+        raise InputError(
+            f"Refused to load {path}: it is not a plain checkpoint of tensors and containers, as "
+            f"torch.load(weights_only=True) requires ({type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from None
+    return checkpoint.get("mlflow") or {} if isinstance(checkpoint, dict) else {}
+
+
+def find_resume_point(
+    client: Any,
+    experiment_name: str,
+    run_name: str | None,
+    run_id: str | None,
+    root: Path,
+    dirpath: str | None = None,
+    hpc: bool = False,
+    explicit: bool = True,
+) -> ResumePoint | None:
+    """The checkpoint ``--ckpt_path last`` means: the newest ``last*.ckpt`` of the unfinished run this config names.
+
+    The run is the config's ``run_id`` if it gives one; else the unfinished (RUNNING, FAILED or KILLED) runs of its
+    experiment, with its ``run_name`` if it gives one, that have a checkpoint. Several such runs are ambiguous and
+    refused, listing them. With ``hpc`` (under SLURM), Lightning's ``hpc_ckpt_*.ckpt`` files in ``root`` count too,
+    but only those written by that run. Returns ``None`` when there is nothing to resume; with ``explicit`` (the
+    user asked for ``last``), finished runs that could be meant are named in an error instead.
+    """
+    hpc_files = _hpc_checkpoints(root) if hpc else {}
+    if dirpath:  # one folder of the user's for every run: its newest last checkpoint says which run it was
+        found = sorted(Path(dirpath).glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+        return ResumePoint(found[-1], checkpoint_identity(found[-1]).get("run_id")) if found else None
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return None
+    if run_id is not None:
+        runs = [client.get_run(run_id)]
+    else:
+        query = f"attributes.run_name = '{run_name}'" if run_name else ""
+        runs = client.search_runs([experiment.experiment_id], query, max_results=10000)
+    candidates = {}
+    for run in runs:
+        folder = root / experiment.experiment_id / run.info.run_id / "checkpoints"
+        files = [*folder.glob("last*.ckpt"), *hpc_files.get(run.info.run_id, [])]
+        if files:
+            candidates[run.info.run_id] = (run, max(files, key=lambda p: p.stat().st_mtime))
+    unfinished = {k: v for k, v in candidates.items() if v[0].info.status != "FINISHED" or run_id is not None}
+    if len(unfinished) == 1:
+        (rid, (_, path)), *_ = unfinished.items()
+        return ResumePoint(path, rid)
+    if len(unfinished) > 1:
+        listing = "\n".join(
+            f"  {rid} ({run.info.run_name}, {run.info.status}): {path}" for rid, (run, path) in unfinished.items()
+        )
+        raise InputError(
+            f"--ckpt_path last is ambiguous: experiment {experiment_name!r}"
+            f"{f' has several runs named {run_name!r}' if run_name else ' has several unfinished runs'}"
+            f" with checkpoints:\n{listing}\n  Pass --ckpt_path <file>, or name the run with "
+            "--trainer.logger.init_args.run_name (or run_id)."
+        )
+    if explicit and candidates:
+        listing = "\n".join(f"  {rid} ({run.info.run_name}): {path}" for rid, (run, path) in candidates.items())
+        raise InputError(
+            f"--ckpt_path last: every run of {experiment_name!r} this config names is FINISHED:\n{listing}\n"
+            "  To continue one of them, pass its checkpoint as --ckpt_path <file>."
+        )
+    return None
+
+
+def _hpc_checkpoints(root: Path) -> dict[str, list[Path]]:
+    """Lightning's SLURM checkpoints in ``root``, by the run that wrote them."""
+    found: dict[str, list[Path]] = {}
+    for path in root.glob("hpc_ckpt_*.ckpt"):
+        run_id = checkpoint_identity(path).get("run_id")
+        if run_id:
+            found.setdefault(run_id, []).append(path)
+    return found

@@ -1,0 +1,112 @@
+"""Resuming runs (issue 9.8, 9.9, 9.16): which checkpoint `last` means, the run's status and config while it
+trains again, and SLURM's requeue."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from mlflow import MlflowClient
+from test_cli import QUICKSTART, TINY, medrobust, runs
+
+
+def fit(tmp_path: Path, data: list[str], *args: str, **env: str):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return medrobust("fit", "--config", QUICKSTART, *TINY, *data, *args, cwd=tmp_path, MLFLOW_TRACKING_URI=uri, **env)
+
+
+def client_for(tmp_path: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+KILL = "--trainer.callbacks+=kill_after_epochs.KillAfterEpochs"
+
+
+def by_experiment(tmp_path: Path) -> dict[str, list]:
+    client = client_for(tmp_path)
+    return {e.name: client.search_runs([e.experiment_id]) for e in client.search_experiments()}
+
+
+def test_last_resumes_the_run_this_config_names_and_refuses_ambiguity(tmp_path, pneumonia_data_args) -> None:
+    """`--ckpt_path last` used to take the newest last.ckpt under runs/, whatever its experiment: here experiment b's,
+    written after a's. It now resumes a's own run; with two unfinished runs of a and no run name, it refuses."""
+    data = [*pneumonia_data_args, "--trainer.max_epochs=2"]
+    for name in ("a", "b"):
+        killed = fit(tmp_path, data, KILL, f"--trainer.logger.init_args.experiment_name={name}")
+        assert killed.returncode == -9, killed.stderr[-2000:]
+    (run_a,) = by_experiment(tmp_path)["a"]
+    resumed = fit(tmp_path, data, "--ckpt_path=last", "--trainer.logger.init_args.experiment_name=a")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    runs_now = by_experiment(tmp_path)
+    assert [r.info.run_id for r in runs_now["a"]] == [run_a.info.run_id] and runs_now["a"][0].info.status == "FINISHED"
+    assert [r.info.status for r in runs_now["b"]] == ["RUNNING"]  # untouched
+
+    second = fit(tmp_path, data, KILL, "--trainer.logger.init_args.experiment_name=b")
+    assert second.returncode == -9
+    ambiguous = fit(tmp_path, data, "--ckpt_path=last", "--trainer.logger.init_args.experiment_name=b")
+    assert ambiguous.returncode == 2 and "--ckpt_path last is ambiguous" in ambiguous.stderr
+    assert len(by_experiment(tmp_path)["b"]) == 2  # nothing started
+
+
+def test_a_resumed_run_is_running_and_a_changed_config_is_a_new_version(tmp_path, pneumonia_data_args) -> None:
+    """The run a crash left FAILED is RUNNING again while it trains; resuming with another max_epochs keeps the first
+    config (and params) and records the change as config version 2."""
+    status = tmp_path / "status.txt"
+    common = [
+        *pneumonia_data_args,
+        "--trainer.callbacks+=fail_once.FailOnce",
+        f"--trainer.callbacks.marker={tmp_path / 'failed'}",
+        "--trainer.callbacks+=record_run_status.RecordRunStatus",
+        f"--trainer.callbacks.path={status}",
+    ]
+    first = fit(tmp_path, common, "--trainer.max_epochs=3")
+    assert first.returncode == 1
+    (run,) = runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert run.info.status == "FAILED"
+    resumed = fit(tmp_path, common, "--trainer.max_epochs=4", "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    client = client_for(tmp_path)
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED"
+    lines = status.read_text().split("\n")[:-1]
+    assert lines[0] == "0 RUNNING" and lines[1:] == ["1 RUNNING", "2 RUNNING", "3 RUNNING"], lines
+    assert run.data.params["trainer.max_epochs"] == "3" and run.data.tags["config.version"] == "2"
+    assert json.loads(run.data.tags["config.v2.changes"]) == {"trainer.max_epochs": ["3", "4"]}
+    first_config = yaml.safe_load(
+        Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text()
+    )
+    second_config = yaml.safe_load(
+        Path(client.download_artifacts(run.info.run_id, "config_v2.yaml", str(tmp_path))).read_text()
+    )
+    assert first_config["trainer"]["max_epochs"] == 3 and second_config["trainer"]["max_epochs"] == 4
+
+
+SLURM = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "medrobust", "SLURM_JOB_ID": "4242", "SLURM_NODELIST": "localhost"}
+
+
+def test_slurm_requeue_leaves_the_run_killed_and_no_run_takes_another_runs_hpc_checkpoint(
+    tmp_path, pneumonia_data_args
+) -> None:
+    """Under SLURM, Lightning's requeue handler (SIGUSR1) saved hpc_ckpt_1.ckpt into the shared runs/ and marked the
+    run FINISHED, so a sweep skipped it; and any later fit without --ckpt_path silently resumed that checkpoint.
+    Now the requeued run is KILLED, another run starts afresh, and the requeued command resumes its own run."""
+    data = [*pneumonia_data_args, "--trainer.max_epochs=2"]
+    requeue = ["--trainer.callbacks+=signal_after_epochs.SignalAfterEpochs", "--trainer.callbacks.epochs=1"]
+    first = fit(tmp_path, data, *requeue, "--trainer.logger.init_args.experiment_name=a", **SLURM)
+    assert first.returncode == -9, first.stderr[-3000:]
+    assert list((tmp_path / "runs").glob("hpc_ckpt_*.ckpt")), first.stderr[-3000:]
+    (run_a,) = by_experiment(tmp_path)["a"]
+    assert run_a.info.status == "KILLED" and run_a.data.tags["medrobust.requeued"] == "true"
+
+    other = fit(tmp_path, data, "--trainer.logger.init_args.experiment_name=b", **SLURM)
+    assert other.returncode == 0, other.stderr[-3000:]
+    (run_b,) = by_experiment(tmp_path)["b"]
+    history = client_for(tmp_path).get_metric_history(run_b.info.run_id, "val/auroc")
+    assert len(history) == 2  # trained from scratch, both epochs
+
+    again = fit(tmp_path, data, "--trainer.logger.init_args.experiment_name=a", **SLURM)  # the requeued job
+    assert again.returncode == 0, again.stderr[-3000:]
+    (run_a,) = by_experiment(tmp_path)["a"]
+    assert run_a.info.status == "FINISHED"
+    assert len(client_for(tmp_path).get_metric_history(run_a.info.run_id, "val/auroc")) == 2  # epoch 0, then 1
