@@ -1,9 +1,15 @@
-"""Shared fixtures: real MedMNIST files when ../shared/data is present, tiny synthetic MedMNIST-format files always."""
+"""Shared fixtures: real MedMNIST files when ../shared/data is present, tiny synthetic MedMNIST-format files always.
+
+Tests write nothing outside their ``tmp_path``: each runs with its ``tmp_path`` as working directory (MLflow's
+``./mlruns``, ``runs/``), caches go to the session's temporary folder, and the session fails if a test left a new
+file in the repository.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +18,46 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MEDMNIST = REPO.parent / "shared" / "data" / "medmnist"
 HELPERS = Path(__file__).resolve().parent / "helpers"
+#: never walked when looking for files tests left behind (environments, git, and the tools' own caches)
+UNWATCHED = {".venv", ".git", "__pycache__", ".pytest_cache", ".ruff_cache", "medrobust.egg-info"}
 
 sys.path.insert(0, str(HELPERS))
+
+# Environment paths mean the folder they were given in, for this process and every subprocess (MEDMNIST_ROOT is
+# relative in the README's command; benchmark subprocesses run from benchmarks/).
+from datamodules.files import absolutize_env_paths  # noqa: E402
+
+absolutize_env_paths()
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="medrobust-tests-"))
+os.environ.setdefault("MEDROBUST_CACHE", str(_SESSION_TMP / "cache"))
+os.environ.setdefault("MPLCONFIGDIR", str(_SESSION_TMP / "matplotlib"))
+
+
+def _repo_files() -> set[str]:
+    found = set()
+    for root, dirs, files in os.walk(REPO):
+        dirs[:] = [d for d in dirs if d not in UNWATCHED]
+        found |= {os.path.relpath(os.path.join(root, f), REPO) for f in files}
+    return found
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config._repo_files_before = _repo_files()  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = getattr(session.config, "_repo_files_before", None)
+    if before is None:
+        return
+    left = sorted(_repo_files() - before)
+    if left:
+        pytest.exit(f"tests left files in the repository (they must write only into tmp_path): {left[:20]}", 1)
+
+
+@pytest.fixture(autouse=True)
+def _work_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own tmp_path: relative outputs (mlruns/, runs/, mlflow.db) land there."""
+    monkeypatch.chdir(tmp_path)
 
 
 def write_medmnist_npz(
