@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 import tempfile
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist"
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from datamodules.files import MedMNISTSpec, absolutize_env_paths, find, resolve_roots  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data" / "medmnist"
+absolutize_env_paths()  # a relative MEDMNIST_ROOT means the folder it was given in, not benchmarks/
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -15,24 +21,25 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=28)
     parser.add_argument(
         "--root",
-        default=os.environ.get("MEDMNIST_ROOT") or (str(SHARED) if SHARED.is_dir() else None),
-        help="folder with the official file; a synthetic stand-in is written when it is missing",
+        default=None,
+        help="folder(s) with the official file (default $MEDMNIST_ROOT, else ../shared/data/medmnist); a synthetic "
+        "stand-in is used when none holds it",
     )
     parser.add_argument("--batch-size", type=int, default=128)
 
 
-def data_root(args: argparse.Namespace) -> tuple[str, bool]:
-    """(root, real): the official file's folder, or a temporary one holding a synthetic file of the same name."""
-    from datamodules.files import MedMNISTSpec
-
+def data_source(args: argparse.Namespace) -> tuple[dict[str, str], str, bool]:
+    """``(datamodule kwargs, root, real)``: the official file when a root holds it; otherwise a synthetic stand-in,
+    given to the datamodule as ``path`` (its own MD5 recorded, never checked against the official one) and written
+    under the official name in ``root`` for ``medmnist``'s own Dataset."""
     spec = MedMNISTSpec(args.flag, args.size)
-    if args.root and (Path(args.root) / spec.filename).is_file():
-        return args.root, True
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    roots = resolve_roots(args.root) if args.root else [*resolve_roots(None), SHARED]
+    official = find(spec, roots)
+    if official is not None:
+        return {"root": str(official.parent)}, str(official.parent), True
+    sys.path.insert(0, str(REPO / "tests"))
     from conftest import write_medmnist_npz
 
     root = tempfile.mkdtemp(prefix="medrobust-bench-")
-    write_medmnist_npz(Path(root) / spec.filename, args.flag, args.size, n=(4096, 512, 512))
-    return root, False
+    path = write_medmnist_npz(Path(root) / spec.filename, args.flag, args.size, n=(4096, 512, 512))
+    return {"path": str(path)}, root, False

@@ -15,7 +15,7 @@ import statistics
 import warnings
 
 import torch
-from _common import add_data_args, data_root
+from _common import add_data_args, data_source
 from lightning.pytorch import Trainer
 from train_step import StepTimer
 
@@ -55,8 +55,8 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
 
-    root, real = data_root(args)
-    dm = MedMNISTDataModule(args.flag, args.size, root=root, batch_size=args.batch_size)
+    source, _, real = data_source(args)
+    dm = MedMNISTDataModule(args.flag, args.size, **source, batch_size=args.batch_size)
     dm.setup("fit")
     methods: dict[str, tuple[AdversarialTraining | None, float]] = {"standard": (None, 1.0)}
     for k in args.k:

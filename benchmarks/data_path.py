@@ -14,7 +14,7 @@ import statistics
 import time
 
 import torch
-from _common import add_data_args, data_root
+from _common import add_data_args, data_source
 from torch.utils.data import DataLoader
 
 from datamodules.files import MedMNISTSpec
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    root, real = data_root(args)
+    source, root, real = data_source(args)
 
     import medmnist
     from torchvision import transforms
@@ -46,7 +46,7 @@ def main() -> None:
     )
     ref_setup = time.perf_counter() - start
     start = time.perf_counter()
-    dm = MedMNISTDataModule(args.flag, args.size, root=root, batch_size=args.batch_size)
+    dm = MedMNISTDataModule(args.flag, args.size, **source, batch_size=args.batch_size)
     dm.setup("fit")
     ours_setup = time.perf_counter() - start
 

@@ -11,13 +11,13 @@ import tempfile
 import time
 
 import torch
-from _common import add_data_args, data_root
+from _common import add_data_args, data_source
 
 from datamodules.medmnist import MedMNISTDataModule
 
 
-def build(args: argparse.Namespace, root: str, cache: str) -> tuple[float, MedMNISTDataModule]:
-    dm = MedMNISTDataModule(args.flag, args.size, root=root, shifts=["corruptions"], cache_dir=cache)
+def build(args: argparse.Namespace, source: dict[str, str], cache: str) -> tuple[float, MedMNISTDataModule]:
+    dm = MedMNISTDataModule(args.flag, args.size, **source, shifts=["corruptions"], cache_dir=cache)
     dm.setup("fit")  # the clean splits, not timed
     start = time.perf_counter()
     dm.setup("test")
@@ -29,10 +29,10 @@ def main() -> None:
     add_data_args(parser)
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    root, real = data_root(args)
+    source, _, real = data_source(args)
     with tempfile.TemporaryDirectory() as cache:
-        cold, dm = build(args, root, cache)
-        warm, again = build(args, root, cache)
+        cold, dm = build(args, source, cache)
+        warm, again = build(args, source, cache)
     same = all(torch.equal(dm.shifted[k].images, again.shifted[k].images) for k in dm.shifted)
     n = len(dm.datasets["test"])
     print(

@@ -20,7 +20,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from _common import add_data_args, data_root
+from _common import add_data_args, data_source
 from lightning.pytorch import Callback, Trainer
 
 from callbacks.mlflow_checkpoints import MLflowCheckpoints
@@ -94,8 +94,8 @@ def main() -> None:
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
 
-    root, real = data_root(args)
-    dm = MedMNISTDataModule(args.flag, args.size, root=root, batch_size=args.batch_size)
+    source, _, real = data_source(args)
+    dm = MedMNISTDataModule(args.flag, args.size, **source, batch_size=args.batch_size)
     dm.setup("fit")
     plain, fw = [], []
     for _ in range(args.rounds):
