@@ -1,5 +1,6 @@
-"""Check, in a real headless Chromium, that the MLflow UI shows a sweep: the parent run's trade-off figures and the
-children's ``summary/*`` metrics. Screenshots go to ``--out``.
+"""Check, in a real headless Chromium, that the MLflow UI shows a sweep: the experiment opens on its runs table (not
+the GenAI traces overview), the parent run's trade-off figures, and the children's ``summary/*`` metrics.
+Screenshots go to ``--out``.
 
     sudo apt-get install chromium            # Debian's Chromium; the script drives it with Playwright
     pip install -e ".[ui]"
@@ -18,7 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from experiments.mlflow_logger import resolve_tracking_uri
 from experiments.mlflow_server import LocalMlflowServer
-from experiments.tradeoff import PARENT_TAG, TAG_ROLE, TAG_SWEEP
+from experiments.sweep_store import child_runs
+from experiments.sweep_store import find_parent as find_sweep_parent
 
 CHROMIUM_ARGS = [
     "--headless=new",
@@ -37,12 +39,27 @@ def find_parent(client: MlflowClient, sweep: str | None, parent: str | None) -> 
     if parent:
         return client.get_run(parent)
     for exp in client.search_experiments():
-        runs = client.search_runs(
-            [exp.experiment_id], f"tags.`{TAG_ROLE}` = 'parent' and tags.`{TAG_SWEEP}` = '{sweep}'"
-        )
-        if runs:
-            return runs[0]
+        run = find_sweep_parent(client, exp.experiment_id, sweep)
+        if run is not None:
+            return run
     raise SystemExit(f"no sweep parent run named {sweep!r} in {client.tracking_uri}")
+
+
+def _experiment_opens_on_runs(browser: object, url: str, exp: str, children: list, out: Path) -> tuple[str, bool, str]:
+    """The experiment's page lists its runs (MLflow opens experiments not tagged as model training on an empty GenAI
+    traces overview instead)."""
+    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    page.goto(f"{url}/#/experiments/{exp}")
+    names = [c.data.tags.get("mlflow.runName", "") for c in children][:3]
+    try:
+        for name in names:
+            page.get_by_text(name, exact=True).first.wait_for(timeout=60_000)
+        ok, detail = bool(names), f"runs table lists {names}"
+    except Exception as err:  # a timeout is a failed check
+        ok, detail = False, f"runs not listed ({type(err).__name__}); page starts: {page.inner_text('body')[:120]!r}"
+    shot = out / "experiment.png"
+    page.screenshot(path=str(shot), full_page=False)
+    return "experiment opens on its runs table", ok, f"{detail}; {shot}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,12 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     parent = find_parent(client, ns.sweep, ns.parent)
     exp, pid = parent.info.experiment_id, parent.info.run_id
-    children = client.search_runs([exp], f"tags.`{PARENT_TAG}` = '{pid}'", order_by=["attributes.start_time ASC"])
+    children = child_runs(client, exp, pid)
     logged = {a.path for a in client.list_artifacts(pid, "plots")}
     results: list[tuple[str, bool, str]] = []
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=ns.chromium, args=CHROMIUM_ARGS)
+            results.append(_experiment_opens_on_runs(browser, url, exp, children, out))
             for figure in (f for f in FIGURES if f in logged):
                 page = browser.new_page(viewport={"width": 1500, "height": 1000})  # fresh: the SPA keeps selection
                 page.goto(f"{url}/#/experiments/{exp}/runs/{pid}/artifacts/{figure}")

@@ -179,6 +179,7 @@ def test_every_sweep_file_composes_into_valid_configs(tmp_path, tracking_uri) ->
                 if (SHARED_MEDMNIST / f"{flag}.npz").is_file()
                 else {"path": str(write_medmnist_npz(tmp_path / f"{flag}.npz", flag, size=config["data"]["size"]))}
             )
+            config["data"].pop("path", None)  # a sweep over a file its study writes first
             config["data"] |= data
             # GPU sweeps ask for accelerator gpu; this checks the config, not the hardware.
             config["trainer"] |= {"accelerator": "cpu", "devices": 1, "strategy": "auto"}
