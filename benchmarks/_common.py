@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from datamodules.files import MedMNISTSpec, absolutize_env_paths, find, resolve_roots  # noqa: E402
+from datamodules.files import SPLITS, MedMNISTSpec, absolutize_env_paths, find, resolve_roots  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "medmnist"
 absolutize_env_paths()  # a relative MEDMNIST_ROOT means the folder it was given in, not benchmarks/
@@ -41,5 +41,7 @@ def data_source(args: argparse.Namespace) -> tuple[dict[str, str], str, bool]:
     from conftest import write_medmnist_npz
 
     root = tempfile.mkdtemp(prefix="medrobust-bench-")
-    path = write_medmnist_npz(Path(root) / spec.filename, args.flag, args.size, n=(4096, 512, 512))
+    # The official split sizes: medmnist's own Dataset (benchmarks/data_path.py) checks them.
+    sizes = spec.n_samples
+    path = write_medmnist_npz(Path(root) / spec.filename, args.flag, args.size, n=tuple(sizes[k] for k in SPLITS))
     return {"path": str(path)}, root, False
