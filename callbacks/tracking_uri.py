@@ -15,13 +15,12 @@ def redact_uri(uri: str) -> str:
     if "://" not in uri:
         return uri
     parts = urlsplit(uri)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if _SECRET_KEYS.search(k) else v) for k, v in pairs], safe="*")
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    secret_query = any(_SECRET_KEYS.search(k) for k, _ in pairs)
+    if "@" not in parts.netloc and not secret_query:
+        return uri  # nothing to hide; rebuilding would also turn sqlite:///x into sqlite:/x
+    netloc = "***@" + parts.netloc.rsplit("@", 1)[1] if "@" in parts.netloc else parts.netloc
+    query = urlencode([(k, "***" if _SECRET_KEYS.search(k) else v) for k, v in pairs], safe="*") if pairs else ""
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 

@@ -212,3 +212,20 @@ def test_bad_input_exits_nonzero_without_a_finished_run(tmp_path, args, message)
     assert result.returncode == 2, result.stderr[-2000:]
     assert message.format(tmp=tmp_path) in result.stderr
     assert not (tmp_path / "mlflow.db").exists() or runs(uri) == []  # checked before any run was created
+
+
+@pytest.mark.parametrize(
+    ("uri", "stored"),
+    [
+        ("sqlite:///mlflow.db", "sqlite:///mlflow.db"),  # unchanged, not even re-assembled
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("postgresql://alice:pw@db:5432/mlflow", "postgresql://***@db:5432/mlflow"),
+        ("http://token@host/x", "http://***@host/x"),
+        ("mysql://host/db?password=pw&charset=utf8", "mysql://host/db?password=***&charset=utf8"),
+    ],
+)
+def test_tracking_uris_are_stored_without_credentials(uri: str, stored: str) -> None:
+    """Issue 9.11: what configs, params, checkpoints and messages get instead of the URI itself."""
+    from callbacks.tracking_uri import redact_uri
+
+    assert redact_uri(uri) == stored
