@@ -63,12 +63,13 @@ def tradeoff_figure(groups: Sequence[Group], threats: Sequence[str], metric: str
             f"{SUMMARY}clean_{metric}",
             f"{SUMMARY}adv_{metric}/{threat}",
             f"clean {name}",
-            f"worst-case adversarial {name} ({norm}, eps={budget})",
+            f"worst-case adversarial {name}",
         )
+        ax.set_title(f"{norm.upper()} eps = {budget}", fontsize=10)
     for ax in list(axes.flat)[len(threats) :]:
         ax.set_visible(False)
     fig.suptitle(f"Accuracy-robustness trade-off by {name} (worst case over attacks per sample; bars: std over seeds)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     return fig
 
 
