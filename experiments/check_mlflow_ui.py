@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from experiments.mlflow_logger import resolve_tracking_uri
+from experiments.mlflow_logger import experiment_url, resolve_tracking_uri
 from experiments.mlflow_server import LocalMlflowServer
 from experiments.sweep_store import child_runs
 from experiments.sweep_store import find_parent as find_sweep_parent
@@ -45,21 +45,28 @@ def find_parent(client: MlflowClient, sweep: str | None, parent: str | None) -> 
     raise SystemExit(f"no sweep parent run named {sweep!r} in {client.tracking_uri}")
 
 
-def _experiment_opens_on_runs(browser: object, url: str, exp: str, children: list, out: Path) -> tuple[str, bool, str]:
-    """The experiment's page lists its runs (MLflow opens experiments not tagged as model training on an empty GenAI
-    traces overview instead)."""
+def _experiment_opens_on_runs(browser: object, url: str, exp: str, parent: str, out: Path) -> tuple[str, bool, str]:
+    """The experiment's runs table lists the sweep's runs, reached by the link medrobust prints.
+
+    MLflow 3.17's UI chooses between its GenAI pages (traces) and its model-training pages (runs) with a global
+    switch ("GenAI | Model training", kept in the browser, GenAI by default); the ``mlflow.experimentKind`` tag
+    medrobust sets is read only by UIs that let the experiment decide. ``?workflowType=machine_learning`` opens the
+    runs table in either, and the browser keeps that choice for later visits.
+    """
     page = browser.new_page(viewport={"width": 1500, "height": 1000})
-    page.goto(f"{url}/#/experiments/{exp}")
-    names = [c.data.tags.get("mlflow.runName", "") for c in children][:3]
+    page.goto(experiment_url(url, exp))
     try:
-        for name in names:
-            page.get_by_text(name, exact=True).first.wait_for(timeout=60_000)
-        ok, detail = bool(names), f"runs table lists {names}"
+        page.get_by_text("Runs", exact=True).first.wait_for(timeout=60_000)
+        page.locator(f'a[href*="{parent}"]').first.wait_for(timeout=60_000)  # the sweep's row (children nest in it)
+        ok, detail = (
+            True,
+            f"runs table lists the sweep's parent run ({page.get_by_text('matching runs').first.inner_text()})",
+        )
     except Exception as err:  # a timeout is a failed check
         ok, detail = False, f"runs not listed ({type(err).__name__}); page starts: {page.inner_text('body')[:120]!r}"
     shot = out / "experiment.png"
     page.screenshot(path=str(shot), full_page=False)
-    return "experiment opens on its runs table", ok, f"{detail}; {shot}"
+    return "experiment link opens its runs table", ok, f"{detail}; {shot}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=ns.chromium, args=CHROMIUM_ARGS)
-            results.append(_experiment_opens_on_runs(browser, url, exp, children, out))
+            results.append(_experiment_opens_on_runs(browser, url, exp, pid, out))
+            tag = client.get_experiment(exp).tags.get("mlflow.experimentKind")
+            results.append(("experiment tagged as model training", tag == "custom_model_development", f"tag {tag!r}"))
             for figure in (f for f in FIGURES if f in logged):
                 page = browser.new_page(viewport={"width": 1500, "height": 1000})  # fresh: the SPA keeps selection
                 page.goto(f"{url}/#/experiments/{exp}/runs/{pid}/artifacts/{figure}")

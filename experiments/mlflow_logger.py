@@ -23,6 +23,12 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 REQUEUED_TAG = "medrobust.requeued"
 
 
+def experiment_url(server: str, experiment_id: str) -> str:
+    """The MLflow UI page of an experiment's runs table. MLflow 3.17's UI opens GenAI pages by default, whatever the
+    experiment's kind; ``workflowType=machine_learning`` switches it to model training (the browser remembers)."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
 def mark_model_training(client: Any, experiment_id: str) -> None:
     """Tag an experiment as model training, so MLflow's UI opens it on the runs table (once; cheap to repeat)."""
     experiment = client.get_experiment(experiment_id)

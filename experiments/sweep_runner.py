@@ -27,7 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from callbacks.tracking_uri import has_credentials, redact_uri
-from experiments.mlflow_logger import ensure_experiment, resolve_tracking_uri
+from experiments.mlflow_logger import ensure_experiment, experiment_url, resolve_tracking_uri
 from experiments.sweep_spec import Point, SweepError, SweepSpec
 from experiments.sweep_store import child_runs, find_parent
 from experiments.tradeoff import (
@@ -329,6 +329,8 @@ class SweepRunner:
         if report is not None:
             print(format_table(report), file=self.out, flush=True)
             self.say(f"figures and tradeoff.json in run {self.parent_id} (artifacts plots/, tradeoff.json)")
+            if self.tracking_uri.startswith(("http://", "https://")):
+                self.say(f"runs table: {experiment_url(redact_uri(self.tracking_uri), self.experiment_id)}")
         wanted = range(len(self.points)) if self.only is None else self.only
         return 0 if all(statuses[i] == "FINISHED" for i in wanted) else 1
 
