@@ -87,6 +87,16 @@ class MedRobustCLI(LightningCLI):
         parser.add_argument("--test_after_fit", type=bool, default=True, help="fit ends by testing the best checkpoint")
 
     @override
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads a checkpoint's hyperparameters into the config before anything else; refuse an unsafe
+        file first, with our message (the load is ``weights_only=True`` either way)."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            checkpoint_identity(Path(ckpt_path))
+        super()._parse_ckpt_path()
+
+    @override
     def instantiate_classes(self) -> None:
         """LightningCLI's, except that the model is built with ``pretrained=False`` when a checkpoint will supply its
         weights (no network needed); the config the run records keeps what the user wrote."""
