@@ -14,7 +14,7 @@ from typing_extensions import override
 
 from callbacks.training_progress import batch_index
 from lightning_modules.classifier import TrainingStep, TrainingThreat
-from lightning_modules.components.confusion import accuracy, confusion_counts
+from lightning_modules.components.confusion import accuracy, confusion_counts, empty_counts
 from lightning_modules.components.errors import InputError
 from lightning_modules.components.losses import attack_loss
 from lightning_modules.components.metric_names import metric_name
@@ -201,7 +201,7 @@ class AdversarialTraining(Callback):
         if not self.co_guard or trainer.sanity_checking or trainer.state.fn != "fit":
             return
         task, c = pl_module.task, pl_module.num_classes
-        counts = torch.zeros((c, 2, 2) if task == "multilabel" else (c, c), dtype=torch.long, device=pl_module.device)
+        counts = empty_counts(task, c, pl_module.device)
         if self._guard_batch is not None:
             x, y = self._guard_batch
             attack = PGD(threat_model(self.norm, self.eps), 10, self.eps / 4, loss_fn=attack_loss(task), task=task)

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
-from lightning_modules.components.confusion import accuracy, balanced_accuracy, confusion_counts
+from lightning_modules.components.confusion import accuracy, balanced_accuracy, confusion_counts, empty_counts
 from lightning_modules.components.errors import InputError
 from lightning_modules.components.losses import attack_loss
 from lightning_modules.components.metric_names import metric_name
@@ -61,9 +61,7 @@ class RobustValidation(Callback):
 
     @override
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        c = pl_module.num_classes
-        shape = (c, 2, 2) if pl_module.task == "multilabel" else (c, c)
-        self._counts, self._seen = torch.zeros(shape, dtype=torch.long, device=pl_module.device), 0
+        self._counts, self._seen = empty_counts(pl_module.task, pl_module.num_classes, pl_module.device), 0
 
     @override
     def on_validation_batch_end(

@@ -25,6 +25,7 @@ from lightning_modules.components.confusion import (
     accuracy,
     balanced_accuracy,
     confusion_from_predictions,
+    empty_counts,
     predictions,
     top_prediction_share,
     worst_case_predictions,
@@ -137,9 +138,8 @@ class RobustnessEvaluation(Callback):
         for spec in self.specs:
             self._threats.setdefault(spec.threat, []).append(spec.label)
         # Every key exists on every rank from the start, so every rank takes part in every reduction.
-        shape = (c, 2, 2) if task == "multilabel" else (c, c)
         keys = ["clean", *self._fns, *(f"{WORST}/{t}" for t in self._threats)]
-        self._counts = {key: torch.zeros(shape, dtype=torch.long) for key in keys}
+        self._counts = {key: empty_counts(task, c) for key in keys}
 
     @override
     def on_test_batch_end(

@@ -16,7 +16,7 @@ from typing_extensions import override
 from callbacks.figures import corruption_examples, shift_heatmap
 from callbacks.mlflow_logger_lookup import mlflow_logger
 from datamodules.corruptions import ALEXNET_BASELINE
-from lightning_modules.components.confusion import accuracy, balanced_accuracy, confusion_counts
+from lightning_modules.components.confusion import accuracy, balanced_accuracy, confusion_counts, empty_counts
 from lightning_modules.components.errors import InputError
 from lightning_modules.components.metric_names import metric_name
 from lightning_modules.components.metrics import scores
@@ -58,9 +58,8 @@ class ShiftEvaluation(Callback):
         # Every labelled split starts empty on every rank, so a rank that receives no batch of a split still takes
         # part in its reductions (under DDP a small split can leave a rank with nothing).
         c, task = pl_module.num_classes, pl_module.task
-        shape = (c, 2, 2) if task == "multilabel" else (c, c)
         for split in (name for name in names if not name.startswith("ood/")):
-            self._counts[split] = torch.zeros(shape, dtype=torch.long)
+            self._counts[split] = empty_counts(task, c)
             self._scores[split] = [torch.zeros(0, c)]
             self._labels[split] = [torch.zeros((0, c) if task == "multilabel" else (0,), dtype=torch.long)]
 

@@ -21,6 +21,12 @@ def predictions(logits: torch.Tensor, task: str) -> torch.Tensor:
     return (logits > 0).long() if task == "multilabel" else logits.argmax(1)
 
 
+def empty_counts(task: str, num_classes: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Zero confusion counts of the shape :func:`confusion_counts` returns for ``task``."""
+    shape = (num_classes, 2, 2) if task == "multilabel" else (num_classes, num_classes)
+    return torch.zeros(shape, dtype=torch.long, device=device)
+
+
 def confusion_from_predictions(pred: torch.Tensor, y: torch.Tensor, task: str, num_classes: int) -> torch.Tensor:
     """``(C, C)`` counts (rows: true class) for single-label tasks; ``(L, 2, 2)`` per label for multi-label ones."""
     if task == "multilabel":

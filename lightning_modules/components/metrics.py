@@ -10,7 +10,7 @@ import torch
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAUROC, MultilabelAUROC
 
-from lightning_modules.components.confusion import accuracy, balanced_accuracy, confusion_counts
+from lightning_modules.components.confusion import accuracy, balanced_accuracy, confusion_counts, empty_counts
 from lightning_modules.components.errors import InputError
 
 TASKS = ("multiclass", "multilabel")
@@ -29,8 +29,7 @@ class ConfusionCounts(Metric):
         super().__init__(**kwargs)
         _check_task(task)
         self.task, self.num_classes = task, num_classes
-        shape = (num_classes, 2, 2) if task == "multilabel" else (num_classes, num_classes)
-        self.add_state("counts", torch.zeros(shape, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("counts", empty_counts(task, num_classes), dist_reduce_fx="sum")
 
     def update(self, logits: torch.Tensor, y: torch.Tensor) -> None:
         self.counts += confusion_counts(logits, y, self.task, self.num_classes)
