@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -13,66 +12,29 @@ from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from lightning_modules.components.errors import InputError
+from lightning_modules.components.feature_taps import capture
 from lightning_modules.components.losses import task_loss
 from lightning_modules.components.metric_names import metric_name
 from lightning_modules.components.metrics import ConfusionCounts, classification_metrics
 from lightning_modules.components.normalized_classifier import NormalizedClassifier
+from lightning_modules.training_seams import Batch, TrainingSeams, TrainingStep, TrainingThreat
 
-Batch = tuple[torch.Tensor, torch.Tensor]
-InputTransform = Callable[[torch.Tensor, torch.Tensor], Batch]
-
-
-@dataclass
-class TrainingStep:
-    """What a loss term sees of one training step.
-
-    Attributes:
-        x: the input the network was trained on (after every input transform).
-        y: its targets.
-        logits: ``net(x)``, with the graph attached.
-        x_clean: the batch as the loader served it.
-        y_clean: its targets.
-    """
-
-    x: torch.Tensor
-    y: torch.Tensor
-    logits: torch.Tensor
-    x_clean: torch.Tensor
-    y_clean: torch.Tensor
+__all__ = ["ClassifierModule", "TrainingStep", "TrainingThreat"]
 
 
-LossTerm = Callable[[TrainingStep], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class TrainingThreat:
-    """The threat model a callback trains against, announced on the module for the callbacks that judge training.
-
-    Attributes:
-        norm: ``"linf"`` or ``"l2"``.
-        eps: the full budget, in pixel units (0: standard training).
-        full_from_epoch: the first epoch trained at the full budget for all of its batches (after any warm-up);
-            model selection never picks an earlier epoch.
-    """
-
-    norm: str
-    eps: float
-    full_from_epoch: int = 0
-
-
-class ClassifierModule(LightningModule):
+class ClassifierModule(TrainingSeams, LightningModule):
     """Image classifier for MedMNIST tasks; images in [0, 1], so every attack budget is in pixel units.
 
-    Seams for callbacks (register in ``setup``, remove in ``teardown``; names are unique, order is registration
-    order):
+    Seams for callbacks (:mod:`lightning_modules.training_seams` documents their order within a step; register in
+    ``setup``, remove in ``teardown``; names are unique):
 
     * :meth:`add_input_transform` -- ``fn(x, y) -> (x', y')`` replaces or augments the training batch before the
       forward pass (adversarial training: PGD-AT swaps in ``x_adv``; a mix ratio concatenates clean and adversarial).
     * :meth:`add_loss_term` -- ``fn(step: TrainingStep) -> scalar`` adds a named term to the task loss (TRADES adds
-      ``beta * KL(f(x) || f(x'))``; feature distillation adds per-layer matching terms read from feature taps).
-
-    Each term is logged as ``train/loss/<name>`` beside ``train/loss/task`` and the total ``train/loss``.
-
+      ``beta * KL(f(x) || f(x'))``; feature distillation adds per-layer terms), logged as ``train/loss/<name>``
+      beside ``train/loss/task`` and the total ``train/loss``.
+    * :meth:`request_features` -- named intermediate features of the training forward in ``step.features``.
+    * :meth:`add_auxiliary_module` -- a loss term's trainable module (adapter, probe), in its own parameter group.
     * :meth:`set_training_threat` -- a callback that trains against a threat model announces it here
       (:class:`TrainingThreat`); :class:`~callbacks.RobustValidation` attacks validation at that budget and
       :class:`~callbacks.SelectionCheckpoint` skips the epochs of its warm-up.
@@ -132,46 +94,7 @@ class ClassifierModule(LightningModule):
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.test_confusion = ConfusionCounts(task, num_classes)
         self.last_test_confusion: torch.Tensor | None = None
-        self._input_transforms: dict[str, InputTransform] = {}
-        self._loss_terms: dict[str, LossTerm] = {}
-        self._training_threat: TrainingThreat | None = None
-
-    # ----------------------------------------------------------------------------------------------- seams
-    def add_input_transform(self, name: str, fn: InputTransform) -> None:
-        """Register ``fn(x, y) -> (x', y')``, applied to every training batch before the forward pass."""
-        _add_unique(self._input_transforms, name, fn, "input transform")
-
-    def remove_input_transform(self, name: str) -> None:
-        self._input_transforms.pop(name, None)
-
-    def add_loss_term(self, name: str, fn: LossTerm) -> None:
-        """Register ``fn(step) -> scalar``, added to the task loss and logged as ``train/loss/<name>``."""
-        if name == "task":
-            raise InputError("'task' is the name of the task loss itself; choose another loss-term name")
-        metric_name("train", "loss", name)  # the name must survive MLflow
-        _add_unique(self._loss_terms, name, fn, "loss term")
-
-    def remove_loss_term(self, name: str) -> None:
-        self._loss_terms.pop(name, None)
-
-    def set_training_threat(self, threat: TrainingThreat | None) -> None:
-        """Announce the threat model training targets (``None`` in ``teardown``); one callback at a time."""
-        if threat is not None and self._training_threat is not None and threat != self._training_threat:
-            raise InputError(f"Two callbacks train against different threats: {self._training_threat} and {threat}")
-        self._training_threat = threat
-
-    @property
-    def training_threat(self) -> TrainingThreat | None:
-        """What :meth:`set_training_threat` announced; ``None`` for standard training."""
-        return self._training_threat
-
-    @property
-    def input_transforms(self) -> tuple[str, ...]:
-        return tuple(self._input_transforms)
-
-    @property
-    def loss_terms(self) -> tuple[str, ...]:
-        return tuple(self._loss_terms)
+        self._init_seams()
 
     # ------------------------------------------------------------------------------------------- the model
     @classmethod
@@ -211,10 +134,18 @@ class ClassifierModule(LightningModule):
         x, y = x_clean, y_clean
         for transform in self._input_transforms.values():
             x, y = transform(x, y)
-        logits = self.net(x)
+        if self.needs_input_grad:
+            x = x.detach().requires_grad_(True)
+        features: dict[str, torch.Tensor] = {}
+        layers = self.requested_features
+        if layers:  # hooks only for this one forward: attacks, TRADES' extra forward and evaluation are not tapped
+            with capture(self.net.backbone, layers) as features:
+                logits = self.net(x)
+        else:
+            logits = self.net(x)
         loss = task = self.task_loss(logits, y, self.class_weight)
         if self._loss_terms:
-            step = TrainingStep(x, y, logits, x_clean, y_clean)
+            step = TrainingStep(x, y, logits, x_clean, y_clean, task, features)
             terms = {name: fn(step) for name, fn in self._loss_terms.items()}
             loss = task + sum(terms.values())
             terms["task"] = task
@@ -272,13 +203,13 @@ class ClassifierModule(LightningModule):
 
     @override
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
+        groups = self.parameter_groups()
+        optimizer = self.optimizer_factory(groups if len(groups) > 1 else groups[0]["params"])
         if self.lr_scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}
 
-
-def _add_unique(registry: dict, name: str, fn: Callable, kind: str) -> None:
-    if name in registry:
-        raise InputError(f"A {kind} named {name!r} is already registered; registered: {sorted(registry)}")
-    registry[name] = fn
+    @override
+    def teardown(self, stage: str) -> None:
+        if stage == "fit":
+            self._optimizer_built = False
