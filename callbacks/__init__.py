@@ -2,6 +2,7 @@
 
 from callbacks.adversarial_training import AdversarialTraining
 from callbacks.corruption_augmentation import CorruptionAugmentation
+from callbacks.feature_distillation import FeatureDistillation
 from callbacks.mlflow_checkpoints import MLflowCheckpoints
 from callbacks.mlflow_dataset_inputs import MLflowDatasetInputs
 from callbacks.mlflow_system_metrics import MLflowSystemMetrics
@@ -10,10 +11,12 @@ from callbacks.robust_validation import RobustValidation
 from callbacks.robustness_evaluation import RobustnessEvaluation
 from callbacks.selection_checkpoint import SelectionCheckpoint
 from callbacks.shift_evaluation import ShiftEvaluation
+from callbacks.shortcut_evaluation import ShortcutEvaluation
 
 __all__ = [
     "AdversarialTraining",
     "CorruptionAugmentation",
+    "FeatureDistillation",
     "MLflowCheckpoints",
     "MLflowDatasetInputs",
     "MLflowSystemMetrics",
@@ -22,4 +25,5 @@ __all__ = [
     "RobustnessEvaluation",
     "SelectionCheckpoint",
     "ShiftEvaluation",
+    "ShortcutEvaluation",
 ]

@@ -10,9 +10,9 @@ import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
-from torchmetrics.functional.classification import multiclass_auroc, multilabel_auroc
 from typing_extensions import override
 
+from callbacks.evaluation_outputs import auroc, gather_rows
 from callbacks.figures import corruption_examples, shift_heatmap
 from callbacks.mlflow_logger_lookup import mlflow_logger
 from datamodules.corruptions import ALEXNET_BASELINE
@@ -58,7 +58,7 @@ class ShiftEvaluation(Callback):
         # Every labelled split starts empty on every rank, so a rank that receives no batch of a split still takes
         # part in its reductions (under DDP a small split can leave a rank with nothing).
         c, task = pl_module.num_classes, pl_module.task
-        for split in (name for name in names if not name.startswith("ood/")):
+        for split in (name for name in names if name == "id" or name.startswith("shift/")):
             self._counts[split] = empty_counts(task, c)
             self._scores[split] = [torch.zeros(0, c)]
             self._labels[split] = [torch.zeros((0, c) if task == "multilabel" else (0,), dtype=torch.long)]
@@ -74,7 +74,7 @@ class ShiftEvaluation(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         split = self._names[dataloader_idx]
-        if split.startswith("ood/") or outputs is None:
+        if split not in self._counts or outputs is None:
             return
         logits, y = outputs.detach(), batch[1]
         self._counts[split] += confusion_counts(logits, y, pl_module.task, pl_module.num_classes).cpu()
@@ -88,12 +88,12 @@ class ShiftEvaluation(Callback):
         splits = {}
         for split in self._counts:
             counts = trainer.strategy.reduce(self._counts[split].to(pl_module.device), reduce_op="sum").cpu()
-            probs = _gather_rows(trainer, torch.cat(self._scores[split]), pl_module.device)
-            labels = _gather_rows(trainer, torch.cat(self._labels[split]), pl_module.device)
+            probs = gather_rows(trainer, torch.cat(self._scores[split]), pl_module.device)
+            labels = gather_rows(trainer, torch.cat(self._labels[split]), pl_module.device)
             splits[split] = {
                 "acc": accuracy(counts),
                 "bal_acc": float(balanced_accuracy(counts)),
-                "auroc": _auroc(probs, labels, pl_module.task, pl_module.num_classes),
+                "auroc": auroc(probs, labels, pl_module.task, pl_module.num_classes),
                 "n": len(labels),
             }
         report = self._summarise(splits, trainer.datamodule.spec.flag)
@@ -167,21 +167,3 @@ class ShiftEvaluation(Callback):
     @property
     def report(self) -> dict[str, Any] | None:
         return self._report
-
-
-def _gather_rows(trainer: Trainer, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """All ranks' rows, concatenated (ranks may hold different counts: pad, gather, trim)."""
-    if trainer.world_size == 1:
-        return rows
-    n = torch.tensor([len(rows)], device=device)
-    sizes = trainer.strategy.all_gather(n).flatten().tolist()
-    padded = torch.zeros((max(sizes), *rows.shape[1:]), dtype=rows.dtype, device=device)
-    padded[: len(rows)] = rows.to(device)
-    gathered = trainer.strategy.all_gather(padded)
-    return torch.cat([gathered[i, :size] for i, size in enumerate(sizes)]).cpu()
-
-
-def _auroc(scores: torch.Tensor, labels: torch.Tensor, task: str, num_classes: int) -> float:
-    if task == "multilabel":
-        return float(multilabel_auroc(scores, labels.long(), num_labels=num_classes))
-    return float(multiclass_auroc(scores, labels.long(), num_classes=num_classes))

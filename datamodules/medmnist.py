@@ -27,7 +27,8 @@ from datamodules.files import (
     resolve_roots,
     verify_official,
 )
-from datamodules.shifts import corrupted_split, official_test_split, parse_shifts, to_channels
+from datamodules.shifts import SHORTCUT_SPLITS, corrupted_split, official_test_split, parse_shifts, to_channels
+from datamodules.shortcuts import Shortcut, shortcut_split
 from datamodules.tensor_dataset import TensorImageDataset, identity_collate
 from lightning_modules.components.errors import InputError
 
@@ -54,8 +55,9 @@ class MedMNISTDataModule(LightningDataModule):
         batch_size: training batch size (per process under DDP).
         eval_batch_size: batch size for val/test; default ``batch_size``.
         num_workers: DataLoader workers. Batches are one tensor index, so 0 is usually fastest.
-        subsample: keep a seeded random subset for quick runs: a count (``int``) or fraction (``float``) for every
-            split, or a dict per split such as ``{"train": 1000, "val": 0.5}``.
+        subsample: keep a seeded random subset for quick runs: a count (``int``: at most that many per split, so a
+            smaller split is kept whole) or fraction (``float``) for every split, or a dict per split such as
+            ``{"train": 1000, "val": 0.5}`` (a count larger than its split is refused).
         subsample_seed: seed of that subset, independent of the training seed.
         shifts: extra test splits, after the in-distribution one: ``"corruptions"`` (every MedMNIST-C corruption of the
             dataset at severities 1-5), ``"corruption:<name>[@<k>]"``, ``"resolution:<size>"`` (the official test
@@ -64,7 +66,12 @@ class MedMNISTDataModule(LightningDataModule):
         sampler: ``"random"`` (shuffle) or ``"balanced"``: draw training samples with probability inversely
             proportional to their class's count, so each epoch sees the classes about equally often (single-label
             tasks; as many draws as the split has samples, with replacement).
-        cache_dir: where corrupted splits are cached; default ``$MEDROBUST_CACHE``, else ``~/.cache/medrobust``.
+        cache_dir: where corrupted and shortcut splits are cached; default ``$MEDROBUST_CACHE``, else
+            ``~/.cache/medrobust``.
+        shortcut: inject a spurious feature correlated with the label into the training and validation splits
+            (:class:`~datamodules.shortcuts.Shortcut`: ``{kind: patch, strength: 0.95, target_class: 1, ...}``) and
+            add the test splits ``shortcut/aligned``, ``shortcut/flipped`` and ``shortcut/absent`` (unless ``shifts``
+            names some as ``shortcut:<correlation>``), whose batches carry per-sample group labels.
 
     Example:
         >>> dm = MedMNISTDataModule("pneumoniamnist", root="../shared/data/medmnist")  # doctest: +SKIP
@@ -87,6 +94,7 @@ class MedMNISTDataModule(LightningDataModule):
         shift_seed: int = 0,
         cache_dir: str | None = None,
         sampler: Literal["random", "balanced"] = "random",
+        shortcut: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -97,9 +105,15 @@ class MedMNISTDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
+        self.subsample_arg = subsample
         self.subsample = _per_split(subsample)
         self.subsample_seed = subsample_seed
+        self.shortcut = self._parse_shortcut(shortcut)
+        if self.shortcut is not None and not any(s.startswith("shortcut:") for s in shifts or []):
+            shifts = [*(shifts or []), *(f"shortcut:{c}" for c in SHORTCUT_SPLITS)]
         self.shifts = parse_shifts(shifts or [], flag, size)  # raises, listing valid choices
+        if self.shortcut is None and any(s.kind == "shortcut" for s in self.shifts):
+            raise InputError("shortcut:<correlation> test splits need --data.shortcut (the feature to inject)")
         self.shift_seed = shift_seed
         self.cache_dir = cache_dir
         if sampler not in ("random", "balanced"):
@@ -110,11 +124,19 @@ class MedMNISTDataModule(LightningDataModule):
         self.md5: str | None = None
         self.datasets: dict[str, TensorImageDataset] = {}
         self.shifted: dict[str, TensorImageDataset] = {}
+        self.shortcut_groups: dict[str, torch.Tensor] = {}
         # Fail before any run is created when the file cannot be there.
         if self.path is not None and not self.path.is_file():
             raise MedMNISTFileError(f"--data.path {self.path} does not exist.")
         if self.path is None and not download:
             locate(self.spec, self.roots)
+
+    def _parse_shortcut(self, shortcut: dict[str, Any] | None) -> Shortcut | None:
+        if shortcut is None:
+            return None
+        if self.spec.task == "multilabel":
+            raise InputError("A shortcut correlates a feature with one class; multi-label tasks are not supported")
+        return Shortcut.parse(shortcut, self.spec.num_classes)
 
     # Metadata the CLI links into the model.
     @property
@@ -186,7 +208,12 @@ class MedMNISTDataModule(LightningDataModule):
         multilabel = self.task == "multilabel"
         for split in SPLITS:
             dataset = TensorImageDataset.from_numpy(*arrays[split], multilabel=multilabel)
-            self.datasets[split] = self._subsample(split, dataset)
+            dataset = self._subsample(split, dataset)
+            if self.shortcut is not None and self.shortcut.train and split != "test":
+                # training batches stay (x, y): who carries the feature is kept aside, for the record
+                dataset = self._with_shortcut(dataset, "aligned", SPLITS.index(split))
+                self.shortcut_groups[split], dataset.groups = dataset.groups, None
+            self.datasets[split] = dataset
         sizes = {split: len(ds) for split, ds in self.datasets.items()}
         rank_zero_info(f"{self.spec.flag} ({self.spec.size}px) from {file}, md5 {self.md5}: {sizes}")
 
@@ -203,6 +230,11 @@ class MedMNISTDataModule(LightningDataModule):
                     multilabel=self.task == "multilabel",
                 )
                 images, labels = other.images, other.labels
+            elif shift.kind == "shortcut":
+                self.shifted[shift.split] = self._with_shortcut(
+                    test, shift.name, 10 + SHORTCUT_SPLITS.index(shift.name)
+                )
+                continue
             else:
                 arrays = official_test_split(shift.name, self.spec.size, os.pathsep.join(map(str, self.roots)))
                 other = TensorImageDataset.from_numpy(arrays[0], np.zeros((len(arrays[0]), 1)), multilabel=False)
@@ -211,11 +243,21 @@ class MedMNISTDataModule(LightningDataModule):
                 labels = torch.full(shape, -1, dtype=test.labels.dtype)
             self.shifted[shift.split] = TensorImageDataset(images, labels)
 
+    def _with_shortcut(self, dataset: TensorImageDataset, correlation: str, offset: int) -> TensorImageDataset:
+        """The split with the shortcut injected under ``correlation``; its group labels say who carries it."""
+        seed = self.shortcut.seed * 100 + offset
+        images, carries = shortcut_split(
+            dataset.images, dataset.labels, self.shortcut, correlation, seed, self.cache_dir
+        )
+        return TensorImageDataset(images, dataset.labels, carries.long())
+
     def _subsample(self, split: str, dataset: TensorImageDataset) -> TensorImageDataset:
         amount = self.subsample.get(split)
         if amount is None:
             return dataset
         n = round(amount * len(dataset)) if isinstance(amount, float) else amount
+        if isinstance(amount, int) and not isinstance(self.subsample_arg, dict):
+            n = min(n, len(dataset))  # one count for every split: "at most n", so a small validation split is kept
         if not 0 < n <= len(dataset):
             raise InputError(f"subsample {amount!r} for {split} is outside 1..{len(dataset)} samples")
         generator = torch.Generator().manual_seed(self.subsample_seed + SPLITS.index(split))
@@ -281,7 +323,19 @@ class MedMNISTDataModule(LightningDataModule):
             "in_chans": self.in_chans,
             "n_samples": {split: len(ds) for split, ds in self.datasets.items()},
             "label_counts": {split: self.label_counts(split)[0].tolist() for split in self.datasets},
+            "shortcut": None if self.shortcut is None else self.shortcut.describe() | {"carriers": self.carriers()},
         }
+
+    def carriers(self) -> dict[str, list[float]]:
+        """Per split with group labels, the fraction of each class that carries the shortcut feature."""
+        out = {}
+        groups = self.shortcut_groups | {k: v.groups for k, v in self.shifted.items() if v.groups is not None}
+        for split, carries in groups.items():
+            labels = self.datasets[split].labels if split in self.datasets else self.shifted[split].labels
+            counts = torch.bincount(labels, minlength=self.num_classes).clamp_min(1)
+            carrying = torch.bincount(labels[carries.bool()], minlength=self.num_classes)
+            out[split] = [round(float(v), 4) for v in carrying / counts]
+        return out
 
 
 def _per_split(subsample: Subsample) -> dict[str, int | float]:

@@ -5,20 +5,21 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from datamodules.cache import cache_root, save_atomic
 from datamodules.corruptions import SEVERITIES, check, corrupt, corruptions_for
-from datamodules.files import ENV_CACHE, SIZES, MedMNISTSpec, load_arrays, locate, resolve_roots, verify_official
+from datamodules.files import SIZES, MedMNISTSpec, load_arrays, locate, resolve_roots, verify_official
 from lightning_modules.components.errors import InputError
 
 log = logging.getLogger(__name__)
 
+#: the shortcut test splits (datamodules.shortcuts)
+SHORTCUT_SPLITS = ("aligned", "flipped", "absent")
 #: bump when a corruption's output changes, so that stale caches are not reused
 CORRUPTIONS_VERSION = 1
 
@@ -28,8 +29,8 @@ class Shift:
     """One shifted test split.
 
     Attributes:
-        kind: ``"corruption"``, ``"resolution"`` or ``"ood"``.
-        name: corruption name, test size, or the OOD flag.
+        kind: ``"corruption"``, ``"resolution"``, ``"ood"`` or ``"shortcut"``.
+        name: corruption name, test size, the OOD flag, or the shortcut correlation (aligned, flipped, absent).
         severity: 1..5 for corruptions.
     """
 
@@ -44,6 +45,8 @@ class Shift:
             return f"shift/{self.name}/s{self.severity}"
         if self.kind == "resolution":
             return f"shift/resolution_{self.name}"
+        if self.kind == "shortcut":
+            return f"shortcut/{self.name}"
         return f"ood/{self.name}"
 
 
@@ -76,9 +79,12 @@ def parse_shifts(specs: list[str], flag: str, size: int) -> list[Shift]:
             if arg == flag:
                 raise InputError(f"{spec!r}: the OOD dataset must differ from {flag}")
             shifts.append(Shift("ood", arg))
+        elif kind == "shortcut" and arg in SHORTCUT_SPLITS:
+            shifts.append(Shift("shortcut", arg))
         else:
             raise InputError(
                 f"Unknown shift {spec!r}. Valid: 'corruptions', 'corruption:<name>[@<1..5>]', "
+                f"'shortcut:<{'|'.join(SHORTCUT_SPLITS)}>' (with --data.shortcut), "
                 f"'resolution:<{'|'.join(str(s) for s in SIZES if s != size)}>', 'ood:<flag>'"
             )
     seen = [s.split for s in shifts]
@@ -86,10 +92,6 @@ def parse_shifts(specs: list[str], flag: str, size: int) -> list[Shift]:
     if duplicates:
         raise InputError(f"Shifts listed twice: {duplicates}")
     return shifts
-
-
-def cache_root(cache_dir: str | os.PathLike | None) -> Path:
-    return Path(cache_dir or os.environ.get(ENV_CACHE) or "~/.cache/medrobust").expanduser() / "shifts"
 
 
 def corrupted_split(
@@ -115,17 +117,10 @@ def corrupted_split(
     for name, path in tqdm(todo, desc=f"{flag} corruptions", disable=not todo, leave=False):
         arrays = {f"s{k}": corrupt(images, flag, name, k, seed) for k in SEVERITIES}
         out |= {(name, k): arrays[f"s{k}"] for k in SEVERITIES}
-        _save_atomic(path, {key: value.numpy() for key, value in arrays.items()})
+        save_atomic(path, {key: value.numpy() for key, value in arrays.items()})
     if todo:
         log.info("built %d corruptions of %s into %s", len(todo), flag, folder)
     return out
-
-
-def _save_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
-        np.savez(tmp, **arrays)
-    os.replace(tmp.name, path)  # concurrent builders (DDP ranks) write identical bytes; the last rename wins
 
 
 def official_test_split(flag: str, size: int, root: str | None) -> tuple[np.ndarray, np.ndarray]:

@@ -20,15 +20,20 @@ class TensorImageDataset(Dataset):
     Args:
         images: uint8 ``(N, C, H, W)``.
         labels: int64 ``(N,)`` for single-label tasks, float ``(N, L)`` for multi-label ones.
+        groups: optional int64 ``(N,)`` group labels (e.g. carries a shortcut feature or not); batches are then
+            ``(x, y, groups)``.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor | None = None) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise InputError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if len(images) != len(labels):
             raise InputError(f"{len(images)} images but {len(labels)} labels")
+        if groups is not None and len(groups) != len(labels):
+            raise InputError(f"{len(groups)} group labels for {len(labels)} samples")
         self.images = images
         self.labels = labels
+        self.groups = groups
 
     @classmethod
     def from_numpy(cls, images: np.ndarray, labels: np.ndarray, multilabel: bool) -> TensorImageDataset:
@@ -41,15 +46,18 @@ class TensorImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index].float().div_(255), self.labels[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        sample = self.images[index].float().div_(255), self.labels[index]
+        return sample if self.groups is None else (*sample, self.groups[index])
 
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
         index = torch.as_tensor(indices, dtype=torch.long)
-        return self.images[index].float().div_(255), self.labels[index]
+        batch = self.images[index].float().div_(255), self.labels[index]
+        return batch if self.groups is None else (*batch, self.groups[index])
 
     def subset(self, indices: torch.Tensor) -> TensorImageDataset:
-        return TensorImageDataset(self.images[indices], self.labels[indices])
+        groups = None if self.groups is None else self.groups[indices]
+        return TensorImageDataset(self.images[indices], self.labels[indices], groups)
 
 
 def identity_collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,9 @@ sweep reports line runs up:
   worst case get no adversarial summary: the minimum of whole-attack accuracies measured on different samples is
   not a worst case;
 * ``summary/shift_bal_acc``, ``summary/shift_auroc``: the mean over corruptions and severities; ``summary/shift_be``
-  and ``summary/shift_rbe``: MedMNIST-C's BE and rBE, where the run has them.
+  and ``summary/shift_rbe``: MedMNIST-C's BE and rBE, where the run has them;
+* ``summary/shortcut_auroc/<split>``, ``summary/shortcut_bal_acc/<split>``, ``summary/shortcut_dtpr/<split>``: the
+  shortcut test splits (``aligned``, ``flipped``, ``absent``; ShortcutEvaluation), ``dtpr`` being the bias gap.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ CLEAN = {
     "test/class_ratio": "test_class_ratio",
 }
 SHIFT = {"test/shift/mean/bal_acc": "shift_bal_acc", "test/shift/be": "shift_be", "test/shift/rbe": "shift_rbe"}
+SHORTCUT = {"auroc": "shortcut_auroc", "bal_acc": "shortcut_bal_acc", "dtpr": "shortcut_dtpr"}
 WORST = {"acc": "adv_acc", "bal_acc": "adv_bal_acc", "n": "adv_n", "top_pred_share": "adv_top_pred_share"}
 
 
@@ -41,6 +44,9 @@ def summary_metrics(metrics: dict[str, float]) -> dict[str, float]:
         # test/adv/worst/<threat>/<acc|bal_acc|n|top_pred_share>
         if len(parts) == 5 and parts[:3] == ["test", "adv", "worst"] and parts[4] in WORST:
             out[f"{SUMMARY}{WORST[parts[4]]}/{parts[3]}"] = float(value)
+        # test/shortcut/<split>/<auroc|bal_acc|dtpr>
+        if len(parts) == 4 and parts[:2] == ["test", "shortcut"] and parts[3] in SHORTCUT:
+            out[f"{SUMMARY}{SHORTCUT[parts[3]]}/{parts[2]}"] = float(value)
         # test/shift/<corruption>/mean/auroc
         if len(parts) == 5 and parts[:2] == ["test", "shift"] and parts[3:] == ["mean", "auroc"]:
             shift_auroc.append(float(value))

@@ -1,0 +1,145 @@
+"""ShortcutEvaluation: AUROC, balanced accuracy and the bias gap on the shortcut test splits."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import matplotlib.pyplot as plt
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
+
+from callbacks.evaluation_outputs import auroc, gather_rows
+from callbacks.mlflow_logger_lookup import mlflow_logger
+from lightning_modules.components.confusion import accuracy, balanced_accuracy, confusion_from_predictions
+from lightning_modules.components.errors import InputError
+from lightning_modules.components.metric_names import metric_name
+from lightning_modules.components.metrics import scores
+
+
+class ShortcutEvaluation(Callback):
+    """Evaluate the ``shortcut/aligned``, ``shortcut/flipped`` and ``shortcut/absent`` test splits.
+
+    Needs a :class:`~datamodules.medmnist.MedMNISTDataModule` with ``shortcut``; its shortcut splits' batches carry
+    per-sample group labels (1: the sample carries the feature). Logs per split ``test/shortcut/<split>/<metric>``:
+    ``auroc``, ``bal_acc``, ``acc``, ``tpr_carrier`` and ``tpr_clean`` (the true-positive rate of the shortcut's
+    target class among samples with and without the feature), and the bias gap ``dtpr`` = ``tpr_carrier -
+    tpr_clean`` where both groups have positives (not on ``absent``, where nobody carries it). ``summary/*`` gets
+    ``shortcut_auroc/<split>``, ``shortcut_bal_acc/<split>`` and ``shortcut_dtpr/<split>``. Also ``shortcut.json``
+    and ``plots/shortcut_examples.png``.
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[str, dict[str, list[torch.Tensor]]] = {}
+        self._report: dict[str, Any] | None = None
+
+    @override
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        datamodule = trainer.datamodule
+        if getattr(datamodule, "shortcut", None) is None:
+            raise InputError("ShortcutEvaluation needs a datamodule with a shortcut (--data.shortcut)")
+        self._names = datamodule.test_split_names
+        self._target = datamodule.shortcut.target_class
+        c = pl_module.num_classes
+        # Every split starts with an empty row on every rank, so a rank without batches still joins the gathers.
+        empty = {"scores": torch.zeros(0, c), "labels": torch.zeros(0, dtype=torch.long)}
+        empty["groups"] = torch.zeros(0, dtype=torch.long)
+        self._rows = {n: {k: [v] for k, v in empty.items()} for n in self._names if n.startswith("shortcut/")}
+        self._report = None
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        rows = self._rows.get(self._names[dataloader_idx])
+        if rows is None or outputs is None:
+            return
+        rows["scores"].append(scores(pl_module.task, outputs.detach()).float().cpu())
+        rows["labels"].append(batch[1].long().cpu())
+        rows["groups"].append(batch[2].long().cpu())
+
+    @override
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._rows:
+            return
+        c, splits = pl_module.num_classes, {}
+        for split, rows in self._rows.items():
+            probs, labels, groups = (gather_rows(trainer, torch.cat(rows[k]), pl_module.device) for k in rows)
+            splits[split] = shortcut_metrics(probs, labels, groups, self._target, c)
+        metrics = {
+            metric_name("test", split, key): value
+            for split, values in splits.items()
+            for key, value in values.items()
+            if key != "n" and not math.isnan(value)
+        }
+        for name, value in metrics.items():
+            pl_module.log(name, value, sync_dist=False, add_dataloader_idx=False)
+        self._report = {"target_class": self._target, "splits": splits}
+
+    @override
+    @rank_zero_only
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        logger = mlflow_logger(trainer)
+        if self._report is None or logger is None:
+            return
+        client, run_id = logger.experiment, logger.run_id
+        client.log_dict(run_id, self._report, "shortcut.json")
+        fig = shortcut_examples(trainer.datamodule.shifted)
+        client.log_figure(run_id, fig, "plots/shortcut_examples.png")
+        plt.close(fig)
+
+    @property
+    def report(self) -> dict[str, Any] | None:
+        return self._report
+
+
+def shortcut_metrics(
+    probs: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, target: int, num_classes: int
+) -> dict[str, float]:
+    """AUROC, accuracies, and the target class's TPR with and without the feature, and their gap (NaN if undefined)."""
+    pred = probs.argmax(1)
+    counts = confusion_from_predictions(pred, labels, "multiclass", num_classes)
+    positive = labels == target
+    tpr = {}
+    for key, carries in (("tpr_carrier", groups == 1), ("tpr_clean", groups == 0)):
+        chosen = positive & carries
+        tpr[key] = float((pred[chosen] == target).float().mean()) if chosen.any() else math.nan
+    both = len(labels.unique()) > 1
+    return {
+        "auroc": auroc(probs, labels, "multiclass", num_classes) if both else math.nan,
+        "bal_acc": float(balanced_accuracy(counts)),
+        "acc": accuracy(counts),
+        **tpr,
+        "dtpr": tpr["tpr_carrier"] - tpr["tpr_clean"],
+        "carrier_share": float(groups.float().mean()) if len(groups) else math.nan,
+        "n": len(labels),
+    }
+
+
+def shortcut_examples(shifted: dict[str, Any], per_group: int = 4) -> plt.Figure:
+    """The first images with and without the feature, from the aligned split (or the first shortcut split)."""
+    name = (
+        "shortcut/aligned" if "shortcut/aligned" in shifted else next(k for k in shifted if k.startswith("shortcut/"))
+    )
+    dataset = shifted[name]
+    fig, axes = plt.subplots(2, per_group, figsize=(1.6 * per_group, 3.6), squeeze=False)
+    for row, carries in enumerate((1, 0)):
+        index = (dataset.groups == carries).nonzero().flatten()[:per_group]
+        for col in range(per_group):
+            ax = axes[row, col]
+            ax.axis("off")
+            if col < len(index):
+                image = dataset.images[index[col]].permute(1, 2, 0).squeeze(-1).numpy()
+                ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
+                ax.set_title(f"y={int(dataset.labels[index[col]])}, {'carrier' if carries else 'clean'}", fontsize=8)
+    fig.suptitle(name)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,24 @@
+"""The on-disk cache of derived splits (corrupted, shortcut): its folder and atomic writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from datamodules.files import ENV_CACHE
+
+
+def cache_root(cache_dir: str | os.PathLike | None) -> Path:
+    """``cache_dir``, else ``$MEDROBUST_CACHE``, else ``~/.cache/medrobust``; derived splits live in its ``shifts/``."""
+    return Path(cache_dir or os.environ.get(ENV_CACHE) or "~/.cache/medrobust").expanduser() / "shifts"
+
+
+def save_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write an ``.npz`` so that readers see the whole file or none of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
+        np.savez(tmp, **arrays)
+    os.replace(tmp.name, path)  # concurrent builders (DDP ranks) write identical bytes; the last rename wins

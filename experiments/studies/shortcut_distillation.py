@@ -1,0 +1,148 @@
+"""Distillation against shortcuts (../shared/SCIENCE.md, section 3), on real PneumoniaMNIST, in one command.
+
+1. Trains one clean teacher per seed (``experiments/configs/shortcut/pneumonia_teacher_clean.yaml``: 10% of the
+   training split, no shortcut), run name ``teacher_clean10_s<seed>``; a FINISHED teacher is reused.
+2. Runs the sweep ``experiments/sweeps/pneumonia_shortcut_distillation_cpu.yaml`` (ERM on biased data, the same
+   student distilled from the clean teacher, the clean ceiling; a localised and a diffuse shortcut; 2 seeds).
+3. Writes the table ``shortcut_study.json`` and ``plots/shortcut_study.png`` (flipped-test AUROC and bias gap per
+   arm) into the sweep's parent run, and prints the table: per shortcut and arm, mean and std over seeds, and the
+   fraction of the ERM-to-ceiling gap in flipped-test AUROC that distillation closes.
+
+    MEDMNIST_ROOT=../shared/data/medmnist python -m experiments.studies.shortcut_distillation
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+from mlflow import MlflowClient
+
+from datamodules.files import absolutize_env_paths
+from experiments.mlflow_logger import resolve_tracking_uri
+from experiments.sweep import sweep_main
+from experiments.sweep_store import child_runs, find_parent
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = ROOT / "sweeps" / "pneumonia_shortcut_distillation_cpu.yaml"
+TEACHER = ROOT / "configs" / "shortcut" / "pneumonia_teacher_clean.yaml"
+EXPERIMENT, SWEEP_NAME = "pneumonia_shortcut", "pneumonia_shortcut_distillation_cpu"
+METRICS = ("flipped_auroc", "flipped_dtpr", "aligned_auroc", "absent_auroc", "absent_bal_acc")
+ARMS = ("erm", "distill", "clean")
+
+
+def train_teachers(client: MlflowClient, seeds: list[int], uri: str) -> None:
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    for seed in seeds:
+        name = f"teacher_clean10_s{seed}"
+        query = f"tags.`mlflow.runName` = '{name}' and attributes.status = 'FINISHED'"
+        if experiment is not None and client.search_runs([experiment.experiment_id], query, max_results=1):
+            print(f"teacher {name}: FINISHED, reused")
+            continue
+        print(f"teacher {name}: training")
+        args = ["--seed_everything", str(seed), "--trainer.logger.init_args.run_name", name]
+        args += ["--trainer.logger.init_args.tracking_uri", uri]
+        subprocess.run([sys.executable, "-m", "experiments", "fit", "--config", str(TEACHER), *args], check=True)
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+
+
+def arm(run) -> str:
+    params = run.data.params
+    if params.get("data.shortcut.train") == "False":
+        return "clean"
+    return "distill" if "callbacks.FeatureDistillation" in params else "erm"
+
+
+def table(client: MlflowClient, experiment_id: str, parent_id: str) -> dict:
+    cells: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for run in child_runs(client, experiment_id, parent_id):
+        if run.info.status != "FINISHED":
+            continue
+        m = run.data.metrics
+        values = {
+            f"{split}_{k}": m.get(f"summary/shortcut_{k}/{split}")
+            for split in ("flipped", "aligned", "absent")
+            for k in ("auroc", "bal_acc", "dtpr")
+        }
+        values["seed"] = float(run.data.params.get("seed_everything", "nan"))
+        cells.setdefault((run.data.params["data.shortcut.kind"], arm(run)), []).append(values)
+    out: dict = {}
+    for (kind, name), rows in sorted(cells.items()):
+        entry = {"n_seeds": len(rows), "seeds": [r["seed"] for r in rows]}
+        for metric in METRICS:
+            vals = [r[metric] for r in rows if r.get(metric) is not None]
+            if vals:
+                entry[metric] = {
+                    "mean": statistics.mean(vals),
+                    "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                    "values": vals,
+                }
+        out.setdefault(kind, {})[name] = entry
+    for arms in out.values():
+        if all(a in arms and "flipped_auroc" in arms[a] for a in ARMS):
+            erm, distill, clean = (arms[a]["flipped_auroc"]["mean"] for a in ARMS)
+            gap = clean - erm
+            arms["gap_closed"] = (distill - erm) / gap if gap > 0 else None
+    return out
+
+
+def figure(result: dict) -> plt.Figure:
+    kinds = sorted(result)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    width = 0.8 / max(len(kinds), 1)
+    for i, kind in enumerate(kinds):
+        for ax, metric, label in (
+            (axes[0], "flipped_auroc", "flipped-test AUROC"),
+            (axes[1], "flipped_dtpr", "bias gap dTPR (flipped)"),
+        ):
+            means = [result[kind].get(a, {}).get(metric, {}).get("mean", float("nan")) for a in ARMS]
+            stds = [result[kind].get(a, {}).get(metric, {}).get("std", 0.0) for a in ARMS]
+            xs = [j + (i - (len(kinds) - 1) / 2) * width for j in range(len(ARMS))]
+            ax.bar(xs, means, width, yerr=stds, capsize=3, label=kind)
+            ax.set_xticks(range(len(ARMS)), ARMS)
+            ax.set_title(label)
+    axes[0].set_ylim(0, 1)
+    axes[1].axhline(0, color="black", linewidth=0.8)
+    axes[0].legend(title="shortcut")
+    fig.suptitle("Shortcut study: mean +- std over seeds")
+    fig.tight_layout()
+    return fig
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the table from MLflow")
+    args = parser.parse_args()
+    absolutize_env_paths()
+    uri = resolve_tracking_uri(args.tracking_uri)
+    client = MlflowClient(uri)
+    if not args.report_only:
+        train_teachers(client, args.seeds, uri)
+        code = sweep_main([str(SWEEP), "--tracking-uri", uri])
+        if code:
+            return code
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    parent = find_parent(client, experiment.experiment_id, SWEEP_NAME)
+    result = table(client, experiment.experiment_id, parent.info.run_id)
+    client.log_dict(parent.info.run_id, result, "shortcut_study.json")
+    fig = figure(result)
+    client.log_figure(parent.info.run_id, fig, "plots/shortcut_study.png")
+    plt.close(fig)
+    print(f"parent run {parent.info.run_id}")
+    for kind, arms in result.items():
+        print(f"{kind}: gap closed (flipped AUROC) = {arms.get('gap_closed')}")
+        for name in ARMS:
+            cell = arms.get(name, {})
+            row = ", ".join(f"{m} {cell[m]['mean']:.3f}+-{cell[m]['std']:.3f}" for m in METRICS if m in cell)
+            print(f"  {name:8s} {row}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
