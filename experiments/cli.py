@@ -22,6 +22,7 @@ from callbacks.selection_checkpoint import SelectionCheckpoint
 from callbacks.tracking_uri import redact_uri
 from datamodules.files import absolutize_env_paths, find
 from datamodules.medmnist import MedMNISTDataModule
+from experiments.config_merge import merge_config_args
 from experiments.mlflow_logger import MLflowRunLogger
 from experiments.mlflow_save_config import MLflowSaveConfig
 from experiments.resume import ResumePoint, checkpoint_identity, find_resume_point
@@ -197,6 +198,8 @@ def main(args: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     absolutize_env_paths()
     argv = sys.argv[1:] if args is None else list(args)
+    if os.getcwd() not in sys.path:  # user callbacks in the working directory are importable, as with python -m
+        sys.path.insert(0, os.getcwd())
     try:
         if argv and argv[0] == "sweep":
             from experiments.sweep import sweep_main
@@ -206,7 +209,7 @@ def main(args: list[str] | None = None) -> None:
             from experiments.report import report_main
 
             raise SystemExit(report_main(argv[1:]))
-        MedRobustCLI(args=args)
+        MedRobustCLI(args=merge_config_args(argv))
     except InputError as err:
         if os.environ.get("MEDROBUST_TRACEBACK"):
             raise

@@ -20,7 +20,6 @@ addresses the entry of ``trainer.callbacks`` with that class (``callbacks.Advers
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import itertools
 import json
@@ -30,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from experiments.config_merge import merge_configs
 from experiments.tradeoff import METRICS, display_value, short_key
 from lightning_modules.components.errors import InputError
 
@@ -147,15 +147,7 @@ def _metric(path: Path, metric: object) -> str:
     return str(metric)
 
 
-def _merge(into: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Merge like jsonargparse merges ``--config`` files: mappings recursively, anything else replaced."""
-    out = copy.deepcopy(into)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+_merge = merge_configs  # one merge for --config files and sweep bases: trainer.callbacks by class
 
 
 def set_override(config: dict[str, Any], key: str, value: Any) -> None:
