@@ -5,6 +5,7 @@ from callbacks.corruption_augmentation import CorruptionAugmentation
 from callbacks.feature_distillation import FeatureDistillation
 from callbacks.mlflow_checkpoints import MLflowCheckpoints
 from callbacks.mlflow_dataset_inputs import MLflowDatasetInputs
+from callbacks.mlflow_seams import MLflowSeams
 from callbacks.mlflow_system_metrics import MLflowSystemMetrics
 from callbacks.mlflow_test_record import MLflowTestRecord
 from callbacks.robust_validation import RobustValidation
@@ -19,6 +20,7 @@ __all__ = [
     "FeatureDistillation",
     "MLflowCheckpoints",
     "MLflowDatasetInputs",
+    "MLflowSeams",
     "MLflowSystemMetrics",
     "MLflowTestRecord",
     "RobustValidation",

@@ -16,12 +16,14 @@ from typing_extensions import override
 
 from callbacks.mlflow_checkpoints import MLflowCheckpoints
 from callbacks.mlflow_dataset_inputs import MLflowDatasetInputs
+from callbacks.mlflow_seams import MLflowSeams
 from callbacks.mlflow_system_metrics import MLflowSystemMetrics
 from callbacks.mlflow_test_record import MLflowTestRecord
 from callbacks.selection_checkpoint import SelectionCheckpoint
 from callbacks.tracking_uri import redact_uri
 from datamodules.files import absolutize_env_paths, find
 from datamodules.medmnist import MedMNISTDataModule
+from experiments.cli_parser import MedRobustParser
 from experiments.config_merge import merge_config_args
 from experiments.mlflow_logger import MLflowRunLogger
 from experiments.mlflow_save_config import MLflowSaveConfig
@@ -70,6 +72,7 @@ class MedRobustCLI(LightningCLI):
             },
             auto_configure_optimizers=False,
             parser_kwargs={"description": DESCRIPTION},
+            parser_class=MedRobustParser,
             args=args,
             run=run,
         )
@@ -115,7 +118,7 @@ class MedRobustCLI(LightningCLI):
     @override
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
         """Every run records its data, checkpoints and test results (the recorders take no settings)."""
-        recorders = [MLflowDatasetInputs(), MLflowCheckpoints(), MLflowTestRecord()]
+        recorders = [MLflowDatasetInputs(), MLflowCheckpoints(), MLflowTestRecord(), MLflowSeams()]
         return super()._instantiate_trainer(config, [*callbacks, *recorders])
 
     # ---------------------------------------------------------------------------------------------- hooks
@@ -209,10 +212,28 @@ def main(args: list[str] | None = None) -> None:
             from experiments.report import report_main
 
             raise SystemExit(report_main(argv[1:]))
-        MedRobustCLI(args=merge_config_args(argv))
+        merged = merge_config_args(argv)
+        try:
+            MedRobustCLI(args=merged if args is not None or merged != argv else None)
+        except ValueError as err:  # jsonargparse wraps a callback's own InputError in a long union-type message
+            inner = _input_error_within(err)
+            if inner is None or os.environ.get("MEDROBUST_TRACEBACK"):
+                raise
+            raise inner from None
     except InputError as err:
         if os.environ.get("MEDROBUST_TRACEBACK"):
             raise
         print(f"medrobust: error: {type(err).__name__}: {redact_uri(str(err))}", file=sys.stderr)
         print("(set MEDROBUST_TRACEBACK=1 for the traceback)", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _input_error_within(err: BaseException) -> InputError | None:
+    """The :class:`InputError` an exception was raised from or while handling, if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, InputError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

@@ -1,0 +1,54 @@
+"""README's "Write your own callback": the worked example runs from a user's working directory (no PYTHONPATH),
+leaves its seams in the run, and its own input error is said in one line; a callback type error too."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from test_cli import QUICKSTART, TINY, medrobust, runs
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "gradient_penalty.py"
+
+
+def test_example_callback_runs_from_the_working_directory(tmp_path, pneumonia_data_args) -> None:
+    shutil.copy(EXAMPLE, tmp_path / "my_defence.py")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["fit", "--config", QUICKSTART, *TINY, *pneumonia_data_args, "--system_metrics.enabled=false"]
+    result = medrobust(
+        *args,
+        "--trainer.callbacks+=my_defence.GradientPenalty",
+        "--trainer.callbacks.lam=0.05",
+        cwd=tmp_path,
+        MLFLOW_TRACKING_URI=uri,
+        PYTHONPATH=os.environ.get("PYTHONPATH", ""),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = runs(uri)
+    assert {"train/loss/gradpen/input_grad_epoch", "train/loss/gradpen/head_epoch"} <= set(run.data.metrics)
+    tags, params = run.data.tags, run.data.params
+    assert tags["seams.input_transforms"] == "gradpen_noise" and tags["seams.feature_taps"] == "layer3"
+    assert tags["seams.loss_terms"] == "task, gradpen/input_grad, gradpen/head"
+    assert tags["seams.auxiliary_modules"] == "gradpen_head"
+    assert params["callbacks.GradientPenalty.lam"] == "0.05"  # settings under the class name, not a list position
+
+    bad = medrobust(
+        *args,
+        "--trainer.callbacks+=my_defence.GradientPenalty",
+        "--trainer.callbacks.lam=-1",
+        cwd=tmp_path,
+        MLFLOW_TRACKING_URI=uri,
+    )
+    assert bad.returncode == 2 and "must be >= 0" in bad.stderr and "Traceback" not in bad.stderr
+    typo = medrobust(
+        *args,
+        "--trainer.callbacks+=callbacks.AdversarialTraining",
+        "--trainer.callbacks.steps=abc",
+        cwd=tmp_path,
+        MLFLOW_TRACKING_URI=uri,
+    )
+    assert typo.returncode == 2
+    assert 'trainer.callbacks: callbacks.AdversarialTraining: Parser key "steps"' in typo.stderr
+    assert "Subtypes" not in typo.stderr
+    assert len(runs(uri)) == 1  # bad input left no run
