@@ -134,7 +134,7 @@ def test_resume_after_kill_continues_the_same_run(tmp_path, pneumonia_data_args)
     ("args", "message"),
     [
         (["--data.root={root}"], "MD5 mismatch"),
-        (["--data.path={good}", "--data.subsample=1000"], "outside 1..48 samples"),
+        (["--data.path={good}", "--data.subsample={{train: 1000}}"], "outside 1..48 samples"),
     ],
 )
 def test_bad_data_leaves_no_run_behind(tmp_path, args, message) -> None:

@@ -91,7 +91,12 @@ def test_subsample_is_seeded(synthetic_npz, amount) -> None:
 
 
 def test_subsample_too_large(synthetic_npz) -> None:
+    """One count for every split means at most that many (a small validation split stays whole); a count for a
+    named split that exceeds it is refused."""
     dm = MedMNISTDataModule("pathmnist", path=str(synthetic_npz("pathmnist")), subsample=1000)
+    dm.setup("fit")
+    assert {split: len(ds) for split, ds in dm.datasets.items()} == {"train": 48, "val": 16, "test": 16}
+    dm = MedMNISTDataModule("pathmnist", path=str(synthetic_npz("pathmnist")), subsample={"train": 1000})
     with pytest.raises(ValueError, match="outside 1..48"):
         dm.setup("fit")
 
