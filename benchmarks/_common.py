@@ -1,8 +1,9 @@
-"""Shared set-up for the benchmark scripts: where the data comes from."""
+"""Shared set-up for the benchmark scripts: where the data comes from, the timing options, the ratio table."""
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +27,26 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         "stand-in is used when none holds it",
     )
     parser.add_argument("--batch-size", type=int, default=128)
+
+
+def add_timing_args(parser: argparse.ArgumentParser, steps: int, warmup: int, rounds: int = 3) -> None:
+    """The model timed, and how: timed steps after warm-up steps, repeated in alternating rounds."""
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--rounds", type=int, default=rounds)
+
+
+def print_ratios(times: dict[str, list[float]], goals: dict[str, float], column: str) -> None:
+    """Median ms/step per entry and its ratio to the first entry (the baseline), against each entry's goal."""
+    names = list(times)
+    base = statistics.median(times[names[0]])
+    width = max(len(column), *map(len, names))
+    print(f"{column:<{width}} {'ms/step':>9} {'ratio':>7} {'goal':>7}")
+    for name in names:
+        t = statistics.median(times[name])
+        verdict = "" if name == names[0] else ("ok" if t / base <= goals[name] else "OVER")
+        print(f"{name:<{width}} {1e3 * t:9.1f} {t / base:7.2f} {goals[name]:7.2f}  {verdict}")
 
 
 def data_source(args: argparse.Namespace) -> tuple[dict[str, str], str, bool]:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import warnings
 
 import torch
-from _common import add_data_args, data_source
+from _common import add_data_args, add_timing_args, data_source, print_ratios
 from lightning.pytorch import Trainer
 from train_step import StepTimer
 
@@ -46,11 +45,8 @@ def step_time(dm: MedMNISTDataModule, args: argparse.Namespace, callback: Advers
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(parser)
-    parser.add_argument("--model", default="resnet18")
+    add_timing_args(parser, steps=10, warmup=2)
     parser.add_argument("--k", type=int, nargs="+", default=[3, 7], help="PGD / TRADES inner steps to time")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
@@ -67,16 +63,11 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, (callback, _goal) in methods.items():
             times[name].append(step_time(dm, args, callback))
-    base = statistics.median(times["standard"])
     print(
         f"data: {args.flag} {args.size}px ({'real' if real else 'synthetic'}), model {args.model}, "
         f"batch {args.batch_size}, {args.steps} timed steps, {args.rounds} rounds, {torch.get_num_threads()} threads"
     )
-    print(f"{'method':<12} {'ms/step':>9} {'ratio':>7} {'goal':>7}")
-    for name, (_callback, goal) in methods.items():
-        t = statistics.median(times[name])
-        verdict = "" if name == "standard" else ("ok" if t / base <= goal else "OVER")
-        print(f"{name:<12} {1e3 * t:9.1f} {t / base:7.2f} {goal:7.2f}  {verdict}")
+    print_ratios(times, {name: goal for name, (_callback, goal) in methods.items()}, "method")
 
 
 if __name__ == "__main__":

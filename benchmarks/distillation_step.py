@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import tempfile
 import warnings
 from pathlib import Path
 
 import torch
-from _common import add_data_args, data_source
+from _common import add_data_args, add_timing_args, data_source, print_ratios
 from adversarial_step import step_time
 from lightning.pytorch import Trainer
 
@@ -49,10 +48,7 @@ def make_teacher(dm: MedMNISTDataModule, model: str, folder: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(parser)
-    parser.add_argument("--model", default="resnet18")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    add_timing_args(parser, steps=10, warmup=2)
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
@@ -72,16 +68,11 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, make in configs.items():
                 times[name].append(step_time(dm, args, make()))
-    base = statistics.median(times["standard"])
     print(
         f"data: {args.flag} {args.size}px ({'real' if real else 'synthetic'}), student and teacher {args.model}, "
         f"batch {args.batch_size}, {args.steps} timed steps, {args.rounds} rounds, {torch.get_num_threads()} threads"
     )
-    print(f"{'configuration':<18} {'ms/step':>9} {'ratio':>7} {'goal':>7}")
-    for name in configs:
-        t = statistics.median(times[name])
-        verdict = "" if name == "standard" else ("ok" if t / base <= GOAL else "OVER")
-        print(f"{name:<18} {1e3 * t:9.1f} {t / base:7.2f} {GOAL:7.2f}  {verdict}")
+    print_ratios(times, dict.fromkeys(configs, GOAL), "configuration")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from _common import add_data_args, data_source
+from _common import add_data_args, add_timing_args, data_source
 from lightning.pytorch import Callback, Trainer
 
 from callbacks.mlflow_checkpoints import MLflowCheckpoints
@@ -84,10 +84,7 @@ def framework(dm: MedMNISTDataModule, args: argparse.Namespace) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(parser)
-    parser.add_argument("--model", default="resnet18")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
+    add_timing_args(parser, steps=30, warmup=5)
     parser.add_argument("--no-progress-bar", action="store_true")
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
