@@ -211,8 +211,8 @@ class MedMNISTDataModule(LightningDataModule):
             dataset = self._subsample(split, dataset)
             if self.shortcut is not None and self.shortcut.train and split != "test":
                 # training batches stay (x, y): who carries the feature is kept aside, for the record
-                dataset = self._with_shortcut(dataset, "aligned", SPLITS.index(split))
-                self.shortcut_groups[split], dataset.groups = dataset.groups, None
+                images, self.shortcut_groups[split] = self._shortcut(dataset, "aligned", SPLITS.index(split))
+                dataset = TensorImageDataset(images, dataset.labels)
             self.datasets[split] = dataset
         sizes = {split: len(ds) for split, ds in self.datasets.items()}
         rank_zero_info(f"{self.spec.flag} ({self.spec.size}px) from {file}, md5 {self.md5}: {sizes}")
@@ -231,9 +231,8 @@ class MedMNISTDataModule(LightningDataModule):
                 )
                 images, labels = other.images, other.labels
             elif shift.kind == "shortcut":
-                self.shifted[shift.split] = self._with_shortcut(
-                    test, shift.name, 10 + SHORTCUT_SPLITS.index(shift.name)
-                )
+                images, carries = self._shortcut(test, shift.name, 10 + SHORTCUT_SPLITS.index(shift.name))
+                self.shifted[shift.split] = TensorImageDataset(images, test.labels, carries.long())
                 continue
             else:
                 arrays = official_test_split(shift.name, self.spec.size, os.pathsep.join(map(str, self.roots)))
@@ -243,13 +242,13 @@ class MedMNISTDataModule(LightningDataModule):
                 labels = torch.full(shape, -1, dtype=test.labels.dtype)
             self.shifted[shift.split] = TensorImageDataset(images, labels)
 
-    def _with_shortcut(self, dataset: TensorImageDataset, correlation: str, offset: int) -> TensorImageDataset:
-        """The split with the shortcut injected under ``correlation``; its group labels say who carries it."""
+    def _shortcut(
+        self, dataset: TensorImageDataset, correlation: str, offset: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images, carries)``: the split's images with the shortcut injected under ``correlation``, and who
+        carries it."""
         seed = self.shortcut.seed * 100 + offset
-        images, carries = shortcut_split(
-            dataset.images, dataset.labels, self.shortcut, correlation, seed, self.cache_dir
-        )
-        return TensorImageDataset(images, dataset.labels, carries.long())
+        return shortcut_split(dataset.images, dataset.labels, self.shortcut, correlation, seed, self.cache_dir)
 
     def _subsample(self, split: str, dataset: TensorImageDataset) -> TensorImageDataset:
         amount = self.subsample.get(split)
