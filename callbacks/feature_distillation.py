@@ -27,6 +27,9 @@ from lightning_modules.components.linear_probe import fit_linear_probe
 from lightning_modules.components.modes import eval_mode
 from lightning_modules.components.teacher import Teacher, check_source, load_teacher
 
+#: the teacher's data settings recorded as params ``distill.teacher.data.*``
+_DATA_KEYS = ("flag", "size", "path", "subsample", "subsample_seed", "shortcut")
+
 
 class FeatureDistillation(Callback):
     """Distil a frozen teacher's intermediate representations (and optionally its logits) into the student.
@@ -238,6 +241,3 @@ class FeatureDistillation(Callback):
     def _logit_term(self, step: TrainingStep) -> torch.Tensor:
         teacher_logits, _ = self._teacher_forward(step)
         return self.logit_weight * kd_kl(step.logits, teacher_logits, self.temperature)
-
-
-_DATA_KEYS = ("flag", "size", "path", "subsample", "subsample_seed", "shortcut")
