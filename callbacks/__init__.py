@@ -2,6 +2,7 @@
 
 from callbacks.adversarial_training import AdversarialTraining
 from callbacks.corruption_augmentation import CorruptionAugmentation
+from callbacks.detection_evaluation import DetectionEvaluation
 from callbacks.feature_distillation import FeatureDistillation
 from callbacks.mlflow_checkpoints import MLflowCheckpoints
 from callbacks.mlflow_dataset_inputs import MLflowDatasetInputs
@@ -17,6 +18,7 @@ from callbacks.shortcut_evaluation import ShortcutEvaluation
 __all__ = [
     "AdversarialTraining",
     "CorruptionAugmentation",
+    "DetectionEvaluation",
     "FeatureDistillation",
     "MLflowCheckpoints",
     "MLflowDatasetInputs",

@@ -27,7 +27,7 @@ from datamodules.files import (
     resolve_roots,
     verify_official,
 )
-from datamodules.shifts import SHORTCUT_SPLITS, corrupted_split, official_test_split, parse_shifts, to_channels
+from datamodules.shifts import SHORTCUT_SPLITS, corrupted_split, official_split, parse_shifts, to_channels
 from datamodules.shortcuts import Shortcut, shortcut_split
 from datamodules.tensor_dataset import TensorImageDataset, identity_collate
 from lightning_modules.components.errors import InputError
@@ -226,7 +226,7 @@ class MedMNISTDataModule(LightningDataModule):
                 images, labels = corrupted[(shift.name, shift.severity)], test.labels
             elif shift.kind == "resolution":
                 other = TensorImageDataset.from_numpy(
-                    *official_test_split(self.spec.flag, int(shift.name), os.pathsep.join(map(str, self.roots))),
+                    *official_split(self.spec.flag, int(shift.name), os.pathsep.join(map(str, self.roots))),
                     multilabel=self.task == "multilabel",
                 )
                 images, labels = other.images, other.labels
@@ -235,7 +235,7 @@ class MedMNISTDataModule(LightningDataModule):
                 self.shifted[shift.split] = TensorImageDataset(images, test.labels, carries.long())
                 continue
             else:
-                arrays = official_test_split(shift.name, self.spec.size, os.pathsep.join(map(str, self.roots)))
+                arrays = official_split(shift.name, self.spec.size, os.pathsep.join(map(str, self.roots)))
                 other = TensorImageDataset.from_numpy(arrays[0], np.zeros((len(arrays[0]), 1)), multilabel=False)
                 images = to_channels(other.images, self.in_chans)
                 shape = (len(images), self.num_classes) if self.task == "multilabel" else (len(images),)
@@ -263,22 +263,23 @@ class MedMNISTDataModule(LightningDataModule):
         keep = torch.randperm(len(dataset), generator=generator)[:n].sort().values
         return dataset.subset(keep)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, evaluation: bool | None = None) -> DataLoader:
+        evaluation = split != "train" if evaluation is None else evaluation
         dataset = self.datasets.get(split, self.shifted.get(split))
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for the {split} loader")
         sampler = None
-        if split == "train" and self.sampler == "balanced":
+        if not evaluation and self.sampler == "balanced":
             counts, _ = self.label_counts("train")
             weights = 1.0 / counts.clamp_min(1).double()[dataset.labels]
             sampler, shuffle = WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True), False
-        if split != "train" and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if evaluation and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             # DistributedSampler pads the last batch with repeated samples; evaluation must count each sample once.
             # (check_shards has made sure that each process gets at least one.)
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(
             dataset,
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            batch_size=self.eval_batch_size if evaluation else self.batch_size,
             shuffle=shuffle,
             sampler=sampler,
             num_workers=self.num_workers,
@@ -300,6 +301,18 @@ class MedMNISTDataModule(LightningDataModule):
         if not self.shifts:
             return self._loader("test", shuffle=False)
         return [self._loader("test", shuffle=False), *(self._loader(s.split, shuffle=False) for s in self.shifts)]
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Any split (``train`` included) as evaluation reads it: in order, no augmentation or sampler, each sample once
+        over all processes (for fitting detectors on the training split, say)."""
+        return self._loader(split, shuffle=False, evaluation=True)
+
+    def other_dataset(self, flag: str, split: str) -> torch.Tensor:
+        """uint8 images ``(N, C, H, W)`` of another dataset's official ``split`` at this size and channel count (an
+        outlier set to calibrate a detector on, for example), MD5-checked, from the same root(s)."""
+        arrays = official_split(flag, self.spec.size, os.pathsep.join(map(str, self.roots)), split)
+        images = TensorImageDataset.from_numpy(arrays[0], np.zeros((len(arrays[0]), 1)), multilabel=False).images
+        return to_channels(images, self.in_chans)
 
     def label_counts(self, split: str) -> tuple[torch.Tensor, int]:
         """``(counts, n)``: samples per class (positives per label for multi-label tasks) and samples in ``split``."""

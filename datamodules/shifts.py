@@ -123,12 +123,12 @@ def corrupted_split(
     return out
 
 
-def official_test_split(flag: str, size: int, root: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """The official test split of another flag or size, MD5-checked, from the same root(s)."""
+def official_split(flag: str, size: int, root: str | None, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """An official split (``test`` by default) of another flag or size, MD5-checked, from the same root(s)."""
     spec = MedMNISTSpec(flag, size)
     path = locate(spec, resolve_roots(root))
     verify_official(spec, path)
-    return load_arrays(spec, path)["test"]
+    return load_arrays(spec, path)[split]
 
 
 def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:

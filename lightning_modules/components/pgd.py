@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -29,6 +31,9 @@ class PGD:
             only the samples no restart has fooled yet. Among restarts that fool none, or as many labels of a
             multi-label sample, the highest loss is kept. Needs label targets (class indices, or 0/1 per label).
         loss_fn: ``(logits, target) -> summed loss``; cross-entropy by default.
+        objective: ``(net, x_adv, target) -> summed loss`` to ascend instead of ``loss_fn(net(x_adv), target)``, for
+            attacks on more than the logits (an adaptive attack on a detector's features as well). Restarts still
+            rank by ``loss_fn``.
         task: ``"multiclass"`` or ``"multilabel"``: how restarts decide whether a sample is fooled.
 
     Example:
@@ -49,6 +54,7 @@ class PGD:
         restarts: int = 1,
         loss_fn: LossFn = cross_entropy_sum,
         task: str = "multiclass",
+        objective: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if steps < 1 or restarts < 1:
             raise InputError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
@@ -59,6 +65,7 @@ class PGD:
         self.restarts = restarts
         self.loss_fn = loss_fn
         self.task = task
+        self.objective = objective
 
     def perturb(
         self, net: nn.Module, x: torch.Tensor, target: torch.Tensor, x_init: torch.Tensor | None = None
@@ -91,7 +98,10 @@ class PGD:
             x_adv = self.threat.random_init(x) if self.random_start else x.clone()
         for _ in range(self.steps):
             x_adv.requires_grad_(True)
-            loss = self.loss_fn(net(x_adv), target)
+            if self.objective is not None:
+                loss = self.objective(net, x_adv, target)
+            else:
+                loss = self.loss_fn(net(x_adv), target)
             (grad,) = torch.autograd.grad(loss, x_adv)
             x_adv = self.threat.project(self.threat.step(x_adv.detach(), grad, self.alpha), x)
         return x_adv.detach()

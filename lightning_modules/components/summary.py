@@ -15,7 +15,10 @@ sweep reports line runs up:
 * ``summary/shift_bal_acc``, ``summary/shift_auroc``: the mean over corruptions and severities; ``summary/shift_be``
   and ``summary/shift_rbe``: MedMNIST-C's BE and rBE, where the run has them;
 * ``summary/shortcut_auroc/<split>``, ``summary/shortcut_bal_acc/<split>``, ``summary/shortcut_dtpr/<split>``: the
-  shortcut test splits (``aligned``, ``flipped``, ``absent``; ShortcutEvaluation), ``dtpr`` being the bias gap.
+  shortcut test splits (``aligned``, ``flipped``, ``absent``; ShortcutEvaluation), ``dtpr`` being the bias gap;
+* ``summary/detect_auroc/<detector>/<target>``, ``summary/detect_tnr_at_tpr95/<detector>/<target>``: detection of
+  OOD, corrupted and adversarial inputs (DetectionEvaluation), for ``msp``, ``energy``, ``mahalanobis`` (best layer)
+  and ``ensemble``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ CLEAN = {
 }
 SHIFT = {"test/shift/mean/bal_acc": "shift_bal_acc", "test/shift/be": "shift_be", "test/shift/rbe": "shift_rbe"}
 SHORTCUT = {"auroc": "shortcut_auroc", "bal_acc": "shortcut_bal_acc", "dtpr": "shortcut_dtpr"}
+DETECT = {"auroc": "detect_auroc", "tnr_at_tpr95": "detect_tnr_at_tpr95"}
+DETECTORS = ("msp", "energy", "mahalanobis", "ensemble")
 WORST = {"acc": "adv_acc", "bal_acc": "adv_bal_acc", "n": "adv_n", "top_pred_share": "adv_top_pred_share"}
 
 
@@ -47,6 +52,9 @@ def summary_metrics(metrics: dict[str, float]) -> dict[str, float]:
         # test/shortcut/<split>/<auroc|bal_acc|dtpr>
         if len(parts) == 4 and parts[:2] == ["test", "shortcut"] and parts[3] in SHORTCUT:
             out[f"{SUMMARY}{SHORTCUT[parts[3]]}/{parts[2]}"] = float(value)
+        # test/detect/<detector>/<target>/<auroc|tnr_at_tpr95>
+        if len(parts) == 5 and parts[:2] == ["test", "detect"] and parts[2] in DETECTORS and parts[4] in DETECT:
+            out[f"{SUMMARY}{DETECT[parts[4]]}/{parts[2]}/{parts[3]}"] = float(value)
         # test/shift/<corruption>/mean/auroc
         if len(parts) == 5 and parts[:2] == ["test", "shift"] and parts[3:] == ["mean", "auroc"]:
             shift_auroc.append(float(value))
