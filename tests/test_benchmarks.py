@@ -35,6 +35,7 @@ def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
             ["--model", "test_resnet", "--steps", "1", "--warmup", "1", "--rounds", "1", "--k", "2"],
         ),
         ("distillation_step.py", ["--model", "resnet18", "--steps", "1", "--warmup", "1", "--rounds", "1"]),
+        ("detection_fit.py", ["--model", "test_resnet", "--rounds", "1", "--max-train", "256"]),
     ],
 )
 def test_benchmark_runs_and_prints_a_ratio(script: str, args: list[str]) -> None:

@@ -1,0 +1,148 @@
+"""Mahalanobis detection of OOD and adversarial inputs (../shared/SCIENCE.md, section 2), in one command.
+
+1. Runs the sweep ``experiments/sweeps/pneumonia_detection_cpu.yaml``: a standard and a PGD-AT ResNet-18 on real
+   PneumoniaMNIST, 2 seeds each, each tested by ``callbacks.DetectionEvaluation``.
+2. Reads every child's ``detection.json`` and writes ``detection_study.json`` and ``plots/detection_study.png``
+   (AUROC per target and detector, mean and std over seeds, one panel per arm) into the sweep's parent run.
+3. Prints the table: per arm, target and detector, AUROC and TNR at 95% TPR (in-distribution positive), mean +- std
+   over seeds, and whether Mahalanobis (best layer, chosen on validation) and the ensemble beat MSP.
+
+    MEDMNIST_ROOT=../shared/data/medmnist python -m experiments.studies.detection
+    python -m experiments.studies.detection --report-only        # the table again, from MLflow
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from mlflow import MlflowClient
+
+from datamodules.files import absolutize_env_paths
+from experiments.mlflow_logger import resolve_tracking_uri
+from experiments.sweep import sweep_main
+from experiments.sweep_store import child_runs, find_parent
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = ROOT / "sweeps" / "pneumonia_detection_cpu.yaml"
+EXPERIMENT, SWEEP_NAME = "pneumonia_detection", "pneumonia_detection_cpu"
+DETECTORS = ("msp", "energy", "mahalanobis", "ensemble")
+METRICS = ("auroc", "tnr_at_tpr95", "detection_acc", "n_out")
+
+
+def arm(run) -> str:
+    return "standard" if float(run.data.params.get("callbacks.AdversarialTraining.eps", "0")) == 0 else "pgd_at"
+
+
+def load_reports(client: MlflowClient, experiment_id: str, parent_id: str) -> list[tuple[str, float, dict]]:
+    out = []
+    for run in child_runs(client, experiment_id, parent_id):
+        if run.info.status != "FINISHED":
+            continue
+        path = client.download_artifacts(run.info.run_id, "detection.json")
+        report = json.loads(Path(path).read_text())
+        out.append((arm(run), float(run.data.params.get("seed_everything", "nan")), report))
+    return out
+
+
+def table(reports: list[tuple[str, float, dict]]) -> dict:
+    cells: dict = {}
+    for name, seed, report in reports:
+        for detector, targets in report["table"].items():
+            for target, metrics in targets.items():
+                cell = cells.setdefault(name, {}).setdefault(target, {}).setdefault(detector, {"seeds": []})
+                cell["seeds"].append(seed)
+                for metric in METRICS:
+                    if metric in metrics:
+                        cell.setdefault(metric, []).append(metrics[metric])
+        cells.setdefault(name, {}).setdefault("_calibration", []).append(
+            {"seed": seed, **{k: report["calibration"].get(k) for k in ("noise", "best_layer")}}
+        )
+    for targets in cells.values():
+        for target, detectors in targets.items():
+            if target == "_calibration":
+                continue
+            for cell in detectors.values():
+                for metric in METRICS:
+                    values = cell.get(metric, [])
+                    if values:
+                        cell[metric] = {
+                            "mean": statistics.mean(values),
+                            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                            "values": values,
+                        }
+    return cells
+
+
+def figure(result: dict) -> plt.Figure:
+    arms = [a for a in ("standard", "pgd_at") if a in result]
+    fig, axes = plt.subplots(1, len(arms), figsize=(7 * len(arms), 4), squeeze=False)
+    for ax, name in zip(axes[0], arms, strict=True):
+        targets = [t for t in result[name] if t != "_calibration"]
+        width = 0.8 / len(DETECTORS)
+        for i, detector in enumerate(DETECTORS):
+            cells = [result[name][t].get(detector, {}).get("auroc", {}) for t in targets]
+            means = [c.get("mean", np.nan) for c in cells]
+            stds = [c.get("std", 0.0) for c in cells]
+            xs = np.arange(len(targets)) + (i - (len(DETECTORS) - 1) / 2) * width
+            ax.bar(xs, means, width, yerr=stds, capsize=2, label=detector)
+        ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_xticks(range(len(targets)), targets, rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("detection AUROC (mean +- std over seeds)")
+        ax.set_title(name)
+        ax.legend(fontsize=8)
+    fig.suptitle("Detecting OOD, corrupted and adversarial inputs: PneumoniaMNIST in-distribution")
+    fig.tight_layout()
+    return fig
+
+
+def print_table(result: dict) -> None:
+    for name in ("standard", "pgd_at"):
+        if name not in result:
+            continue
+        print(f"\n{name}: calibration {result[name]['_calibration']}")
+        print("| target | " + " | ".join(DETECTORS) + " | n_out |")
+        print("|---|" + "---|" * (len(DETECTORS) + 1))
+        for target, detectors in result[name].items():
+            if target == "_calibration":
+                continue
+            row = []
+            for detector in DETECTORS:
+                a, t = detectors.get(detector, {}).get("auroc"), detectors.get(detector, {}).get("tnr_at_tpr95")
+                row.append(f"{a['mean']:.3f}±{a['std']:.3f} ({t['mean']:.2f})" if a and t else "-")
+            n = detectors.get("msp", {}).get("n_out", {}).get("values", [])
+            print(f"| {target} | " + " | ".join(row) + f" | {'/'.join(str(int(v)) for v in n)} |")
+    print("\ncells: AUROC mean±std over seeds (TNR at 95% TPR, in-distribution positive)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the table from MLflow")
+    args = parser.parse_args()
+    absolutize_env_paths()
+    uri = resolve_tracking_uri(args.tracking_uri)
+    client = MlflowClient(uri)
+    if not args.report_only:
+        code = sweep_main([str(SWEEP), "--tracking-uri", uri])
+        if code:
+            return code
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    parent = find_parent(client, experiment.experiment_id, SWEEP_NAME)
+    result = table(load_reports(client, experiment.experiment_id, parent.info.run_id))
+    client.log_dict(parent.info.run_id, result, "detection_study.json")
+    fig = figure(result)
+    client.log_figure(parent.info.run_id, fig, "plots/detection_study.png")
+    plt.close(fig)
+    print(f"parent run {parent.info.run_id}")
+    print_table(result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
