@@ -1,14 +1,17 @@
-"""Distillation against shortcuts (../shared/SCIENCE.md, section 3), on real PneumoniaMNIST, in one command.
+"""Distillation against shortcuts (../shared/SCIENCE.md, section 3), on real PneumoniaMNIST or BreastMNIST, in one
+command.
 
-1. Trains one clean teacher per seed (``experiments/configs/shortcut/pneumonia_teacher_clean.yaml``: 10% of the
-   training split, no shortcut), run name ``teacher_clean10_s<seed>``; a FINISHED teacher is reused.
-2. Runs the sweep ``experiments/sweeps/pneumonia_shortcut_distillation_cpu.yaml`` (ERM on biased data, the same
-   student distilled from the clean teacher, the clean ceiling; a localised and a diffuse shortcut; 2 seeds).
+1. Trains one clean teacher per seed (``experiments/configs/shortcut/<dataset>_teacher_clean.yaml``: a small clean
+   subset of the training split, no shortcut), run name ``teacher_clean<percent>_s<seed>``; a FINISHED teacher is
+   reused.
+2. Runs the sweep ``experiments/sweeps/<dataset>_shortcut_distillation_cpu.yaml`` (ERM on biased data, the same
+   student distilled from the clean teacher, the clean ceiling; a localised and a diffuse shortcut; 2-3 seeds).
 3. Writes the table ``shortcut_study.json`` and ``plots/shortcut_study.png`` (flipped-test AUROC and bias gap per
    arm) into the sweep's parent run, and prints the table: per shortcut and arm, mean and std over seeds, and the
    fraction of the ERM-to-ceiling gap in flipped-test AUROC that distillation closes.
 
     MEDMNIST_ROOT=../shared/data/medmnist python -m experiments.studies.shortcut_distillation
+    MEDMNIST_ROOT=../shared/data/medmnist python -m experiments.studies.shortcut_distillation --dataset breast
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import statistics
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -28,17 +32,45 @@ from experiments.sweep import sweep_main
 from experiments.sweep_store import child_runs, find_parent
 
 ROOT = Path(__file__).resolve().parents[1]
-SWEEP = ROOT / "sweeps" / "pneumonia_shortcut_distillation_cpu.yaml"
-TEACHER = ROOT / "configs" / "shortcut" / "pneumonia_teacher_clean.yaml"
-EXPERIMENT, SWEEP_NAME = "pneumonia_shortcut", "pneumonia_shortcut_distillation_cpu"
+
+
+@dataclass(frozen=True)
+class Study:
+    """One dataset's arm of the study: its teacher config, sweep, experiment and teacher run names."""
+
+    dataset: str
+    teacher_prefix: str
+    seeds: tuple[int, ...]
+
+    @property
+    def sweep(self) -> Path:
+        return ROOT / "sweeps" / f"{self.dataset}_shortcut_distillation_cpu.yaml"
+
+    @property
+    def teacher_config(self) -> Path:
+        return ROOT / "configs" / "shortcut" / f"{self.dataset}_teacher_clean.yaml"
+
+    @property
+    def experiment(self) -> str:
+        return f"{self.dataset}_shortcut"
+
+    @property
+    def sweep_name(self) -> str:
+        return f"{self.dataset}_shortcut_distillation_cpu"
+
+
+STUDIES = {
+    "pneumonia": Study("pneumonia", "teacher_clean10", (0, 1)),
+    "breast": Study("breast", "teacher_clean20", (0, 1, 2)),
+}
 METRICS = ("flipped_auroc", "flipped_dtpr", "aligned_auroc", "absent_auroc", "absent_bal_acc")
 ARMS = ("erm", "distill", "clean")
 
 
-def train_teachers(client: MlflowClient, seeds: list[int], uri: str) -> None:
-    experiment = client.get_experiment_by_name(EXPERIMENT)
+def train_teachers(client: MlflowClient, study: Study, seeds: list[int], uri: str) -> None:
+    experiment = client.get_experiment_by_name(study.experiment)
     for seed in seeds:
-        name = f"teacher_clean10_s{seed}"
+        name = f"{study.teacher_prefix}_s{seed}"
         query = f"tags.`mlflow.runName` = '{name}' and attributes.status = 'FINISHED'"
         if experiment is not None and client.search_runs([experiment.experiment_id], query, max_results=1):
             print(f"teacher {name}: FINISHED, reused")
@@ -46,8 +78,9 @@ def train_teachers(client: MlflowClient, seeds: list[int], uri: str) -> None:
         print(f"teacher {name}: training")
         args = ["--seed_everything", str(seed), "--trainer.logger.init_args.run_name", name]
         args += ["--trainer.logger.init_args.tracking_uri", uri]
-        subprocess.run([sys.executable, "-m", "experiments", "fit", "--config", str(TEACHER), *args], check=True)
-        experiment = client.get_experiment_by_name(EXPERIMENT)
+        command = [sys.executable, "-m", "experiments", "fit", "--config", str(study.teacher_config), *args]
+        subprocess.run(command, check=True)
+        experiment = client.get_experiment_by_name(study.experiment)
 
 
 def arm(run) -> str:
@@ -115,20 +148,22 @@ def figure(result: dict) -> plt.Figure:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=sorted(STUDIES), default="pneumonia")
     parser.add_argument("--tracking-uri", default=None)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="teacher seeds (default: the sweep's)")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the table from MLflow")
     args = parser.parse_args()
     absolutize_env_paths()
     uri = resolve_tracking_uri(args.tracking_uri)
     client = MlflowClient(uri)
+    study = STUDIES[args.dataset]
     if not args.report_only:
-        train_teachers(client, args.seeds, uri)
-        code = sweep_main([str(SWEEP), "--tracking-uri", uri])
+        train_teachers(client, study, args.seeds or list(study.seeds), uri)
+        code = sweep_main([str(study.sweep), "--tracking-uri", uri])
         if code:
             return code
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    parent = find_parent(client, experiment.experiment_id, SWEEP_NAME)
+    experiment = client.get_experiment_by_name(study.experiment)
+    parent = find_parent(client, experiment.experiment_id, study.sweep_name)
     result = table(client, experiment.experiment_id, parent.info.run_id)
     client.log_dict(parent.info.run_id, result, "shortcut_study.json")
     fig = figure(result)
