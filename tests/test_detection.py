@@ -260,3 +260,11 @@ def test_detection_on_two_ddp_processes_equals_one_process(tmp_path) -> None:
         # else, the fit summed over processes included, is the one-process result.
         tolerance = 0.01 if "/adaptive" in key else 1e-4
         assert again.data.metrics[key] == pytest.approx(metrics[key], abs=tolerance), key
+
+
+def test_another_datasets_validation_split_serves_as_calibration_outliers(real_root) -> None:
+    dm = MedMNISTDataModule("pneumoniamnist", root=str(real_root))
+    images = dm.other_dataset("breastmnist", "val")  # DetectionEvaluation(fit_on="ood:breastmnist")
+    assert images.shape == (78, 1, 28, 28) and images.dtype == torch.uint8
+    with pytest.raises(InputError, match="fit_on"):
+        DetectionEvaluation(targets=["pgd:8/255"], fit_on="ood:")
