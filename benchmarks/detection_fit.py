@@ -71,7 +71,8 @@ def main() -> None:
     print(f"{'Mahalanobis fit':<22} {fit_s:9.2f} {1e3 * fit_s / n_train:9.3f}")
     print(f"time ratio fit / test pass: {fit_s / test_s:.2f} (per image: {(fit_s / n_train) / (test_s / n_test):.2f})")
     print(
-        f"memory (from the shapes): streaming sums {held / 2**20:.2f} MiB vs all pooled features {all_features / 2**20:.2f} MiB "
+        f"memory (from the shapes): streaming sums {held / 2**20:.2f} MiB vs all pooled features "
+        f"{all_features / 2**20:.2f} MiB "
         f"(ratio {held / all_features:.3f}; the sums do not grow with the training set)"
     )
 

@@ -177,7 +177,9 @@ class DetectionEvaluation(Callback):
         else:
             images_out = datamodule.other_dataset(self.fit_on.partition(":")[2], "val").float() / 255
         self._ensemble = FeatureEnsemble(self._mahalanobis)
-        self._calibration = calibrate(self._ensemble, images_in, images_out, self.noise)
+        self._calibration = calibrate(
+            self._ensemble, images_in, images_out, self.noise, progress=trainer.is_global_zero
+        )
         log.info(
             "detection: noise %g, best layer %s (validation, %s)",
             self._mahalanobis.noise,

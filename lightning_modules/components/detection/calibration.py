@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from sklearn.metrics import roc_auc_score
+from tqdm.auto import tqdm
 
 from lightning_modules.components.detection.ensemble import FeatureEnsemble
 from lightning_modules.components.detection.mahalanobis import Mahalanobis
@@ -31,6 +32,7 @@ def calibrate(
     images_out: torch.Tensor,
     noises: Sequence[float],
     batch_size: int = 256,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Set the detector's ``noise`` and ``layer`` and fit ``ensemble``, from validation images in [0, 1].
 
@@ -43,7 +45,7 @@ def calibrate(
     labels = torch.cat([torch.ones(len(images_in)), torch.zeros(len(images_out))]).long()
     record: dict[str, Any] = {"noises": {}, "n_in": len(images_in), "n_out": len(images_out)}
     best: tuple[float, float, torch.Tensor] | None = None
-    for noise in noises:
+    for noise in tqdm(noises, desc="Mahalanobis calibration", disable=not progress, leave=False):
         scores = torch.cat(
             [
                 batched_layer_scores(mahalanobis, images_in, noise, batch_size),

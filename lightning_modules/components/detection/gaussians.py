@@ -18,27 +18,27 @@ PINV_RTOL = 1e-6
 class ClassGaussians:
     """One mean per class and one shared covariance of feature vectors, from float64 sums over batches.
 
-        :meth:`update` adds a batch to three sums: samples per class, the per-class sum of features, and the sum of outer
-        products. Memory is ``O(C * D + D * D)`` whatever the number of samples, and the sums of several processes add up
-        (:meth:`reduce`), so a fit split over processes equals the fit on all samples at once.
+    :meth:`update` adds a batch to three sums: samples per class, the per-class sum of features, and the sum of outer
+    products. Memory is ``O(C * D + D * D)`` whatever the number of samples, and the sums of several processes add up
+    (:meth:`reduce`), so a fit split over processes equals the fit on all samples at once.
 
-        :meth:`finalize` gives the means and the tied (maximum-likelihood) covariance
-        ``(sum x x^T - sum_c n_c mu_c mu_c^T) / N``, and its precision matrix. That formula subtracts large sums, which
-        costs digits; float64 keeps the error near 1e-12 relative for pooled CNN features, far below what detection needs.
+    :meth:`finalize` gives the means and the tied (maximum-likelihood) covariance
+    ``(sum x x^T - sum_c n_c mu_c mu_c^T) / N``, and its precision matrix. That formula subtracts large sums, which
+    costs digits; float64 keeps the error near 1e-12 relative for pooled CNN features, far below what detection needs.
 
-        The precision: pooled features of a trained network are often rank-deficient (dead ReLU channels, more channels
-        than samples), so the covariance is singular. By default its **pseudo-inverse** (``torch.linalg.pinv``, symmetric),
-        as Lee et al.'s code does through scikit-learn's ``EmpiricalCovariance``: directions without variance are ignored
+    The precision: pooled features of a trained network are often rank-deficient (dead ReLU channels, more channels
+    than samples), so the covariance is singular. By default its **pseudo-inverse** (``torch.linalg.pinv``, symmetric),
+    as Lee et al.'s code does through scikit-learn's ``EmpiricalCovariance``: directions without variance are ignored
     (eigenvalues below :data:`PINV_RTOL` of the largest).
-        ``shrinkage=a`` instead inverts ``(1 - a) * S + a * tr(S) / D * I``, full rank for any ``a > 0``: directions with
-        no training variance then count heavily, which suits small training sets with many channels.
+    ``shrinkage=a`` instead inverts ``(1 - a) * S + a * tr(S) / D * I``, full rank for any ``a > 0``: directions with
+    no training variance then count heavily, which suits small training sets with many channels.
 
-        Example:
-            >>> g = ClassGaussians(2)
-            >>> g.update(torch.tensor([[0.0, 1.0], [2.0, 1.0], [5.0, 5.0], [7.0, 3.0]]), torch.tensor([0, 0, 1, 1]))
-            >>> means, precision = g.finalize()
-            >>> means.tolist()
-            [[1.0, 1.0], [6.0, 4.0]]
+    Example:
+        >>> g = ClassGaussians(2)
+        >>> g.update(torch.tensor([[0.0, 1.0], [2.0, 1.0], [5.0, 5.0], [7.0, 3.0]]), torch.tensor([0, 0, 1, 1]))
+        >>> means, precision = g.finalize()
+        >>> means.tolist()
+        [[1.0, 1.0], [6.0, 4.0]]
     """
 
     def __init__(self, num_classes: int, shrinkage: float = 0.0) -> None:
