@@ -26,6 +26,7 @@ from datamodules.files import absolutize_env_paths
 from experiments.mlflow_logger import resolve_tracking_uri
 from experiments.sweep import sweep_main
 from experiments.sweep_store import child_runs, find_parent
+from lightning_modules.components.threat_model import parse_eps
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "sweeps" / "pneumonia_detection_cpu.yaml"
@@ -35,7 +36,7 @@ METRICS = ("auroc", "tnr_at_tpr95", "detection_acc", "n_out")
 
 
 def arm(run) -> str:
-    return "standard" if float(run.data.params.get("callbacks.AdversarialTraining.eps", "0")) == 0 else "pgd_at"
+    return "standard" if parse_eps(run.data.params.get("callbacks.AdversarialTraining.eps", "0")) == 0 else "pgd_at"
 
 
 def load_reports(client: MlflowClient, experiment_id: str, parent_id: str) -> list[tuple[str, float, dict]]:
