@@ -269,13 +269,17 @@ class DetectionEvaluation(Callback):
 
         score_in = {k: gathered(v) for k, v in self._in.items()}
         table: dict[str, dict[str, dict[str, float]]] = {}
-        scores: dict[str, Any] = {"id": {k: v.tolist() for k, v in score_in.items()}, "targets": {}}
+        scores: dict[str, Any] = {"targets": {}}
         for target in self.targets:
             out = {k: gathered(v) for k, v in self._out[target.label].items()}
             pair = {k: gathered(v) for k, v in self._pair_in[target.label].items()} if target.adversarial else None
-            scores["targets"][target.label] = {k: v.tolist() for k, v in out.items()}
+            reference_scores = pair if pair is not None else score_in
+            scores["targets"][target.label] = {
+                "in": {k: v.tolist() for k, v in reference_scores.items()},
+                "out": {k: v.tolist() for k, v in out.items()},
+            }
             for key, values in out.items():
-                reference = pair[key] if pair is not None else score_in[key]
+                reference = reference_scores[key]
                 if len(values) == 0 or len(reference) == 0:
                     rank_zero_warn(f"Detection target {target.spec}: no samples to score (e.g. no successful attack)")
                     table.setdefault(key, {})[target.label] = {"n_in": len(reference), "n_out": len(values)}
@@ -295,7 +299,7 @@ class DetectionEvaluation(Callback):
             return
         client, run_id = logger.experiment, logger.run_id
         client.log_dict(run_id, self._report, "detection.json")
-        main = [k for k in ("msp", "energy", "mahalanobis", "ensemble") if k in self._scores["id"]]
+        main = [k for k in ("msp", "energy", "mahalanobis", "ensemble") if k in self._keys()]
         for figure, path in (
             (roc_figure(self._scores, main), "plots/detection_roc.png"),
             (score_histograms(self._scores, main), "plots/detection_scores.png"),

@@ -18,8 +18,8 @@ from lightning_modules.components.detection import roc_points
 def roc_figure(scores: dict[str, Any], detectors: Sequence[str]) -> Figure:
     """One panel per target: each detector's ROC (in-distribution positive), with its AUROC in the legend.
 
-    ``scores``: ``{"id": {detector: [...]}, "targets": {target: {detector: [...]}}}``; adversarial targets are drawn
-    against all in-distribution scores.
+    ``scores``: ``{"targets": {target: {"in": {detector: [...]}, "out": {detector: [...]}}}}``, each target with the
+    in-distribution scores its metrics compare with (for an adversarial target, the same images clean).
     """
     targets = list(scores["targets"])
     cols = min(4, max(len(targets), 1))
@@ -27,7 +27,7 @@ def roc_figure(scores: dict[str, Any], detectors: Sequence[str]) -> Figure:
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False)
     for ax, target in zip(axes.flat, targets, strict=False):
         for detector in detectors:
-            s_in, s_out = scores["id"][detector], scores["targets"][target].get(detector, [])
+            s_in, s_out = scores["targets"][target]["in"][detector], scores["targets"][target]["out"][detector]
             if len(s_in) and len(s_out):
                 fpr, tpr = roc_points(s_in, s_out)
                 ax.plot(fpr, tpr, label=f"{detector} {np.trapezoid(tpr, fpr):.3f}")
@@ -44,7 +44,7 @@ def roc_figure(scores: dict[str, Any], detectors: Sequence[str]) -> Figure:
 
 
 def score_histograms(scores: dict[str, Any], detectors: Sequence[str]) -> Figure:
-    """A grid of targets x detectors: in-distribution scores against the target's."""
+    """A grid of targets x detectors: the in-distribution scores a target is compared with, against the target's."""
     targets = list(scores["targets"])
     fig, axes = plt.subplots(
         max(len(targets), 1), max(len(detectors), 1), figsize=(3 * len(detectors), 2.2 * len(targets)), squeeze=False
@@ -52,8 +52,8 @@ def score_histograms(scores: dict[str, Any], detectors: Sequence[str]) -> Figure
     for i, target in enumerate(targets):
         for j, detector in enumerate(detectors):
             ax = axes[i, j]
-            s_in = np.asarray(scores["id"][detector], dtype=float)
-            s_out = np.asarray(scores["targets"][target].get(detector, []), dtype=float)
+            s_in = np.asarray(scores["targets"][target]["in"][detector], dtype=float)
+            s_out = np.asarray(scores["targets"][target]["out"][detector], dtype=float)
             both = np.concatenate([s_in, s_out])
             bins = np.linspace(both.min(), both.max(), 40) if len(both) and both.max() > both.min() else 10
             ax.hist(s_in, bins=bins, alpha=0.6, density=True, label="in-distribution")

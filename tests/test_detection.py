@@ -3,6 +3,7 @@ calibration, DetectionEvaluation's errors, and the callback end to end on 2 DDP 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 import yaml
 from conftest import SHARED_MEDMNIST, quiet_trainer
+from mlflow import MlflowClient
 from test_cli import TINY, medrobust, runs
 
 from callbacks import DetectionEvaluation
@@ -248,6 +250,13 @@ def test_detection_on_two_ddp_processes_equals_one_process(tmp_path) -> None:
     assert metrics["test/detect/msp/pgd3_linf_8_255/n_in"] == 64  # each test image once over both processes
     assert "summary/detect_auroc/ensemble/ood_breastmnist" in metrics
     assert run.data.params["detection.fit_on"] == "fgsm:8/255"
+    client = MlflowClient(uri)
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} >= {
+        "plots/detection_roc.png",
+        "plots/detection_scores.png",
+    }
+    report = json.loads(Path(client.download_artifacts(run.info.run_id, "detection.json")).read_text())
+    assert report["calibration"]["noise"] in (0, 0.002) and report["settings"]["layers"] == ["layer3", "layer4"]
     one = medrobust(
         "test", *config, *TINY, *data, f"--ckpt_path={run.data.tags['best_checkpoint']}", cwd=tmp_path,
         MLFLOW_TRACKING_URI=uri,
