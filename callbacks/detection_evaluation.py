@@ -54,9 +54,9 @@ class DetectionEvaluation(Callback):
     Targets: ``ood:<flag>`` and ``corruption:<name>@<k>`` are test splits the datamodule serves (``--data.shifts``);
     ``fgsm:<eps>``, ``pgd:<eps>`` and ``adaptive:<eps>`` (PGD on cross-entropy plus, once a sample is misclassified,
     ``adaptive_weight`` times the ensemble's in-distribution log-odds: an attacker who knows the detector) are L-inf
-    attacks on the in-distribution
-    test images. With ``adversarial_pairs="successful"`` (Lee et al.) an adversarial target keeps only the images the
-    model classifies correctly clean and wrongly after the attack, and is compared with those same clean images.
+    attacks on the in-distribution test images. With ``adversarial_pairs="successful"`` (Lee et al.) an adversarial
+    target keeps only the images the model classifies correctly clean and wrongly after the attack, and is compared
+    with those same clean images.
 
     Logs ``test/detect/<detector>/<target>/<metric>`` (:data:`~lightning_modules.components.detection.METRICS` and
     ``n_in``/``n_out``), e.g. ``test/detect/ensemble/pgd20_linf_8_255/auroc``; ``detection.json`` (settings,
