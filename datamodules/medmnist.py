@@ -235,9 +235,7 @@ class MedMNISTDataModule(LightningDataModule):
                 self.shifted[shift.split] = TensorImageDataset(images, test.labels, carries.long())
                 continue
             else:
-                arrays = official_split(shift.name, self.spec.size, os.pathsep.join(map(str, self.roots)))
-                other = TensorImageDataset.from_numpy(arrays[0], np.zeros((len(arrays[0]), 1)), multilabel=False)
-                images = to_channels(other.images, self.in_chans)
+                images = self.other_dataset(shift.name, "test")
                 shape = (len(images), self.num_classes) if self.task == "multilabel" else (len(images),)
                 labels = torch.full(shape, -1, dtype=test.labels.dtype)
             self.shifted[shift.split] = TensorImageDataset(images, labels)
