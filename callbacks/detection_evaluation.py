@@ -15,6 +15,7 @@ from callbacks.detection_figures import roc_figure, score_histograms
 from callbacks.evaluation_outputs import gather_rows
 from callbacks.mlflow_logger_lookup import log_params_once, mlflow_logger
 from lightning_modules.components.detection import (
+    DETECTORS,
     Energy,
     FeatureEnsemble,
     Mahalanobis,
@@ -33,7 +34,6 @@ from lightning_modules.components.threat_model import LinfThreat, parse_eps
 
 log = logging.getLogger(__name__)
 
-DETECTORS = ("msp", "energy", "mahalanobis", "ensemble")
 NOISE = [0.0, 0.0005, 0.001, 0.002, 0.005, 0.01]
 
 
@@ -196,7 +196,7 @@ class DetectionEvaluation(Callback):
         return PGD(threat, steps=target.steps, random_start=False, objective=objective)
 
     def _keys(self) -> list[str]:
-        keys = [d for d in ("msp", "energy") if d in self.detectors]
+        keys = list(self._baselines)
         if self._mahalanobis is not None:
             keys += [f"mahalanobis_{layer}" for layer in self._mahalanobis.layers] + ["mahalanobis", "ensemble"]
         return keys
@@ -204,11 +204,13 @@ class DetectionEvaluation(Callback):
     # ------------------------------------------------------------------------------------------------------ test
     def _score(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Every detector's scores of ``x``, and the predictions."""
-        with eval_mode(self._net):
-            logits = self._net(x)
+        if self._mahalanobis is None:
+            with eval_mode(self._net):
+                logits = self._net(x)
+        else:
+            logits, layer_scores = self._mahalanobis.logits_and_layer_scores(x)
         scores = {name: detector.from_logits(logits) for name, detector in self._baselines.items()}
         if self._mahalanobis is not None:
-            layer_scores = self._mahalanobis.layer_scores(x)
             for i, layer in enumerate(self._mahalanobis.layers):
                 scores[f"mahalanobis_{layer}"] = layer_scores[:, i]
             scores["mahalanobis"] = layer_scores[:, self._mahalanobis.layers.index(self._mahalanobis.layer)]
@@ -300,7 +302,7 @@ class DetectionEvaluation(Callback):
             return
         client, run_id = logger.experiment, logger.run_id
         client.log_dict(run_id, self._report, "detection.json")
-        main = [k for k in ("msp", "energy", "mahalanobis", "ensemble") if k in self._keys()]
+        main = [k for k in DETECTORS if k in self._keys()]
         for figure, path in (
             (roc_figure(self._scores, main), "plots/detection_roc.png"),
             (score_histograms(self._scores, main), "plots/detection_scores.png"),

@@ -26,12 +26,12 @@ from datamodules.files import absolutize_env_paths
 from experiments.mlflow_logger import resolve_tracking_uri
 from experiments.sweep import sweep_main
 from experiments.sweep_store import child_runs, find_parent
+from lightning_modules.components.detection import DETECTORS
 from lightning_modules.components.threat_model import parse_eps
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "sweeps" / "pneumonia_detection_cpu.yaml"
 EXPERIMENT, SWEEP_NAME = "pneumonia_detection", "pneumonia_detection_cpu"
-DETECTORS = ("msp", "energy", "mahalanobis", "ensemble")
 METRICS = ("auroc", "tnr_at_tpr95", "detection_acc", "n_out")
 
 

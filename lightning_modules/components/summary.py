@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import statistics
 
+from lightning_modules.components.detection.metrics import DETECTORS
+
 SUMMARY = "summary/"
 CLEAN = {
     "test/acc": "clean_acc",
@@ -36,7 +38,6 @@ CLEAN = {
 SHIFT = {"test/shift/mean/bal_acc": "shift_bal_acc", "test/shift/be": "shift_be", "test/shift/rbe": "shift_rbe"}
 SHORTCUT = {"auroc": "shortcut_auroc", "bal_acc": "shortcut_bal_acc", "dtpr": "shortcut_dtpr"}
 DETECT = {"auroc": "detect_auroc", "tnr_at_tpr95": "detect_tnr_at_tpr95"}
-DETECTORS = ("msp", "energy", "mahalanobis", "ensemble")
 WORST = {"acc": "adv_acc", "bal_acc": "adv_bal_acc", "n": "adv_n", "top_pred_share": "adv_top_pred_share"}
 
 

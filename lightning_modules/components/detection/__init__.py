@@ -15,10 +15,11 @@ from lightning_modules.components.detection.calibration import calibrate
 from lightning_modules.components.detection.ensemble import FeatureEnsemble
 from lightning_modules.components.detection.gaussians import ClassGaussians
 from lightning_modules.components.detection.mahalanobis import Mahalanobis
-from lightning_modules.components.detection.metrics import METRICS, detection_metrics, roc_points
+from lightning_modules.components.detection.metrics import DETECTORS, METRICS, detection_metrics, roc_points
 from lightning_modules.components.detection.targets import Target, parse_targets
 
 __all__ = [
+    "DETECTORS",
     "METRICS",
     "ClassGaussians",
     "Energy",

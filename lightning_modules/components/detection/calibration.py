@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
 from lightning_modules.components.detection.ensemble import FeatureEnsemble
@@ -41,6 +40,8 @@ def calibrate(
     best held-out AUROC wins (ties: the smaller). At that magnitude the best single layer is the one with the highest
     validation AUROC, and the ensemble is refitted on all validation samples. Returns the record of the choice.
     """
+    from sklearn.metrics import roc_auc_score
+
     mahalanobis = ensemble.mahalanobis
     labels = torch.cat([torch.ones(len(images_in)), torch.zeros(len(images_out))]).long()
     record: dict[str, Any] = {"noises": {}, "n_in": len(images_in), "n_out": len(images_out)}

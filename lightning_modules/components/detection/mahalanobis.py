@@ -97,21 +97,28 @@ class Mahalanobis:
 
     def layer_scores(self, x: torch.Tensor, noise: float | None = None) -> torch.Tensor:
         """``(N, L)`` scores of every layer, each after its own preprocessing step of size ``noise``."""
+        return self.logits_and_layer_scores(x, noise)[1]
+
+    def logits_and_layer_scores(self, x: torch.Tensor, noise: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits of x, (N, L) layer scores)``: the logits come from the same forward pass as the features, so a
+        caller that needs both (the baselines beside this detector) runs the network once more only for
+        preprocessing."""
         noise = self.noise if noise is None else noise
         if noise == 0:
             with eval_mode(self.net):
-                return self.score_features(self.features(x)[1])
+                logits, feats = self.features(x)
+                return logits, self.score_features(feats)
         columns = []
         with attack_mode(self.net):
             x = x.detach().clone().requires_grad_(True)
-            _, feats = self.features(x)
+            logits, feats = self.features(x)
             for i, name in enumerate(self.layers):
                 distance = self.distances(name, feats[name]).amin(dim=1).sum()
                 (grad,) = torch.autograd.grad(distance, x, retain_graph=i < len(self.layers) - 1)
                 x_hat = (x.detach() - noise * grad.sign()).clamp(0, 1)
                 with torch.no_grad():
                     columns.append(-self.distances(name, self.features(x_hat, [name])[1][name]).amin(dim=1))
-        return torch.stack(columns, dim=1).detach()
+        return logits.detach(), torch.stack(columns, dim=1).detach()
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """``(N,)``: the score of :attr:`layer`."""

@@ -21,6 +21,9 @@ import torch
 from lightning_modules.components.errors import InputError
 
 METRICS = ("auroc", "tnr_at_tpr95", "fpr_at_tpr95_ood", "detection_acc", "aupr_in", "aupr_out")
+#: the detectors DetectionEvaluation offers, and the names its headline scores are logged under (``mahalanobis``: the
+#: best single layer; per-layer scores come as ``mahalanobis_<layer>`` besides)
+DETECTORS = ("msp", "energy", "mahalanobis", "ensemble")
 
 
 def detection_metrics(score_in: torch.Tensor, score_out: torch.Tensor, tpr: float = 0.95) -> dict[str, float]:
