@@ -27,10 +27,12 @@ from datamodules.files import (
     resolve_roots,
     verify_official,
 )
+from datamodules.remote import fetch_dataset
 from datamodules.shifts import SHORTCUT_SPLITS, corrupted_split, official_split, parse_shifts, to_channels
 from datamodules.shortcuts import Shortcut, shortcut_split
 from datamodules.tensor_dataset import TensorImageDataset, identity_collate
 from lightning_modules.components.errors import InputError
+from lightning_modules.components.mlflow_source import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,9 @@ class MedMNISTDataModule(LightningDataModule):
         size: image side: 28, 64, 128 or 224.
         root: folder with the official files; default ``$MEDMNIST_ROOT``, else ``~/.medmnist``. Several folders
             separated by ``os.pathsep`` (``:``) are searched in order.
-        path: a MedMNIST-format ``.npz`` to use instead of the official file.
+        path: a MedMNIST-format ``.npz`` to use instead of the official file, or one logged to MLflow
+            (``runs:/<run_id>/<path>``, a run id or ``mlflow:<experiment>/<run name>``: a ``medrobust construct``
+            run), fetched once into the cache from ``$MLFLOW_TRACKING_URI`` (``fit`` sets it to its logger's URI).
         download: download the official file into the last ``root`` folder when no folder holds it (needs network).
         batch_size: training batch size (per process under DDP).
         eval_batch_size: batch size for val/test; default ``batch_size``.
@@ -100,7 +104,8 @@ class MedMNISTDataModule(LightningDataModule):
         self.save_hyperparameters()
         self.spec = MedMNISTSpec(flag, size)  # raises on an unknown flag or size
         self.roots = resolve_roots(root)
-        self.path = Path(path).expanduser() if path else None
+        self.source_uri = path if path and is_remote(path) else None  # an MLflow artifact, fetched into the cache
+        self.path = fetch_dataset(path, cache_dir) if self.source_uri else Path(path).expanduser() if path else None
         self.download = download
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -327,6 +332,7 @@ class MedMNISTDataModule(LightningDataModule):
             "file": str(self.file.resolve()),
             "md5": self.md5,
             "official": self.path is None,
+            "source_uri": self.source_uri,
             "url": self.spec.url if self.path is None else None,
             "task": self.spec.info["task"],
             "num_classes": self.num_classes,

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -30,13 +31,15 @@ from experiments.mlflow_save_config import MLflowSaveConfig
 from experiments.resume import ResumePoint, checkpoint_identity, find_resume_point
 from lightning_modules.classifier import ClassifierModule
 from lightning_modules.components.errors import InputError
+from lightning_modules.components.mlflow_source import is_remote
 
 log = logging.getLogger(__name__)
 
 DESCRIPTION = (
     "medrobust: tracked MedMNIST training and robustness evaluation. `medrobust fit|validate|test --config X.yaml`; "
     "`medrobust sweep SWEEP.yaml` runs a sweep of child runs under one parent run; `medrobust report "
-    "<parent-run-id|experiment>` rebuilds the trade-off table and figures from MLflow (each has its own --help)."
+    "<parent-run-id|experiment>` rebuilds the trade-off table and figures from MLflow; `medrobust construct CKPT "
+    "--kind det|rand|robust|nonrobust --out X.npz` builds Ilyas et al.'s datasets (each has its own --help)."
 )
 
 
@@ -109,6 +112,7 @@ class MedRobustCLI(LightningCLI):
         if section.get("ckpt_path") is not None and section.get("model.pretrained"):
             config = copy.deepcopy(config)
             (config.get(self.subcommand, config) if self.subcommand else config)["model.pretrained"] = False
+        _point_mlflow_at_logger(section)
         self.config_init = self.parser.instantiate_classes(config)
         self.datamodule = self._get(self.config_init, "data")
         self.model = self._get(self.config_init, "model")
@@ -208,6 +212,10 @@ def main(args: list[str] | None = None) -> None:
             from experiments.sweep import sweep_main
 
             raise SystemExit(sweep_main(argv[1:]))
+        if argv and argv[0] == "construct":
+            from experiments.construct import construct_main
+
+            raise SystemExit(construct_main(argv[1:]))
         if argv and argv[0] == "report":
             from experiments.report import report_main
 
@@ -226,6 +234,16 @@ def main(args: list[str] | None = None) -> None:
         print(f"medrobust: error: {type(err).__name__}: {redact_uri(str(err))}", file=sys.stderr)
         print("(set MEDROBUST_TRACEBACK=1 for the traceback)", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _point_mlflow_at_logger(section: Any) -> None:
+    """A ``--data.path`` in MLflow (``runs:/``, ``mlflow:``) is fetched from the store the run logs to: the logger's
+    ``tracking_uri``, when the config gives one, becomes ``$MLFLOW_TRACKING_URI`` before the datamodule is built."""
+    path = section.get("data.path")
+    logger = section.get("trainer.logger")
+    uri = getattr(getattr(logger, "init_args", None), "tracking_uri", None)
+    if path and is_remote(str(path)) and uri:
+        os.environ["MLFLOW_TRACKING_URI"] = uri
 
 
 def _input_error_within(err: BaseException) -> InputError | None:

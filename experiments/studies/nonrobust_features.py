@@ -1,0 +1,233 @@
+"""Useful nonrobust features (../shared/SCIENCE.md, section 1; Ilyas et al. 2019) on real PneumoniaMNIST, in one
+command.
+
+1. Sweep ``experiments/sweeps/pneumonia_nonrobust_sources_cpu.yaml``: a standard and a PGD-AT (L-inf 8/255)
+   ResNet-18, the source models (FINISHED ones are reused).
+2. ``medrobust construct`` from them: D_det and D_rand (targeted L2 PGD from the standard model, the paper's settings
+   scaled to 28 px: eps 0.25, step 0.05, 100 steps), D_NR (representation matching against the standard model) and
+   D_R (against the PGD-AT model), each logged as a run named ``<kind>_from_<source>`` (a FINISHED one is reused).
+   Matching runs ``--match-steps`` steps (default 200; the paper's 1000 costs 5x); the remaining feature gap is
+   recorded as ``construct/feature_gap_mean``.
+3. Sweep ``experiments/sweeps/pneumonia_nonrobust_cpu.yaml``: a fresh standard model per dataset (and the original
+   data) for a fixed 10 epochs, 2 seeds, tested on the original test split: clean, PGD at 1-8/255, MedMNIST-C.
+4. Into that sweep's parent run: ``nonrobust_study.json``, ``plots/nonrobust_study.png`` (accuracy under attack, and
+   clean vs MedMNIST-C balanced accuracy, per dataset) and ``plots/nonrobust_examples.png`` (original, constructed,
+   difference x10 per kind); the table is printed.
+
+    MEDMNIST_ROOT=../shared/data/medmnist python -m experiments.studies.nonrobust_features
+    python -m experiments.studies.nonrobust_features --report-only      # the table again, from MLflow
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from mlflow import MlflowClient
+
+from datamodules.files import absolutize_env_paths
+from experiments.construct import run_construct
+from experiments.mlflow_logger import resolve_tracking_uri
+from experiments.sweep import sweep_main
+from experiments.sweep_store import child_runs, find_parent
+from lightning_modules.components.threat_model import parse_eps
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES, TRAIN = (
+    ROOT / "sweeps" / "pneumonia_nonrobust_sources_cpu.yaml",
+    ROOT / "sweeps" / "pneumonia_nonrobust_cpu.yaml",
+)
+EXPERIMENT = "pneumonia_nonrobust"
+#: the constructed datasets: (kind, source arm)
+DATASETS = (("det", "standard"), ("rand", "standard"), ("nonrobust", "standard"), ("robust", "pgd_at"))
+THREATS = ("linf_1_255", "linf_2_255", "linf_4_255", "linf_8_255")
+METRICS = ("clean_acc", "clean_bal_acc", "clean_auroc", "shift_bal_acc", *(f"adv_acc/{t}" for t in THREATS))
+
+
+def finished(client: MlflowClient, experiment_id: str, name: str):
+    query = f"tags.`mlflow.runName` = '{name}' and attributes.status = 'FINISHED'"
+    runs = client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def source_runs(client: MlflowClient, experiment_id: str) -> dict[str, str]:
+    parent = find_parent(client, experiment_id, "pneumonia_nonrobust_sources_cpu")
+    arms = {}
+    for run in child_runs(client, experiment_id, parent.info.run_id):
+        if run.info.status == "FINISHED":
+            eps = parse_eps(run.data.params.get("callbacks.AdversarialTraining.eps", "0"))
+            arms.setdefault("standard" if eps == 0 else "pgd_at", run.info.run_id)
+    return arms
+
+
+def build_datasets(client: MlflowClient, uri: str, experiment_id: str, work: Path, match_steps: int) -> None:
+    sources = source_runs(client, experiment_id)
+    for kind, arm in DATASETS:
+        name = f"{kind}_from_{arm}"
+        if finished(client, experiment_id, name) is not None:
+            print(f"{name}: reusing its FINISHED run")
+            continue
+        ns = argparse.Namespace(
+            source=sources[arm], kind=kind, out=work / f"pneumonia_{name}.npz", eps=None, step=None,
+            steps=None if kind in ("det", "rand") else match_steps, norm="l2", start="image", seed=0, subsample=None,
+            chunk_size=256, data_root=None, data_path=None, overwrite=True, tracking_uri=uri,
+            experiment_name=EXPERIMENT, run_name=name, no_mlflow=False,
+        )  # fmt: skip
+        run_construct(ns)
+
+
+def arm_of(run) -> str:
+    path = run.data.params.get("data.path", "None")
+    return "original" if path in ("None", "") else path.rpartition("/")[2]
+
+
+def table(client: MlflowClient, experiment_id: str, parent_id: str) -> dict:
+    cells: dict = {}
+    for run in child_runs(client, experiment_id, parent_id):
+        if run.info.status != "FINISHED":
+            continue
+        cell = cells.setdefault(arm_of(run), {"seeds": []})
+        cell["seeds"].append(int(run.data.params.get("seed_everything", -1)))
+        for metric in METRICS:
+            value = run.data.metrics.get(f"summary/{metric}")
+            if value is not None:
+                cell.setdefault(metric, []).append(value)
+    for cell in cells.values():
+        for metric in METRICS:
+            values = cell.get(metric, [])
+            if values:
+                spread = statistics.stdev(values) if len(values) > 1 else 0.0
+                cell[metric] = {"mean": statistics.mean(values), "std": spread, "values": values}
+    return cells
+
+
+def constructions(client: MlflowClient, experiment_id: str) -> dict:
+    out = {}
+    for kind, arm in DATASETS:
+        run = finished(client, experiment_id, f"{kind}_from_{arm}")
+        if run is not None:
+            out[run.info.run_name] = {k.removeprefix("construct/"): v for k, v in run.data.metrics.items()}
+            out[run.info.run_name]["run_id"] = run.info.run_id
+    return out
+
+
+def figure(result: dict) -> plt.Figure:
+    arms = sorted(result, key=lambda a: (a != "original", a))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+    eps = [0, 1, 2, 4, 8]
+    for name in arms:
+        cell = result[name]
+        means = [cell.get("clean_acc", {}).get("mean", np.nan)]
+        means += [cell.get(f"adv_acc/{t}", {}).get("mean", np.nan) for t in THREATS]
+        left.plot(eps, means, marker="o", label=name)
+    left.set_xlabel("L-inf PGD-20 budget (/255)")
+    left.set_ylabel("test accuracy (mean over seeds)")
+    left.set_ylim(0, 1)
+    left.legend(fontsize=8)
+    left.set_title("Accuracy under attack, on the original test split")
+    xs = np.arange(len(arms))
+    for offset, metric, label in ((-0.2, "clean_bal_acc", "clean"), (0.2, "shift_bal_acc", "MedMNIST-C mean")):
+        cells = [result[a].get(metric, {}) for a in arms]
+        right.bar(xs + offset, [c.get("mean", np.nan) for c in cells], 0.4, yerr=[c.get("std", 0) for c in cells],
+                  capsize=3, label=label)  # fmt: skip
+    right.axhline(0.5, color="grey", linestyle=":", linewidth=0.8)
+    right.set_xticks(xs, arms, rotation=20, ha="right", fontsize=8)
+    right.set_ylabel("balanced accuracy (mean +- std over seeds)")
+    right.set_ylim(0, 1)
+    right.legend(fontsize=8)
+    right.set_title("Clean vs corrupted (chance 0.5)")
+    fig.suptitle("Standard ResNet-18s trained on constructed PneumoniaMNIST training sets (Ilyas et al. 2019)")
+    fig.tight_layout()
+    return fig
+
+
+def examples(client: MlflowClient, built: dict, original: np.ndarray, n: int = 6) -> plt.Figure:
+    """Per kind: original training images, their constructed versions, and the difference x10 (grey = none)."""
+    fig, axes = plt.subplots(3 * len(built), n, figsize=(1.4 * n, 1.5 * 3 * len(built)))
+    for row, (name, info) in enumerate(built.items()):
+        path = client.download_artifacts(info["run_id"], "dataset")
+        with np.load(next(Path(path).glob("*.npz"))) as npz:
+            images, labels = npz["train_images"][:n], npz["train_labels"][:n, 0]
+        for col in range(n):
+            a, b = original[col].astype(float), images[col].astype(float)
+            for k, (image, title) in enumerate(((a, "original"), (b, f"{name} -> {labels[col]}"), (None, "diff x10"))):
+                ax = axes[3 * row + k, col]
+                shown = np.clip(128 + 10 * (b - a), 0, 255) if image is None else image
+                ax.imshow(shown, cmap="gray", vmin=0, vmax=255)
+                ax.set_axis_off()
+                if col == 0:
+                    ax.set_title(title, fontsize=7, loc="left")
+    fig.tight_layout()
+    return fig
+
+
+def print_table(result: dict, built: dict) -> None:
+    print(
+        "\n| training set | seeds | clean acc | clean bal acc | clean AUROC | "
+        + " | ".join(THREATS)
+        + " | MedMNIST-C bal acc |"
+    )
+    print("|---|---|---|---|---|" + "---|" * len(THREATS) + "---|")
+    for name in sorted(result, key=lambda a: (a != "original", a)):
+        cell = result[name]
+
+        def show(metric: str, cell: dict = cell) -> str:
+            v = cell.get(metric)
+            return f"{v['mean']:.3f}±{v['std']:.3f}" if v else "-"
+
+        row = [show(m) for m in ("clean_acc", "clean_bal_acc", "clean_auroc", *(f"adv_acc/{t}" for t in THREATS))]
+        print(f"| {name} | {cell['seeds']} | " + " | ".join(row) + f" | {show('shift_bal_acc')} |")
+    print("\nconstructions (the source model's agreement with the new label; L2 change; remaining feature gap):")
+    for name, info in built.items():
+        print(
+            f"  {name}: agrees {info.get('source_agrees', float('nan')):.3f} (changed labels "
+            f"{info.get('source_agrees_changed', float('nan')):.3f}, {info.get('label_changed', 0):.1%} changed), L2 "
+            f"{info.get('l2_mean', float('nan')):.3f}, gap {info.get('feature_gap_mean', float('nan')):.3f}, "
+            f"{info.get('seconds_per_image', float('nan')) * 1e3:.0f} ms/image"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--work-dir", type=Path, default=Path("constructed"), help="where the .npz files are built")
+    parser.add_argument("--match-steps", type=int, default=200, help="representation-matching steps (paper: 1000)")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the table from MLflow")
+    args = parser.parse_args()
+    absolutize_env_paths()
+    uri = resolve_tracking_uri(args.tracking_uri)
+    client = MlflowClient(uri)
+    if not args.report_only:
+        code = sweep_main([str(SOURCES), "--tracking-uri", uri])
+        if code:
+            return code
+        experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+        build_datasets(client, uri, experiment_id, args.work_dir, args.match_steps)
+        code = sweep_main([str(TRAIN), "--tracking-uri", uri])
+        if code:
+            return code
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    parent = find_parent(client, experiment_id, "pneumonia_nonrobust_cpu")
+    result, built = table(client, experiment_id, parent.info.run_id), constructions(client, experiment_id)
+    client.log_dict(parent.info.run_id, {"table": result, "constructions": built}, "nonrobust_study.json")
+    fig = figure(result)
+    client.log_figure(parent.info.run_id, fig, "plots/nonrobust_study.png")
+    plt.close(fig)
+    if built:
+        from datamodules.files import MedMNISTSpec, load_arrays, locate, resolve_roots
+
+        spec = MedMNISTSpec("pneumoniamnist", 28)
+        original = load_arrays(spec, locate(spec, resolve_roots(None)))["train"][0]
+        fig = examples(client, built, original)
+        client.log_figure(parent.info.run_id, fig, "plots/nonrobust_examples.png")
+        plt.close(fig)
+    print(f"parent run {parent.info.run_id}")
+    print_table(result, built)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
