@@ -23,10 +23,12 @@ from tqdm.auto import tqdm
 
 from datamodules.cache import save_reproducible
 from datamodules.files import MedMNISTSpec, file_md5, load_arrays, locate, resolve_roots
+from datamodules.remote import fetch_dataset
 from experiments.construct_chunks import ChunkStore
 from experiments.construct_record import record
 from lightning_modules.components import feature_datasets as fd
 from lightning_modules.components.errors import InputError
+from lightning_modules.components.mlflow_source import is_remote
 from lightning_modules.components.teacher import Teacher, load_teacher
 from lightning_modules.components.threat_model import NORMS, threat_model
 
@@ -65,15 +67,24 @@ class Settings:
             raise InputError(f"Unknown start {self.start!r}; valid: image (another training image), noise")
 
 
-def source_data(teacher: Teacher, root: str | None, path: str | None) -> tuple[MedMNISTSpec, Path]:
-    """The MedMNIST file to construct from: ``path``, else the source's own training data (its flag and size, found
-    under ``root`` or the roots it was trained with). The source must fit the file's task, classes and channels."""
+def source_data(
+    teacher: Teacher, root: str | None, path: str | None, flag: str | None = None
+) -> tuple[MedMNISTSpec, Path]:
+    """The MedMNIST file to construct from: ``path`` (a file of dataset ``flag``), else the source's own training
+    data (its flag and size, found under ``root`` or the roots it was trained with). The source must fit the data's
+    task, classes and channels."""
     data = teacher.data_hparams or {}
-    flag, size = data.get("flag"), data.get("size", 28)
+    flag, size = flag or data.get("flag"), data.get("size", 28)
     if flag is None:
         raise InputError(f"{teacher.source!r} does not record its training data; give --data-path and --flag")
     spec = MedMNISTSpec(flag, size)
-    file = Path(path).expanduser() if path else locate(spec, resolve_roots(root or data.get("root")))
+    own = data.get("path") if flag == data.get("flag") and not root else None  # the very file it was trained on
+    if path or own:
+        file = fetch_dataset(path or own) if is_remote(path or own) else Path(path or own).expanduser()
+        if not file.is_file():
+            raise InputError(f"{file} does not exist; give --data-path or --data-root")
+    else:
+        file = locate(spec, resolve_roots(root or data.get("root")))
     hp = teacher.hparams
     if (hp.get("num_classes"), hp.get("in_chans"), hp.get("task", spec.task)) != (
         spec.num_classes,
@@ -207,6 +218,7 @@ def construct_main(argv: list[str]) -> int:
     parser.add_argument("--chunk-size", type=int, default=256, help="images per resumable chunk (and per batch)")
     parser.add_argument("--data-root", default=None, help="where the source's MedMNIST file is (default: its own)")
     parser.add_argument("--data-path", default=None, help="construct from this .npz instead")
+    parser.add_argument("--flag", default=None, help="the MedMNIST dataset of --data-path (default: the source's)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     parser.add_argument("--experiment-name", default="constructed_datasets")
@@ -228,7 +240,7 @@ def run_construct(ns: argparse.Namespace) -> int:
     if ns.kind not in fd.KINDS:
         raise InputError(f"Unknown construction kind {ns.kind!r}; valid: {list(fd.KINDS)}")
     teacher = load_teacher(ns.source, uri, what="Construction source")
-    spec, file = source_data(teacher, ns.data_root, ns.data_path)
+    spec, file = source_data(teacher, ns.data_root, ns.data_path, getattr(ns, "flag", None))
     eps, step = fd.paper_settings((spec.in_chans, spec.size, spec.size))
     attack = fd.KINDS[ns.kind]
     settings = Settings(
