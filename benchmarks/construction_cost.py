@@ -67,7 +67,7 @@ def main() -> None:
         f"robust chunk ({args.iters} iters)": lambda: build_chunk(net, settings("robust"), images, todo, 0),
     }
     times: dict[str, list[float]] = {name: [] for name in jobs}
-    for name, job in jobs.items():  # warm-up
+    for job in jobs.values():  # warm-up
         job()
     for _ in range(args.rounds):
         for name, job in jobs.items():
