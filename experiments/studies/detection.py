@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from pathlib import Path
@@ -22,10 +21,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from mlflow import MlflowClient
 
-from datamodules.files import absolutize_env_paths
-from experiments.mlflow_logger import resolve_tracking_uri
+from experiments.studies.study_runs import open_store, parent_run, publish, study_parser
 from experiments.sweep import sweep_main
-from experiments.sweep_store import child_runs, find_parent
+from experiments.sweep_store import child_runs
 from lightning_modules.components.detection import DETECTORS
 from lightning_modules.components.threat_model import parse_eps
 
@@ -122,25 +120,15 @@ def print_table(result: dict) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tracking-uri", default=None)
-    parser.add_argument("--report-only", action="store_true", help="only rebuild the table from MLflow")
-    args = parser.parse_args()
-    absolutize_env_paths()
-    uri = resolve_tracking_uri(args.tracking_uri)
-    client = MlflowClient(uri)
+    args = study_parser(__doc__).parse_args()
+    uri, client = open_store(args)
     if not args.report_only:
         code = sweep_main([str(SWEEP), "--tracking-uri", uri])
         if code:
             return code
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    parent = find_parent(client, experiment.experiment_id, SWEEP_NAME)
-    result = table(load_reports(client, experiment.experiment_id, parent.info.run_id))
-    client.log_dict(parent.info.run_id, result, "detection_study.json")
-    fig = figure(result)
-    client.log_figure(parent.info.run_id, fig, "plots/detection_study.png")
-    plt.close(fig)
-    print(f"parent run {parent.info.run_id}")
+    experiment_id, parent_id = parent_run(client, EXPERIMENT, SWEEP_NAME)
+    result = table(load_reports(client, experiment_id, parent_id))
+    publish(client, parent_id, "detection_study.json", result, {"plots/detection_study.png": figure(result)})
     print_table(result)
     return 0
 

@@ -28,9 +28,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from mlflow import MlflowClient
 
-from datamodules.files import absolutize_env_paths
+from datamodules.files import MedMNISTSpec, load_arrays, locate, resolve_roots
 from experiments.construct import run_construct
-from experiments.mlflow_logger import resolve_tracking_uri
+from experiments.studies.study_runs import open_store, parent_run, publish, study_parser
 from experiments.sweep import sweep_main
 from experiments.sweep_store import child_runs, find_parent
 from lightning_modules.components.threat_model import parse_eps
@@ -191,15 +191,11 @@ def print_table(result: dict, built: dict) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tracking-uri", default=None)
+    parser = study_parser(__doc__)
     parser.add_argument("--work-dir", type=Path, default=Path("constructed"), help="where the .npz files are built")
     parser.add_argument("--match-steps", type=int, default=200, help="representation-matching steps (paper: 1000)")
-    parser.add_argument("--report-only", action="store_true", help="only rebuild the table from MLflow")
     args = parser.parse_args()
-    absolutize_env_paths()
-    uri = resolve_tracking_uri(args.tracking_uri)
-    client = MlflowClient(uri)
+    uri, client = open_store(args)
     if not args.report_only:
         code = sweep_main([str(SOURCES), "--tracking-uri", uri])
         if code:
@@ -209,22 +205,14 @@ def main() -> int:
         code = sweep_main([str(TRAIN), "--tracking-uri", uri])
         if code:
             return code
-    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
-    parent = find_parent(client, experiment_id, "pneumonia_nonrobust_cpu")
-    result, built = table(client, experiment_id, parent.info.run_id), constructions(client, experiment_id)
-    client.log_dict(parent.info.run_id, {"table": result, "constructions": built}, "nonrobust_study.json")
-    fig = figure(result)
-    client.log_figure(parent.info.run_id, fig, "plots/nonrobust_study.png")
-    plt.close(fig)
+    experiment_id, parent_id = parent_run(client, EXPERIMENT, "pneumonia_nonrobust_cpu")
+    result, built = table(client, experiment_id, parent_id), constructions(client, experiment_id)
+    figures = {"plots/nonrobust_study.png": figure(result)}
     if built:
-        from datamodules.files import MedMNISTSpec, load_arrays, locate, resolve_roots
-
         spec = MedMNISTSpec("pneumoniamnist", 28)
         original = load_arrays(spec, locate(spec, resolve_roots(None)))["train"][0]
-        fig = examples(client, built, original)
-        client.log_figure(parent.info.run_id, fig, "plots/nonrobust_examples.png")
-        plt.close(fig)
-    print(f"parent run {parent.info.run_id}")
+        figures["plots/nonrobust_examples.png"] = examples(client, built, original)
+    publish(client, parent_id, "nonrobust_study.json", {"table": result, "constructions": built}, figures)
     print_table(result, built)
     return 0
 

@@ -16,7 +16,6 @@ command.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
@@ -26,10 +25,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from mlflow import MlflowClient
 
-from datamodules.files import absolutize_env_paths
-from experiments.mlflow_logger import resolve_tracking_uri
+from experiments.studies.study_runs import open_store, parent_run, publish, study_parser
 from experiments.sweep import sweep_main
-from experiments.sweep_store import child_runs, find_parent
+from experiments.sweep_store import child_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,29 +145,20 @@ def figure(result: dict) -> plt.Figure:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = study_parser(__doc__)
     parser.add_argument("--dataset", choices=sorted(STUDIES), default="pneumonia")
-    parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="teacher seeds (default: the sweep's)")
-    parser.add_argument("--report-only", action="store_true", help="only rebuild the table from MLflow")
     args = parser.parse_args()
-    absolutize_env_paths()
-    uri = resolve_tracking_uri(args.tracking_uri)
-    client = MlflowClient(uri)
+    uri, client = open_store(args)
     study = STUDIES[args.dataset]
     if not args.report_only:
         train_teachers(client, study, args.seeds or list(study.seeds), uri)
         code = sweep_main([str(study.sweep), "--tracking-uri", uri])
         if code:
             return code
-    experiment = client.get_experiment_by_name(study.experiment)
-    parent = find_parent(client, experiment.experiment_id, study.sweep_name)
-    result = table(client, experiment.experiment_id, parent.info.run_id)
-    client.log_dict(parent.info.run_id, result, "shortcut_study.json")
-    fig = figure(result)
-    client.log_figure(parent.info.run_id, fig, "plots/shortcut_study.png")
-    plt.close(fig)
-    print(f"parent run {parent.info.run_id}")
+    experiment_id, parent_id = parent_run(client, study.experiment, study.sweep_name)
+    result = table(client, experiment_id, parent_id)
+    publish(client, parent_id, "shortcut_study.json", result, {"plots/shortcut_study.png": figure(result)})
     for kind, arms in result.items():
         print(f"{kind}: gap closed (flipped AUROC) = {arms.get('gap_closed')}")
         for name in ARMS:

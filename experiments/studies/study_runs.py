@@ -1,0 +1,43 @@
+"""What every study script does around its own table: its command line, its MLflow store, the sweep's parent run,
+and the table and figures it leaves there."""
+
+from __future__ import annotations
+
+import argparse
+
+import matplotlib.pyplot as plt
+from mlflow import MlflowClient
+
+from datamodules.files import absolutize_env_paths
+from experiments.mlflow_logger import resolve_tracking_uri
+from experiments.sweep_store import find_parent
+
+
+def study_parser(doc: str | None) -> argparse.ArgumentParser:
+    """``--tracking-uri`` and ``--report-only``; a script adds its own options."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the table from MLflow")
+    return parser
+
+
+def open_store(args: argparse.Namespace) -> tuple[str, MlflowClient]:
+    """The tracking URI (relative MEDMNIST_ROOT / cache paths made absolute first) and a client on it."""
+    absolutize_env_paths()
+    uri = resolve_tracking_uri(args.tracking_uri)
+    return uri, MlflowClient(uri)
+
+
+def parent_run(client: MlflowClient, experiment: str, sweep_name: str) -> tuple[str, str]:
+    """``(experiment id, parent run id)`` of the sweep named ``sweep_name``."""
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    return experiment_id, find_parent(client, experiment_id, sweep_name).info.run_id
+
+
+def publish(client: MlflowClient, run_id: str, name: str, payload: dict, figures: dict[str, plt.Figure]) -> None:
+    """``name`` (JSON) and each figure under its artifact path, into the parent run."""
+    client.log_dict(run_id, payload, name)
+    for path, fig in figures.items():
+        client.log_figure(run_id, fig, path)
+        plt.close(fig)
+    print(f"parent run {run_id}")
