@@ -60,6 +60,8 @@ class MLflowDatasetInputs(Callback):
             "data.file": info["file"],
             "data.official": info["official"],
         }
+        if info.get("source_uri"):  # a file logged to MLflow (medrobust construct): the run it came from
+            tags["data.source_uri"] = info["source_uri"]
         tags |= {f"data.n_{split}": n for split, n in info["n_samples"].items()}
         tags |= {f"data.label_counts.{split}": counts for split, counts in info.get("label_counts", {}).items()}
         for key, value in tags.items():

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import quiet_trainer, subprocess_env
+from conftest import REPO, quiet_trainer, subprocess_env
 from mlflow import MlflowClient
 
 from datamodules.files import file_md5
 from datamodules.medmnist import MedMNISTDataModule
+from experiments.cli import MedRobustCLI
 from experiments.construct import construct_main
 from lightning_modules.classifier import ClassifierModule
 from lightning_modules.components.errors import InputError
@@ -85,7 +86,7 @@ def test_representation_matching_keeps_labels_and_closes_the_feature_gap(tmp_pat
         assert not np.array_equal(built["train_images"], original["train_images"])
 
 
-def test_file_round_trips_through_mlflow_and_data_path(tmp_path, synthetic_npz, tracking_uri) -> None:
+def test_file_round_trips_through_mlflow_and_data_path(tmp_path, synthetic_npz, tracking_uri, monkeypatch) -> None:
     """Logged as an artifact and a dataset input with its MD5 and lineage; ``--data.path`` as ``runs:/``, a run id
     or ``mlflow:<experiment>/<run name>`` trains on the same bytes."""
     data = synthetic_npz("pneumoniamnist")
@@ -105,8 +106,21 @@ def test_file_round_trips_through_mlflow_and_data_path(tmp_path, synthetic_npz, 
         dm = MedMNISTDataModule("pneumoniamnist", path=path, cache_dir=str(tmp_path / "cache"))
         dm.setup("fit")
         assert dm.md5 == md5 and dm.describe()["source_uri"] == path
-    with np.load(out) as built:
+    with np.load(out) as built:  # the very file: labels as constructed
         assert torch.equal(dm.datasets["train"].labels, torch.from_numpy(built["train_labels"][:, 0]).long())
+    # medrobust fit fetches it from the store its logger names, even when $MLFLOW_TRACKING_URI names another
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    config = str(REPO / "experiments" / "configs" / "quickstart.yaml")
+    logger = [
+        f"--trainer.logger.init_args.{k}={v}" for k, v in (("tracking_uri", tracking_uri), ("experiment_name", "fit"))
+    ]
+    MedRobustCLI(
+        args=["fit", "--config", config, "--model.model_name=test_resnet", "--trainer.max_epochs=1", *logger,
+              "--trainer.enable_progress_bar=false", "--test_after_fit=false", "--data.path=mlflow:built/det_run"]
+    )  # fmt: skip
+    fit_run = client.search_runs([client.get_experiment_by_name("fit").experiment_id])[0]
+    assert fit_run.data.tags["data.md5"] == md5 and fit_run.data.tags["data.source_uri"] == "mlflow:built/det_run"
+    assert md5 in {i.dataset.digest for i in fit_run.inputs.dataset_inputs}
 
 
 def test_resume_after_sigkill_gives_the_same_file(tmp_path, synthetic_npz) -> None:
