@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -271,6 +272,13 @@ def run_construct(ns: argparse.Namespace) -> int:
         f"{stats['l2_mean']:.3f}, feature gap {stats['feature_gap_mean']:.3f}; {stats['seconds_per_image'] * 1e3:.1f} "
         "ms per image"
     )
+    if attack and stats["source_agrees_changed"] < 0.9:
+        print(
+            f"warning: the source model reads the new label on only {stats['source_agrees_changed']:.1%} of the "
+            "relabelled images; the rest carry the old class's features under the new label (Ilyas et al.'s attacks "
+            "succeed nearly always). A larger --eps or more --steps makes the dataset what the protocol assumes.",
+            file=sys.stderr,
+        )
     if not ns.no_mlflow:
         run_id = record(uri, ns, settings, teacher, spec, ns.out, md5, stats)
         print(f"MLflow run {run_id}; train on it with --data.path runs:/{run_id}/dataset/{ns.out.name}")

@@ -4,10 +4,10 @@ command.
 1. Sweep ``experiments/sweeps/pneumonia_nonrobust_sources_cpu.yaml``: a standard and a PGD-AT (L-inf 8/255)
    ResNet-18, the source models (FINISHED ones are reused).
 2. ``medrobust construct`` from them: D_det and D_rand (targeted L2 PGD from the standard model, the paper's settings
-   scaled to 28 px: eps 0.25, step 0.05, 100 steps), D_NR (representation matching against the standard model) and
-   D_R (against the PGD-AT model), each logged as a run named ``<kind>_from_<source>`` (a FINISHED one is reused).
-   Matching runs ``--match-steps`` steps (default 200; the paper's 1000 costs 5x); the remaining feature gap is
-   recorded as ``construct/feature_gap_mean``.
+   scaled to 28 px: eps 0.25, step 0.05, 100 steps), D_det at the paper's unscaled eps 0.5 (step 0.1), D_NR
+   (representation matching against the standard model) and D_R (against the PGD-AT model), each logged as a run
+   named as in ``DATASETS`` (a FINISHED one is reused). Matching runs ``--match-steps`` steps (default 200; the
+   paper's 1000 costs 5x); the remaining feature gap is recorded as ``construct/feature_gap_mean``.
 3. Sweep ``experiments/sweeps/pneumonia_nonrobust_cpu.yaml``: a fresh standard model per dataset (and the original
    data) for a fixed 10 epochs, 2 seeds, tested on the original test split: clean, PGD at 1-8/255, MedMNIST-C.
 4. Into that sweep's parent run: ``nonrobust_study.json``, ``plots/nonrobust_study.png`` (accuracy under attack, and
@@ -41,8 +41,14 @@ SOURCES, TRAIN = (
     ROOT / "sweeps" / "pneumonia_nonrobust_cpu.yaml",
 )
 EXPERIMENT = "pneumonia_nonrobust"
-#: the constructed datasets: (kind, source arm)
-DATASETS = (("det", "standard"), ("rand", "standard"), ("nonrobust", "standard"), ("robust", "pgd_at"))
+#: the constructed datasets: run name -> (kind, source arm, L2 eps; None: the paper's 0.5 scaled to 28 px, 0.25)
+DATASETS = {
+    "det_from_standard": ("det", "standard", None),
+    "det_eps0.5_from_standard": ("det", "standard", 0.5),  # the paper's budget unscaled: the attack then succeeds
+    "rand_from_standard": ("rand", "standard", None),
+    "nonrobust_from_standard": ("nonrobust", "standard", None),
+    "robust_from_pgd_at": ("robust", "pgd_at", None),
+}
 THREATS = ("linf_1_255", "linf_2_255", "linf_4_255", "linf_8_255")
 METRICS = ("clean_acc", "clean_bal_acc", "clean_auroc", "shift_bal_acc", *(f"adv_acc/{t}" for t in THREATS))
 
@@ -65,13 +71,13 @@ def source_runs(client: MlflowClient, experiment_id: str) -> dict[str, str]:
 
 def build_datasets(client: MlflowClient, uri: str, experiment_id: str, work: Path, match_steps: int) -> None:
     sources = source_runs(client, experiment_id)
-    for kind, arm in DATASETS:
-        name = f"{kind}_from_{arm}"
+    for name, (kind, arm, eps) in DATASETS.items():
         if finished(client, experiment_id, name) is not None:
             print(f"{name}: reusing its FINISHED run")
             continue
         ns = argparse.Namespace(
-            source=sources[arm], kind=kind, out=work / f"pneumonia_{name}.npz", eps=None, step=None,
+            source=sources[arm], kind=kind, out=work / f"pneumonia_{name}.npz", eps=eps,
+            step=None if eps is None else eps / 5,  # the paper's step-to-eps ratio (0.1 / 0.5)
             steps=None if kind in ("det", "rand") else match_steps, norm="l2", start="image", seed=0, subsample=None,
             chunk_size=256, data_root=None, data_path=None, overwrite=True, tracking_uri=uri,
             experiment_name=EXPERIMENT, run_name=name, no_mlflow=False,
@@ -106,8 +112,8 @@ def table(client: MlflowClient, experiment_id: str, parent_id: str) -> dict:
 
 def constructions(client: MlflowClient, experiment_id: str) -> dict:
     out = {}
-    for kind, arm in DATASETS:
-        run = finished(client, experiment_id, f"{kind}_from_{arm}")
+    for name in DATASETS:
+        run = finished(client, experiment_id, name)
         if run is not None:
             out[run.info.run_name] = {k.removeprefix("construct/"): v for k, v in run.data.metrics.items()}
             out[run.info.run_name]["run_id"] = run.info.run_id
