@@ -19,7 +19,8 @@ def fetch_dataset(source: str, cache_dir: str | os.PathLike | None = None) -> Pa
     """
     import mlflow
 
-    tracking_uri = mlflow.get_tracking_uri()
+    # the variable first: mlflow.get_tracking_uri() prefers a URI some earlier code in this process set
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
     uri = artifact_uri(source, tracking_uri, None, "--data.path")
     run_id, _, relative = uri.removeprefix("runs:/").partition("/")
     folder = cache_root(cache_dir).parent / "mlflow" / run_id
