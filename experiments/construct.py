@@ -232,7 +232,6 @@ def construct_main(argv: list[str]) -> int:
 def run_construct(ns: argparse.Namespace) -> int:
     from experiments.mlflow_logger import resolve_tracking_uri
 
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
     uri = resolve_tracking_uri(ns.tracking_uri)
     if ns.out.exists() and not ns.overwrite:
         raise InputError(f"{ns.out} exists; pass --overwrite to replace it")
