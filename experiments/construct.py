@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from datamodules.cache import save_reproducible
 from datamodules.files import MedMNISTSpec, file_md5, load_arrays, locate, resolve_roots
 from datamodules.remote import fetch_dataset
+from datamodules.tensor_dataset import TensorImageDataset
 from experiments.construct_chunks import ChunkStore
 from experiments.construct_record import record
 from lightning_modules.components import feature_datasets as fd
@@ -52,13 +53,12 @@ class Settings:
     data_md5: str
 
     def check(self) -> None:
-        if self.kind not in fd.KINDS:
-            raise InputError(f"Unknown construction kind {self.kind!r}; valid: {list(fd.KINDS)}")
+        attack = fd.is_attack(self.kind)
         if self.norm not in NORMS:
             raise InputError(f"Unknown norm {self.norm!r}; valid: {list(NORMS)}")
-        if fd.KINDS[self.kind] and not (self.eps is not None and self.eps > 0 and math.isfinite(self.eps)):
+        if attack and not (self.eps is not None and self.eps > 0 and math.isfinite(self.eps)):
             raise InputError(f"eps must be > 0 for {self.kind}, got {self.eps}")
-        if not fd.KINDS[self.kind] and self.eps is not None:
+        if not attack and self.eps is not None:
             raise InputError(f"{self.kind} matches representations with no ball around the image; eps does not apply")
         if not self.step > 0:
             raise InputError(f"step must be > 0, got {self.step}")
@@ -121,7 +121,7 @@ def build_chunk(net: torch.nn.Module, settings: Settings, images: torch.Tensor, 
     sl = slice(lo, lo + settings.chunk_size)
     index, targets = todo["index"][sl], todo["targets"][sl]
     x = images[index]
-    if fd.KINDS[settings.kind]:
+    if fd.is_attack(settings.kind):
         threat = threat_model(settings.norm, settings.eps or 0.0)
         x_new = fd.targeted_pgd(net, x, targets, threat, settings.steps, settings.step)
         out = fd.quantize_within(x, x_new, threat)
@@ -151,10 +151,8 @@ def construct(teacher: Teacher, spec: MedMNISTSpec, file: Path, settings: Settin
     """Build ``out`` (resuming from ``<out>.parts``) and return its diagnostics; the chunks are removed at the end."""
     settings.check()
     arrays = load_arrays(spec, file)
-    images_np, labels_np = arrays["train"]
-    images = torch.from_numpy(images_np).float().div(255)
-    images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
-    labels = torch.from_numpy(labels_np[:, 0].astype(np.int64))
+    train = TensorImageDataset.from_numpy(*arrays["train"], multilabel=False)
+    images, labels = train.images.float() / 255, train.labels
     todo = plan(settings, labels, spec.num_classes) | {"labels": labels}
     store = ChunkStore(out.with_name(out.name + ".parts"), asdict(settings) | {"out": out.name})
     n_chunks = math.ceil(len(todo["index"]) / settings.chunk_size)
@@ -237,12 +235,10 @@ def run_construct(ns: argparse.Namespace) -> int:
         raise InputError(f"{ns.out} exists; pass --overwrite to replace it")
     if ns.out.suffix != ".npz":
         raise InputError(f"--out {ns.out} must end in .npz")
-    if ns.kind not in fd.KINDS:
-        raise InputError(f"Unknown construction kind {ns.kind!r}; valid: {list(fd.KINDS)}")
+    attack = fd.is_attack(ns.kind)
     teacher = load_teacher(ns.source, uri, what="Construction source")
     spec, file = source_data(teacher, ns.data_root, ns.data_path, getattr(ns, "flag", None))
     eps, step = fd.paper_settings((spec.in_chans, spec.size, spec.size))
-    attack = fd.KINDS[ns.kind]
     settings = Settings(
         kind=ns.kind,
         eps=ns.eps if ns.eps is not None or not attack else eps,

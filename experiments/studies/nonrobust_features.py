@@ -33,6 +33,7 @@ from experiments.construct import run_construct
 from experiments.studies.study_runs import open_store, parent_run, publish, study_parser
 from experiments.sweep import sweep_main
 from experiments.sweep_store import child_runs, find_parent
+from lightning_modules.components.mlflow_source import newest_finished
 from lightning_modules.components.threat_model import parse_eps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,12 +54,6 @@ THREATS = ("linf_1_255", "linf_2_255", "linf_4_255", "linf_8_255")
 METRICS = ("clean_acc", "clean_bal_acc", "clean_auroc", "shift_bal_acc", *(f"adv_acc/{t}" for t in THREATS))
 
 
-def finished(client: MlflowClient, experiment_id: str, name: str):
-    query = f"tags.`mlflow.runName` = '{name}' and attributes.status = 'FINISHED'"
-    runs = client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0] if runs else None
-
-
 def source_runs(client: MlflowClient, experiment_id: str) -> dict[str, str]:
     parent = find_parent(client, experiment_id, "pneumonia_nonrobust_sources_cpu")
     arms = {}
@@ -72,7 +67,7 @@ def source_runs(client: MlflowClient, experiment_id: str) -> dict[str, str]:
 def build_datasets(client: MlflowClient, uri: str, experiment_id: str, work: Path, match_steps: int) -> None:
     sources = source_runs(client, experiment_id)
     for name, (kind, arm, eps) in DATASETS.items():
-        if finished(client, experiment_id, name) is not None:
+        if newest_finished(client, EXPERIMENT, name) is not None:
             print(f"{name}: reusing its FINISHED run")
             continue
         ns = argparse.Namespace(
@@ -110,10 +105,10 @@ def table(client: MlflowClient, experiment_id: str, parent_id: str) -> dict:
     return cells
 
 
-def constructions(client: MlflowClient, experiment_id: str) -> dict:
+def constructions(client: MlflowClient) -> dict:
     out = {}
     for name in DATASETS:
-        run = finished(client, experiment_id, name)
+        run = newest_finished(client, EXPERIMENT, name)
         if run is not None:
             out[run.info.run_name] = {k.removeprefix("construct/"): v for k, v in run.data.metrics.items()}
             out[run.info.run_name]["run_id"] = run.info.run_id
@@ -212,7 +207,7 @@ def main() -> int:
         if code:
             return code
     experiment_id, parent_id = parent_run(client, EXPERIMENT, "pneumonia_nonrobust_cpu")
-    result, built = table(client, experiment_id, parent_id), constructions(client, experiment_id)
+    result, built = table(client, experiment_id, parent_id), constructions(client)
     figures = {"plots/nonrobust_study.png": figure(result)}
     if built:
         spec = MedMNISTSpec("pneumoniamnist", 28)

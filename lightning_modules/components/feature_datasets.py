@@ -41,11 +41,17 @@ def paper_settings(image_shape: tuple[int, ...]) -> tuple[float, float]:
     return PAPER["eps"] * scale, PAPER["step"] * scale
 
 
+def is_attack(kind: str) -> bool:
+    """Whether ``kind`` is made by a targeted attack (else by representation matching); an unknown kind raises."""
+    if kind not in KINDS:
+        raise InputError(f"Unknown construction kind {kind!r}; valid: {list(KINDS)}")
+    return KINDS[kind]
+
+
 def construction_targets(kind: str, labels: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
     """The label each constructed image gets: ``(y + 1) mod C`` (det), uniform over all C classes, ``t = y`` allowed
     as in the paper (rand), or ``y`` (robust, nonrobust)."""
-    if kind not in KINDS:
-        raise InputError(f"Unknown construction kind {kind!r}; valid: {list(KINDS)}")
+    is_attack(kind)
     if kind == "det":
         return (labels + 1) % num_classes
     if kind == "rand":

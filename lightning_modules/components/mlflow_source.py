@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from lightning_modules.components.errors import InputError
 
@@ -26,18 +27,23 @@ def resolve_run_id(source: str, tracking_uri: str | None, what: str = "Source") 
     experiment, _, name = source.removeprefix("mlflow:").rpartition("/")
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment) if experiment else None
-    runs = []
-    if found is not None:
-        query = f"tags.`mlflow.runName` = '{name}' and attributes.status = 'FINISHED'"
-        runs = client.search_runs([found.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs:
+    run = newest_finished(MlflowClient(tracking_uri), experiment, name)
+    if run is None:
         raise InputError(
             f"{what} {source!r}: no FINISHED run named {name!r} in experiment {experiment!r} "
             f"({tracking_uri}); make it first"
         )
-    return runs[0].info.run_id
+    return run.info.run_id
+
+
+def newest_finished(client: Any, experiment: str, name: str) -> Any | None:
+    """The newest FINISHED run named ``name`` in ``experiment`` (an MlflowClient's Run), or None."""
+    found = client.get_experiment_by_name(experiment) if experiment else None
+    if found is None:
+        return None
+    query = f"tags.`mlflow.runName` = '{name}' and attributes.status = 'FINISHED'"
+    runs = client.search_runs([found.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
 
 
 def artifact_uri(source: str, tracking_uri: str | None, default_path: str | None, what: str = "Source") -> str:

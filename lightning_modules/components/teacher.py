@@ -27,7 +27,6 @@ class Teacher:
         data_hparams: the datamodule's hyperparameters, when the checkpoint holds them (its training data).
         source: where it came from, as given.
         run_id: the MLflow run that trained it, when known (an MLflow source, or a checkpoint that records it).
-        callbacks: the state keys of the callbacks saved with it (``AdversarialTraining{...}`` for a robust model).
     """
 
     net: NormalizedClassifier
@@ -35,7 +34,6 @@ class Teacher:
     data_hparams: dict[str, Any] | None
     source: str
     run_id: str | None = None
-    callbacks: tuple[str, ...] = ()
 
 
 def check_source(source: str, what: str = "Teacher") -> None:
@@ -77,8 +75,7 @@ def load_teacher(source: str, tracking_uri: str | None = None, what: str = "Teac
     net.load_state_dict(state)
     net.eval().requires_grad_(False)
     run_id = run_id or (checkpoint.get("mlflow") or {}).get("run_id")
-    callbacks = tuple(checkpoint.get("callbacks") or {})
-    return Teacher(net, hparams, checkpoint.get("datamodule_hyper_parameters"), source, run_id, callbacks)
+    return Teacher(net, hparams, checkpoint.get("datamodule_hyper_parameters"), source, run_id)
 
 
 def _load(path: Path, source: str, what: str) -> dict[str, Any]:
