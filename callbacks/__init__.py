@@ -11,6 +11,7 @@ from callbacks.mlflow_system_metrics import MLflowSystemMetrics
 from callbacks.mlflow_test_record import MLflowTestRecord
 from callbacks.robust_validation import RobustValidation
 from callbacks.robustness_evaluation import RobustnessEvaluation
+from callbacks.saliency_evaluation import SaliencyEvaluation
 from callbacks.selection_checkpoint import SelectionCheckpoint
 from callbacks.shift_evaluation import ShiftEvaluation
 from callbacks.shortcut_evaluation import ShortcutEvaluation
@@ -27,6 +28,7 @@ __all__ = [
     "MLflowTestRecord",
     "RobustValidation",
     "RobustnessEvaluation",
+    "SaliencyEvaluation",
     "SelectionCheckpoint",
     "ShiftEvaluation",
     "ShortcutEvaluation",

@@ -240,6 +240,30 @@ def load_arrays(spec: MedMNISTSpec, path: Path) -> dict[str, tuple[np.ndarray, n
     return arrays
 
 
+def load_masks(path: Path, n_test: int, size: int) -> np.ndarray | None:
+    """The file's ``test_masks`` (binary evidence masks, one per test image) as uint8 ``(N, H, W)``, or ``None``.
+
+    Where a user's file brings annotations (a lesion, an organ) for saliency alignment; checked: one per
+    ``test_images`` entry, at the image size, binary (0/1 or bool).
+    """
+    with np.load(path) as npz:
+        if "test_masks" not in npz.files:
+            return None
+        masks = npz["test_masks"]
+    if masks.shape != (n_test, size, size):
+        raise MedMNISTFileError(
+            f"{path}: test_masks has shape {masks.shape}; expected ({n_test}, {size}, {size}), one binary mask per "
+            "test image at the image size."
+        )
+    values = np.unique(masks)
+    if not np.isin(values, [0, 1]).all():
+        raise MedMNISTFileError(
+            f"{path}: test_masks must be binary (0/1 or bool); found values {values[:8].tolist()}"
+            f"{' (a 0/255 mask: divide by 255)' if values.max() == 255 else ''}."
+        )
+    return masks.astype(np.uint8)
+
+
 def _check_split(spec: MedMNISTSpec, path: Path, split: str, images: np.ndarray, labels: np.ndarray) -> None:
     want = (spec.size, spec.size) if spec.in_chans == 1 else (spec.size, spec.size, 3)
     if images.dtype != np.uint8 or images.shape[1:] != want:

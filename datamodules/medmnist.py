@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, WeightedRandomSampler
 from typing_extensions import override
 
+from datamodules.evidence import Evidence, evidence_split
 from datamodules.files import (
     SPLITS,
     MedMNISTFileError,
@@ -23,6 +24,7 @@ from datamodules.files import (
     file_md5,
     find,
     load_arrays,
+    load_masks,
     locate,
     resolve_roots,
     verify_official,
@@ -75,7 +77,11 @@ class MedMNISTDataModule(LightningDataModule):
         shortcut: inject a spurious feature correlated with the label into the training and validation splits
             (:class:`~datamodules.shortcuts.Shortcut`: ``{kind: patch, strength: 0.95, target_class: 1, ...}``) and
             add the test splits ``shortcut/aligned``, ``shortcut/flipped`` and ``shortcut/absent`` (unless ``shifts``
-            names some as ``shortcut:<correlation>``), whose batches carry per-sample group labels.
+            names some as ``shortcut:<correlation>``), whose batches carry per-sample group labels. A localised
+            shortcut's (patch, text) test splits carry the marker masks too.
+        evidence: inject a label-carrying pattern at a random, recorded position into every split
+            (:class:`~datamodules.evidence.Evidence`: ``{pattern: bars, size: 0.25, contrast: 0.4}``); its masks are
+            the test split's evidence masks (:meth:`masked_splits`). A file's own ``test_masks`` are read without it.
 
     Example:
         >>> dm = MedMNISTDataModule("pneumoniamnist", root="../shared/data/medmnist")  # doctest: +SKIP
@@ -99,6 +105,7 @@ class MedMNISTDataModule(LightningDataModule):
         cache_dir: str | None = None,
         sampler: Literal["random", "balanced"] = "random",
         shortcut: dict[str, Any] | None = None,
+        evidence: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -119,6 +126,7 @@ class MedMNISTDataModule(LightningDataModule):
         self.shifts = parse_shifts(shifts or [], flag, size)  # raises, listing valid choices
         if self.shortcut is None and any(s.kind == "shortcut" for s in self.shifts):
             raise InputError("shortcut:<correlation> test splits need --data.shortcut (the feature to inject)")
+        self.evidence = self._parse_evidence(evidence)
         self.shift_seed = shift_seed
         self.cache_dir = cache_dir
         if sampler not in ("random", "balanced"):
@@ -135,6 +143,15 @@ class MedMNISTDataModule(LightningDataModule):
             raise MedMNISTFileError(f"--data.path {self.path} does not exist.")
         if self.path is None and not download:
             locate(self.spec, self.roots)
+
+    def _parse_evidence(self, evidence: dict[str, Any] | None) -> Evidence | None:
+        if evidence is None:
+            return None
+        if self.spec.task == "multilabel":
+            raise InputError("evidence patterns code one class per image; multi-label tasks are not supported")
+        if self.shortcut is not None:
+            raise InputError("--data.evidence and --data.shortcut both inject into the images; use one at a time")
+        return Evidence.parse(evidence)
 
     def _parse_shortcut(self, shortcut: dict[str, Any] | None) -> Shortcut | None:
         if shortcut is None:
@@ -185,6 +202,12 @@ class MedMNISTDataModule(LightningDataModule):
         if self.trainer is not None:
             self.check_shards(self.trainer.world_size)
 
+    def masked_splits(self) -> dict[str, TensorImageDataset]:
+        """The test splits (by :attr:`test_split_names` name) that carry evidence masks: ``id`` with
+        ``--data.evidence`` or a file's ``test_masks``; a localised shortcut's ``shortcut/*`` splits."""
+        splits = {"id": self.datasets.get("test"), **self.shifted}
+        return {name: ds for name, ds in splits.items() if ds is not None and ds.masks is not None}
+
     def check_shards(self, world_size: int) -> None:
         """Refuse evaluation splits with fewer samples than processes.
 
@@ -211,12 +234,23 @@ class MedMNISTDataModule(LightningDataModule):
             self.md5 = file_md5(file)
         arrays = load_arrays(self.spec, file)
         multilabel = self.task == "multilabel"
+        user_masks = load_masks(file, len(arrays["test"][0]), self.spec.size)
+        if user_masks is not None and self.evidence is not None:
+            raise InputError(f"{file} has its own test_masks; --data.evidence would replace them. Use one or the other")
         for split in SPLITS:
             dataset = TensorImageDataset.from_numpy(*arrays[split], multilabel=multilabel)
+            if split == "test" and user_masks is not None:
+                dataset = TensorImageDataset(dataset.images, dataset.labels, masks=torch.from_numpy(user_masks))
             dataset = self._subsample(split, dataset)
+            if self.evidence is not None:
+                seed = self.evidence.seed * 100 + SPLITS.index(split)
+                images, masks = evidence_split(
+                    dataset.images, dataset.labels, self.evidence, self.num_classes, seed, self.cache_dir
+                )
+                dataset = TensorImageDataset(images, dataset.labels, masks=masks)
             if self.shortcut is not None and self.shortcut.train and split != "test":
                 # training batches stay (x, y): who carries the feature is kept aside, for the record
-                images, self.shortcut_groups[split] = self._shortcut(dataset, "aligned", SPLITS.index(split))
+                images, self.shortcut_groups[split], _ = self._shortcut(dataset, "aligned", SPLITS.index(split))
                 dataset = TensorImageDataset(images, dataset.labels)
             self.datasets[split] = dataset
         sizes = {split: len(ds) for split, ds in self.datasets.items()}
@@ -236,8 +270,8 @@ class MedMNISTDataModule(LightningDataModule):
                 )
                 images, labels = other.images, other.labels
             elif shift.kind == "shortcut":
-                images, carries = self._shortcut(test, shift.name, 10 + SHORTCUT_SPLITS.index(shift.name))
-                self.shifted[shift.split] = TensorImageDataset(images, test.labels, carries.long())
+                images, carries, masks = self._shortcut(test, shift.name, 10 + SHORTCUT_SPLITS.index(shift.name))
+                self.shifted[shift.split] = TensorImageDataset(images, test.labels, carries.long(), masks)
                 continue
             else:
                 images = self.other_dataset(shift.name, "test")
@@ -247,9 +281,9 @@ class MedMNISTDataModule(LightningDataModule):
 
     def _shortcut(
         self, dataset: TensorImageDataset, correlation: str, offset: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(images, carries)``: the split's images with the shortcut injected under ``correlation``, and who
-        carries it."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(images, carries, masks)``: the split's images with the shortcut injected under ``correlation``, who
+        carries it, and the marker masks of a localised shortcut."""
         seed = self.shortcut.seed * 100 + offset
         return shortcut_split(dataset.images, dataset.labels, self.shortcut, correlation, seed, self.cache_dir)
 
@@ -340,6 +374,8 @@ class MedMNISTDataModule(LightningDataModule):
             "n_samples": {split: len(ds) for split, ds in self.datasets.items()},
             "label_counts": {split: self.label_counts(split)[0].tolist() for split in self.datasets},
             "shortcut": None if self.shortcut is None else self.shortcut.describe() | {"carriers": self.carriers()},
+            "evidence": None if self.evidence is None else self.evidence.describe(),
+            "masked_splits": sorted(self.masked_splits()),
         }
 
     def carriers(self) -> dict[str, list[float]]:

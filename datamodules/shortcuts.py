@@ -29,7 +29,7 @@ from lightning_modules.components.errors import InputError
 
 KINDS = ("patch", "text", "intensity", "noise")
 #: bump when an injected feature changes, so that stale caches are not reused
-SHORTCUT_VERSION = 1
+SHORTCUT_VERSION = 2  # 2: the cache also holds the marker masks
 
 
 @dataclass(frozen=True)
@@ -101,12 +101,18 @@ def carriers(labels: torch.Tensor, shortcut: Shortcut, correlation: str, seed: i
     return torch.rand(len(labels), generator=torch.Generator().manual_seed(seed), dtype=torch.float64) < p
 
 
-def inject(images: torch.Tensor, carry: torch.Tensor, shortcut: Shortcut, seed: int) -> torch.Tensor:
-    """uint8 ``(N, C, H, W)`` with the feature added to the images where ``carry``; the rest untouched."""
+def inject(
+    images: torch.Tensor, carry: torch.Tensor, shortcut: Shortcut, seed: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(images, masks)``: uint8 ``(N, C, H, W)`` with the feature added where ``carry`` (the rest untouched), and
+    for the localised kinds uint8 ``(N, H, W)`` marker masks (the patch's square or the letter's own pixels; empty
+    for non-carriers). Diffuse kinds touch every pixel and have no masks (``None``)."""
     out = images.clone()
     index = carry.nonzero().flatten()
+    localised = shortcut.kind in ("patch", "text")
+    masks = torch.zeros((len(images), *images.shape[2:]), dtype=torch.uint8) if localised else None
     if len(index) == 0:
-        return out
+        return out, masks
     generator = torch.Generator().manual_seed(seed)
     x = out[index].float() / 255
     n, _, h, w = x.shape
@@ -117,12 +123,13 @@ def inject(images: torch.Tensor, carry: torch.Tensor, shortcut: Shortcut, seed: 
             top, left = _position(shortcut, h, w, mh, mw, generator)
             region = x[i, :, top : top + mh, left : left + mw]
             x[i, :, top : top + mh, left : left + mw] = torch.where(mask > 0, shortcut.intensity, region)
+            masks[index[i], top : top + mh, left : left + mw] = (mask > 0).to(torch.uint8)
     elif shortcut.kind == "intensity":
         x = x + shortcut.shift
     else:
         x = x + shortcut.noise * torch.randn(x.shape, generator=generator)
     out[index] = (x.clamp(0, 1) * 255).round().to(torch.uint8)
-    return out
+    return out, masks
 
 
 def _side(shortcut: Shortcut, h: int) -> int:
@@ -156,8 +163,9 @@ def shortcut_split(
     correlation: str,
     seed: int,
     cache_dir: str | os.PathLike | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images, carries)`` of a split under ``correlation``, from the cache when it holds them.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(images, carries, masks)`` of a split under ``correlation`` (masks as :func:`inject`'s), from the cache when
+    it holds them.
 
     The key covers the images and labels themselves (a subsample gets its own entry), the shortcut's settings, the
     correlation, the seed and :data:`SHORTCUT_VERSION`, so a cached split is identical to a rebuilt one.
@@ -168,8 +176,10 @@ def shortcut_split(
     )
     if path.is_file():
         with np.load(path) as npz:
-            return torch.from_numpy(npz["images"]), torch.from_numpy(npz["carries"])
+            masks = torch.from_numpy(npz["masks"]) if "masks" in npz.files else None
+            return torch.from_numpy(npz["images"]), torch.from_numpy(npz["carries"]), masks
     carry = carriers(labels, shortcut, correlation, seed)
-    out = inject(images, carry, shortcut, seed + 1)
-    save_atomic(path, {"images": out.numpy(), "carries": carry.numpy()})
-    return out, carry
+    out, masks = inject(images, carry, shortcut, seed + 1)
+    arrays = {"images": out.numpy(), "carries": carry.numpy()}
+    save_atomic(path, arrays if masks is None else arrays | {"masks": masks.numpy()})
+    return out, carry, masks

@@ -22,18 +22,33 @@ class TensorImageDataset(Dataset):
         labels: int64 ``(N,)`` for single-label tasks, float ``(N, L)`` for multi-label ones.
         groups: optional int64 ``(N,)`` group labels (e.g. carries a shortcut feature or not); batches are then
             ``(x, y, groups)``.
+        masks: optional uint8 ``(N, H, W)`` binary evidence masks (where the label's evidence is: an injected pattern,
+            a shortcut marker, a user's annotation). They stay with the samples through ``subset`` but are not part
+            of the batches; :class:`~callbacks.SaliencyEvaluation` reads them by index.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        groups: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
+    ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise InputError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if len(images) != len(labels):
             raise InputError(f"{len(images)} images but {len(labels)} labels")
         if groups is not None and len(groups) != len(labels):
             raise InputError(f"{len(groups)} group labels for {len(labels)} samples")
+        if masks is not None and (masks.shape != (len(images), *images.shape[2:]) or masks.dtype != torch.uint8):
+            raise InputError(
+                f"masks must be uint8 (N, H, W) = {(len(images), *images.shape[2:])}, got {masks.dtype} "
+                f"{tuple(masks.shape)}"
+            )
         self.images = images
         self.labels = labels
         self.groups = groups
+        self.masks = masks
 
     @classmethod
     def from_numpy(cls, images: np.ndarray, labels: np.ndarray, multilabel: bool) -> TensorImageDataset:
@@ -57,7 +72,8 @@ class TensorImageDataset(Dataset):
 
     def subset(self, indices: torch.Tensor) -> TensorImageDataset:
         groups = None if self.groups is None else self.groups[indices]
-        return TensorImageDataset(self.images[indices], self.labels[indices], groups)
+        masks = None if self.masks is None else self.masks[indices]
+        return TensorImageDataset(self.images[indices], self.labels[indices], groups, masks)
 
 
 def identity_collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,9 @@ sweep reports line runs up:
   and ``summary/shift_rbe``: MedMNIST-C's BE and rBE, where the run has them;
 * ``summary/shortcut_auroc/<split>``, ``summary/shortcut_bal_acc/<split>``, ``summary/shortcut_dtpr/<split>``: the
   shortcut test splits (``aligned``, ``flipped``, ``absent``; ShortcutEvaluation), ``dtpr`` being the bias gap;
+* ``summary/saliency_<metric>/<method>`` (``energy``, ``pointing``, ``iou``, ``sensitivity``, ``rank_corr``): saliency
+  alignment with the in-distribution split's evidence masks (SaliencyEvaluation); on another masked split, such as a
+  shortcut's, ``summary/saliency_<metric>/<method>/<split>`` (``shortcut_aligned``);
 * ``summary/detect_auroc/<detector>/<target>``, ``summary/detect_tnr_at_tpr95/<detector>/<target>``: detection of
   OOD, corrupted and adversarial inputs (DetectionEvaluation), for ``msp``, ``energy``, ``mahalanobis`` (best layer)
   and ``ensemble``.
@@ -38,6 +41,7 @@ CLEAN = {
 SHIFT = {"test/shift/mean/bal_acc": "shift_bal_acc", "test/shift/be": "shift_be", "test/shift/rbe": "shift_rbe"}
 SHORTCUT = {"auroc": "shortcut_auroc", "bal_acc": "shortcut_bal_acc", "dtpr": "shortcut_dtpr"}
 DETECT = {"auroc": "detect_auroc", "tnr_at_tpr95": "detect_tnr_at_tpr95"}
+SALIENCY = ("energy", "pointing", "iou", "sensitivity", "rank_corr")
 WORST = {"acc": "adv_acc", "bal_acc": "adv_bal_acc", "n": "adv_n", "top_pred_share": "adv_top_pred_share"}
 
 
@@ -53,6 +57,10 @@ def summary_metrics(metrics: dict[str, float]) -> dict[str, float]:
         # test/shortcut/<split>/<auroc|bal_acc|dtpr>
         if len(parts) == 4 and parts[:2] == ["test", "shortcut"] and parts[3] in SHORTCUT:
             out[f"{SUMMARY}{SHORTCUT[parts[3]]}/{parts[2]}"] = float(value)
+        # test/saliency/<method>/<metric> and test/<split...>/saliency/<method>/<metric>
+        if len(parts) >= 4 and parts[0] == "test" and parts[-3] == "saliency" and parts[-1] in SALIENCY:
+            where = "_".join(parts[1:-3])
+            out[f"{SUMMARY}saliency_{parts[-1]}/{parts[-2]}{'/' + where if where else ''}"] = float(value)
         # test/detect/<detector>/<target>/<auroc|tnr_at_tpr95>
         if len(parts) == 5 and parts[:2] == ["test", "detect"] and parts[2] in DETECTORS and parts[4] in DETECT:
             out[f"{SUMMARY}{DETECT[parts[4]]}/{parts[2]}/{parts[3]}"] = float(value)

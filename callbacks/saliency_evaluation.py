@@ -1,0 +1,296 @@
+"""SaliencyEvaluation: do the model's saliency maps fall on the evidence region? Alignment and stability per method."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import matplotlib.pyplot as plt
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from typing_extensions import override
+
+from callbacks.evaluation_outputs import gather_rows
+from callbacks.mlflow_logger_lookup import log_params_once, mlflow_logger
+from callbacks.saliency_figures import saliency_grid
+from lightning_modules.components.attributions import (
+    METHODS,
+    AttributionSettings,
+    Explainer,
+    check_methods,
+    deeplift_blockers,
+)
+from lightning_modules.components.errors import InputError
+from lightning_modules.components.metric_names import metric_name
+from lightning_modules.components.modes import eval_mode
+from lightning_modules.components.saliency_metrics import (
+    energy_in_mask,
+    max_sensitivity,
+    perturbations,
+    pointing_game,
+    rank_stability,
+    topk_iou,
+)
+from lightning_modules.components.threat_model import parse_eps
+
+log = logging.getLogger(__name__)
+
+#: per-sample columns gathered across processes, in this order
+COLUMNS = ("energy", "pointing", "iou", "sensitivity", "rank_corr", "correct")
+METRICS = COLUMNS[:-1]
+
+
+class SaliencyEvaluation(Callback):
+    """Score each saliency method's maps against the test split's evidence masks, at test time.
+
+    Needs test splits with masks (:meth:`~datamodules.medmnist.MedMNISTDataModule.masked_splits`): ``--data.evidence``
+    (an injected, label-carrying pattern), a file's own ``test_masks``, or a localised ``--data.shortcut`` (its
+    marker masks on the ``shortcut/*`` splits). On ``num_samples`` seeded images with a non-empty mask per split, each
+    method's map of the ``target`` logit is scored (:mod:`~lightning_modules.components.saliency_metrics`):
+
+    * ``energy``: the share of the map's positive mass inside the mask;
+    * ``pointing``: the pointing game, tie-aware (a flat map does not score);
+    * ``iou``: IoU of the map's top ``topk`` share of pixels with the mask;
+    * ``sensitivity`` and ``rank_corr``: on the first ``stability_samples`` of them, the largest relative change of
+      the map over ``stability_perturbations`` uniform perturbations of L-inf radius ``stability_radius``, and the
+      mean Spearman correlation of the map before and after.
+
+    Logged as ``test/saliency/<method>/<metric>`` for the in-distribution split and
+    ``test/<split>/saliency/<method>/<metric>`` for the others (``test/shortcut/aligned/saliency/gradient/energy``),
+    each also on the correctly classified images only (``<metric>_correct``); ``summary/saliency_<metric>/<method>``
+    and the report ``saliency.json``. The figure ``plots/saliency_<split>.png`` shows the same first ``grid_images``
+    images, their masks and every method's map, so two runs' grids compare side by side in MLflow.
+
+    Under DDP each process explains its share of the chosen images (the same images, with the same perturbations, as
+    in one process) and the per-image scores are gathered, so the numbers do not depend on the number of processes.
+
+    Args:
+        methods: any of ``gradient``, ``integrated_gradients``, ``occlusion``, ``deeplift``, ``gradcam``; default all,
+            without ``deeplift`` (with a warning) where captum has no DeepLIFT rule for the network's nonlinearities.
+            Naming ``deeplift`` for such a network is refused at setup, before training.
+        splits: which masked test splits (``id``, ``shortcut/aligned``, ...); default every masked split.
+        num_samples: images per split (with a non-empty mask), drawn with ``seed``.
+        batch_size: images explained at once.
+        target: explain the logit of the true ``label`` or of the ``prediction``.
+        topk: the share of pixels of the IoU's top-k.
+        stability_samples: how many of the images get the stability metrics (each costs ``stability_perturbations``
+            more maps per method).
+        stability_perturbations: perturbations per image.
+        stability_radius: their L-inf radius in pixel units (``"2/255"``).
+        ig_steps: integrated gradients' steps.
+        occlusion_window: occlusion's patch side in pixels (default ``max(2, size // 7)``).
+        occlusion_stride: its stride (default half the window).
+        gradcam_layer: the backbone layer of Grad-CAM (default: the deepest with at least 4x4 positions).
+        grid_images: images in the figure.
+        seed: seed of the image choice and of the perturbations.
+    """
+
+    def __init__(
+        self,
+        methods: list[str] | None = None,
+        splits: list[str] | None = None,
+        num_samples: int = 128,
+        batch_size: int = 32,
+        target: str = "label",
+        topk: float = 0.1,
+        stability_samples: int = 32,
+        stability_perturbations: int = 4,
+        stability_radius: float | str = "2/255",
+        ig_steps: int = 32,
+        occlusion_window: int | None = None,
+        occlusion_stride: int | None = None,
+        gradcam_layer: str | None = None,
+        grid_images: int = 6,
+        seed: int = 0,
+    ) -> None:
+        self.methods = None if methods is None else check_methods(methods)
+        if target not in ("label", "prediction"):
+            raise InputError(f"target must be 'label' or 'prediction', got {target!r}")
+        if num_samples < 1 or batch_size < 1 or stability_samples < 0 or stability_perturbations < 1:
+            raise InputError("num_samples, batch_size and stability_perturbations must be >= 1")
+        if not 0.0 < topk <= 1.0:
+            raise InputError(f"topk must be a share of the pixels in (0, 1], got {topk}")
+        self.splits, self.num_samples, self.batch_size, self.target = splits, num_samples, batch_size, target
+        self.topk, self.stability_samples = topk, stability_samples
+        self.stability_perturbations, self.stability_radius = stability_perturbations, parse_eps(stability_radius)
+        self.attribution = AttributionSettings(ig_steps, occlusion_window, occlusion_stride, gradcam_layer)
+        self.grid_images, self.seed = grid_images, seed
+        self.explainers: dict[str, Explainer] = {}
+        self._report: dict[str, Any] | None = None
+        self._grids: dict[str, plt.Figure] = {}
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if pl_module.task == "multilabel":
+            raise InputError("SaliencyEvaluation explains one class per image; multi-label tasks are not supported")
+        datamodule = trainer.datamodule
+        localised = getattr(getattr(datamodule, "shortcut", None), "kind", None) in ("patch", "text")
+        if not hasattr(datamodule, "masked_splits") or not (datamodule.masked_splits() or localised):
+            raise InputError(
+                "SaliencyEvaluation needs test images with evidence masks: --data.evidence (an injected, "
+                "label-carrying pattern), a data file with test_masks, or a localised --data.shortcut (patch, text)"
+            )
+        methods = self.methods
+        if methods is None:
+            blockers = deeplift_blockers(pl_module.net)
+            methods = [m for m in METHODS if m != "deeplift" or not blockers]
+            if blockers:
+                rank_zero_warn(f"SaliencyEvaluation: deeplift left out; captum has no DeepLIFT rule for {blockers}")
+        shape = (datamodule.in_chans, datamodule.spec.size, datamodule.spec.size)
+        # built now, so an unsupported method or an unknown layer is refused before training
+        self.explainers = {m: Explainer(pl_module.net, m, shape, self.attribution) for m in methods}
+
+    # ------------------------------------------------------------------------------------------------ test
+    @override
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        available = trainer.datamodule.masked_splits()
+        default = [name for name, ds in available.items() if ds.masks.any()]  # shortcut/absent has none
+        names = self.splits if self.splits is not None else default
+        unknown = [n for n in names if n not in available]
+        if unknown or not names:
+            raise InputError(f"No evidence masks for test splits {unknown or names}; masked splits: {list(available)}")
+        self._report, self._grids = {"settings": self.settings(), "splits": {}}, {}
+        for name in names:
+            self._report["splits"][name] = self._evaluate(trainer, pl_module, name, available[name])
+        for name, split in self._report["splits"].items():
+            for method, values in split["methods"].items():
+                for metric, value in values.items():
+                    if isinstance(value, float) and not math.isnan(value):
+                        pl_module.log(metric_name(*self.prefix(name), method, metric), value, sync_dist=False)
+
+    @staticmethod
+    def prefix(split: str) -> tuple[str, ...]:
+        return ("test", "saliency") if split == "id" else ("test", split, "saliency")
+
+    def _evaluate(self, trainer: Trainer, pl_module: LightningModule, name: str, dataset: Any) -> dict[str, Any]:
+        chosen = self.choose(dataset.masks)
+        mine = chosen[trainer.global_rank :: trainer.world_size]
+        rows = {method: [torch.zeros(0, len(COLUMNS))] for method in self.explainers}
+        position = {int(i): p for p, i in enumerate(chosen)}
+        for start in range(0, len(mine), self.batch_size):
+            index = mine[start : start + self.batch_size]
+            stable = torch.tensor([position[int(i)] < self.stability_samples for i in index])
+            for method, scores in self._explain(pl_module, dataset, index, stable).items():
+                rows[method].append(scores)
+        out = {"n": len(chosen), "n_without_mask": int((~dataset.masks.flatten(1).any(1)).sum()), "methods": {}}
+        for method in self.explainers:
+            table = gather_rows(trainer, torch.cat(rows[method]), pl_module.device)
+            out["methods"][method] = summarise(table)
+        out["gradcam_layer"] = getattr(self.explainers.get("gradcam"), "layer", None)
+        out["indices"] = chosen.tolist()
+        if trainer.is_global_zero and self.grid_images > 0:
+            self._grids[name] = self._grid(pl_module, dataset, chosen[: self.grid_images], name)
+        return out
+
+    def choose(self, masks: torch.Tensor) -> torch.Tensor:
+        """Up to ``num_samples`` indices of images with a non-empty mask, drawn with ``seed``, in ascending order."""
+        nonempty = masks.flatten(1).any(1).nonzero().flatten()
+        order = torch.randperm(len(nonempty), generator=torch.Generator().manual_seed(self.seed))
+        return nonempty[order[: self.num_samples]].sort().values
+
+    def _inputs(self, pl_module: LightningModule, dataset: Any, index: torch.Tensor):
+        x = (dataset.images[index].float() / 255).to(pl_module.device)
+        y = dataset.labels[index].to(pl_module.device)
+        with eval_mode(pl_module.net):
+            pred = pl_module.net(x).argmax(1)
+        target = y if self.target == "label" else pred
+        return x, y, pred, target, dataset.masks[index].to(pl_module.device)
+
+    def _explain(
+        self, pl_module: LightningModule, dataset: Any, index: torch.Tensor, stable: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        x, y, pred, target, masks = self._inputs(pl_module, dataset, index)
+        out = {}
+        for method, explainer in self.explainers.items():
+            maps = explainer(x, target)
+            scores = torch.full((len(x), len(COLUMNS)), math.nan)
+            scores[:, 0] = energy_in_mask(maps, masks).cpu()
+            scores[:, 1] = pointing_game(maps, masks).cpu()
+            scores[:, 2] = topk_iou(maps, masks, self.topk).cpu()
+            scores[:, 5] = (pred == y).float().cpu()
+            if stable.any():
+                keep = stable.nonzero().flatten().to(x.device)
+                scores[stable, 3], scores[stable, 4] = self._stability(explainer, x[keep], target[keep], index[stable])
+            out[method] = scores
+        return out
+
+    def _stability(
+        self, explainer: Explainer, x: torch.Tensor, target: torch.Tensor, index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # each image's perturbations come from its own seed, so they do not depend on the batch or the process
+        noise = [
+            perturbations(x[i], self.stability_radius, self.stability_perturbations, self._generator(int(index[i])))
+            for i in range(len(x))
+        ]
+        perturbed = [torch.stack([noise[i][j] for i in range(len(x))]) for j in range(self.stability_perturbations)]
+
+        def explain(inputs: torch.Tensor) -> torch.Tensor:
+            return explainer(inputs, target)
+
+        base = explain(x)
+        sensitivity = max_sensitivity(explain, x, perturbed, base=base)
+        return sensitivity.cpu(), rank_stability(explain, x, perturbed, base=base).cpu()
+
+    def _generator(self, index: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+
+    def _grid(self, pl_module: LightningModule, dataset: Any, index: torch.Tensor, name: str) -> plt.Figure:
+        x, y, pred, target, masks = self._inputs(pl_module, dataset, index)
+        maps = {method: explainer(x, target).cpu() for method, explainer in self.explainers.items()}
+        title = f"{name}: {type(pl_module.net.backbone).__name__ if hasattr(pl_module.net, 'backbone') else ''}"
+        return saliency_grid(x.cpu(), masks.cpu(), maps, y.cpu(), pred.cpu(), title)
+
+    @override
+    @rank_zero_only
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        logger = mlflow_logger(trainer)
+        if self._report is None or logger is None:
+            for fig in self._grids.values():
+                plt.close(fig)
+            return
+        client, run_id = logger.experiment, logger.run_id
+        client.log_dict(run_id, self._report, "saliency.json")
+        for name, fig in self._grids.items():
+            client.log_figure(run_id, fig, f"plots/saliency_{name.replace('/', '_')}.png")
+            plt.close(fig)
+        gradcam = self.explainers.get("gradcam")
+        if gradcam is not None:
+            client.set_tag(run_id, "saliency.gradcam_layer", gradcam.layer)
+        log_params_once(logger, {f"saliency.{k}": v for k, v in self.settings().items()})
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "methods": list(self.explainers),
+            "num_samples": self.num_samples,
+            "target": self.target,
+            "topk": self.topk,
+            "stability_samples": self.stability_samples,
+            "stability_perturbations": self.stability_perturbations,
+            "stability_radius": self.stability_radius,
+            "ig_steps": self.attribution.ig_steps,
+            "occlusion": list(self.explainers["occlusion"].window) if "occlusion" in self.explainers else None,
+            "seed": self.seed,
+        }
+
+    @property
+    def report(self) -> dict[str, Any] | None:
+        """The last test's report (as logged to ``saliency.json``)."""
+        return self._report
+
+
+def summarise(table: torch.Tensor) -> dict[str, float]:
+    """Per metric, the mean over images where it is defined, ``<metric>_std``, and the mean over the correctly
+    classified images (``<metric>_correct``); ``n`` and ``n_correct``."""
+    out: dict[str, float] = {"n": float(len(table))}
+    correct = table[:, COLUMNS.index("correct")] == 1
+    out["n_correct"] = float(correct.sum())
+    for column, metric in enumerate(METRICS):
+        values = table[:, column]
+        defined = values[~values.isnan()]
+        out[metric] = float(defined.mean()) if len(defined) else math.nan
+        out[f"{metric}_std"] = float(defined.std()) if len(defined) > 1 else math.nan
+        on_correct = values[correct & ~values.isnan()]
+        out[f"{metric}_correct"] = float(on_correct.mean()) if len(on_correct) else math.nan
+    return out
