@@ -6,6 +6,8 @@ import argparse
 import statistics
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,3 +68,17 @@ def data_source(args: argparse.Namespace) -> tuple[dict[str, str], str, bool]:
     sizes = spec.n_samples
     path = write_medmnist_npz(Path(root) / spec.filename, args.flag, args.size, n=tuple(sizes[k] for k in SPLITS))
     return {"path": str(path)}, root, False
+
+
+def alternate(jobs: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each job: one warm-up call each, then ``rounds`` rounds that run every job once in turn, so
+    machine noise hits all of them alike."""
+    for job in jobs.values():
+        job()
+    times: dict[str, list[float]] = {name: [] for name in jobs}
+    for _ in range(rounds):
+        for name, job in jobs.items():
+            start = time.perf_counter()
+            job()
+            times[name].append(time.perf_counter() - start)
+    return times

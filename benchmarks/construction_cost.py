@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
-from _common import add_data_args, data_source
+from _common import add_data_args, alternate, data_source
 
 from datamodules.medmnist import MedMNISTDataModule
 from experiments.construct import Settings, build_chunk
@@ -66,14 +65,7 @@ def main() -> None:
         f"det chunk ({args.iters} iters)": lambda: build_chunk(net, settings("det"), images, todo, 0),
         f"robust chunk ({args.iters} iters)": lambda: build_chunk(net, settings("robust"), images, todo, 0),
     }
-    times: dict[str, list[float]] = {name: [] for name in jobs}
-    for job in jobs.values():  # warm-up
-        job()
-    for _ in range(args.rounds):
-        for name, job in jobs.items():
-            start = time.perf_counter()
-            job()
-            times[name].append(time.perf_counter() - start)
+    times = alternate(jobs, args.rounds)
     n = len(images)
     base = statistics.median(times["training step"]) / n
     print(

@@ -15,10 +15,9 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import time
 
 import torch
-from _common import add_data_args, data_source
+from _common import add_data_args, alternate, data_source
 
 from datamodules.medmnist import MedMNISTDataModule
 from lightning_modules.classifier import ClassifierModule
@@ -51,14 +50,7 @@ def main() -> None:
             net(images)
 
     jobs = {"forward": forward, **{m: (lambda e=e: e(images, labels)) for m, e in explainers.items()}}
-    times: dict[str, list[float]] = {name: [] for name in jobs}
-    for job in jobs.values():  # warm-up
-        job()
-    for _ in range(args.rounds):
-        for name, job in jobs.items():
-            start = time.perf_counter()
-            job()
-            times[name].append(time.perf_counter() - start)
+    times = alternate(jobs, args.rounds)
     n = len(images)
     base = statistics.median(times["forward"]) / n
     window, stride = explainers["occlusion"].window

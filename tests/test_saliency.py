@@ -337,3 +337,17 @@ def test_saliency_evaluation_refuses_data_without_masks(tmp_path, pneumonia_data
     )
     assert result.returncode != 0
     assert "SaliencyEvaluation needs test images with evidence masks" in result.stderr
+
+
+def test_saliency_summary_names() -> None:
+    from lightning_modules.components.summary import summary_metrics
+
+    metrics = {
+        "test/saliency/gradcam/energy": 0.4,
+        "test/saliency/gradcam/energy_std": 0.1,  # spreads stay under test/ only
+        "test/shortcut/aligned/saliency/occlusion/pointing": 0.75,
+    }
+    assert summary_metrics(metrics) == {
+        "summary/saliency_energy/gradcam": 0.4,
+        "summary/saliency_pointing/occlusion/shortcut_aligned": 0.75,
+    }
