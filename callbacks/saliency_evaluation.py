@@ -38,8 +38,10 @@ from lightning_modules.components.threat_model import parse_eps
 log = logging.getLogger(__name__)
 
 #: per-sample columns gathered across processes, in this order
-COLUMNS = ("energy", "pointing", "iou", "sensitivity", "rank_corr", "correct")
-METRICS = COLUMNS[:-1]
+COLUMNS = ("energy", "pointing", "iou", "sensitivity", "rank_corr", "correct", "label")
+METRICS = COLUMNS[:5]
+#: the metrics also reported per class (``energy_class0``): a model may look at the evidence of one class only
+PER_CLASS = ("energy", "pointing")
 
 
 class SaliencyEvaluation(Callback):
@@ -59,7 +61,8 @@ class SaliencyEvaluation(Callback):
 
     Logged as ``test/saliency/<method>/<metric>`` for the in-distribution split and
     ``test/<split>/saliency/<method>/<metric>`` for the others (``test/shortcut/aligned/saliency/gradient/energy``),
-    each also on the correctly classified images only (``<metric>_correct``); ``summary/saliency_<metric>/<method>``
+    each also on the correctly classified images only (``<metric>_correct``), energy and pointing also per class
+    (``energy_class<k>``: a model may look at one class's evidence only); ``summary/saliency_<metric>/<method>``
     and the report ``saliency.json``. The figure ``plots/saliency_<split>.png`` shows the same first ``grid_images``
     images, their masks and every method's map, so two runs' grids compare side by side in MLflow.
 
@@ -210,6 +213,7 @@ class SaliencyEvaluation(Callback):
             scores[:, 1] = pointing_game(maps, masks).cpu()
             scores[:, 2] = topk_iou(maps, masks, self.topk).cpu()
             scores[:, 5] = (pred == y).float().cpu()
+            scores[:, 6] = y.float().cpu()
             if stable.any():
                 keep = stable.nonzero().flatten().to(x.device)
                 scores[stable, 3], scores[stable, 4] = self._stability(explainer, x[keep], target[keep], index[stable])
@@ -282,7 +286,8 @@ class SaliencyEvaluation(Callback):
 
 def summarise(table: torch.Tensor) -> dict[str, float]:
     """Per metric, the mean over images where it is defined, ``<metric>_std``, and the mean over the correctly
-    classified images (``<metric>_correct``); ``n`` and ``n_correct``."""
+    classified images (``<metric>_correct``); ``n`` and ``n_correct``; for :data:`PER_CLASS`, the mean per class
+    (``<metric>_class<k>``) of every class among the images."""
     out: dict[str, float] = {"n": float(len(table))}
     correct = table[:, COLUMNS.index("correct")] == 1
     out["n_correct"] = float(correct.sum())
@@ -293,4 +298,10 @@ def summarise(table: torch.Tensor) -> dict[str, float]:
         out[f"{metric}_std"] = float(defined.std()) if len(defined) > 1 else math.nan
         on_correct = values[correct & ~values.isnan()]
         out[f"{metric}_correct"] = float(on_correct.mean()) if len(on_correct) else math.nan
+    labels = table[:, COLUMNS.index("label")]
+    for k in sorted({int(v) for v in labels.tolist()}):
+        for metric in PER_CLASS:
+            values = table[labels == k, METRICS.index(metric)]
+            values = values[~values.isnan()]
+            out[f"{metric}_class{k}"] = float(values.mean()) if len(values) else math.nan
     return out

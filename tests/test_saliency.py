@@ -298,6 +298,7 @@ def test_saliency_evaluation_on_two_ddp_processes_equals_one(tmp_path, pneumonia
             assert f"test/saliency/{method}/{metric}" in metrics, (method, metric)
             assert f"summary/saliency_{metric}/{method}" in metrics
         assert metrics[f"test/saliency/{method}/n"] == 12
+        assert {f"test/saliency/{method}/energy_class0", f"test/saliency/{method}/energy_class1"} <= set(metrics)
     client = MlflowClient(uri)
     assert {"saliency.json", "plots/saliency_id.png"} <= artifacts(client, run.info.run_id)
     assert run.data.params["saliency.num_samples"] == "12" and run.data.tags["saliency.gradcam_layer"]

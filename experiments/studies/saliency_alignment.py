@@ -31,6 +31,7 @@ from lightning_modules.components.attributions import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("energy", "pointing", "iou", "sensitivity", "rank_corr")
+PER_CLASS = ("energy_class0", "energy_class1")
 CONTEXT = {
     "clean_acc": "test/acc",
     "clean_auroc": "test/auroc",
@@ -75,7 +76,11 @@ def table(client: MlflowClient, experiment_id: str, parent_id: str, study: Study
         if run.info.status != "FINISHED":
             continue
         metrics = run.data.metrics
-        values = {f"{method}/{m}": metrics.get(f"{study.prefix}/{method}/{m}") for method in METHODS for m in METRICS}
+        values = {
+            f"{method}/{m}": metrics.get(f"{study.prefix}/{method}/{m}")
+            for method in METHODS
+            for m in (*METRICS, *PER_CLASS)
+        }
         values |= {name: metrics.get(key) for name, key in CONTEXT.items()}
         values["seed"] = float(run.data.params.get("seed_everything", "nan"))
         values["run_id"] = run.info.run_id
@@ -129,11 +134,12 @@ def print_table(rows: dict, study: Study) -> None:
     print(f"{'arm':<10}{'seeds':>6}  " + "  ".join(f"{k:>15}" for k in context))
     for name, row in rows.items():
         print(f"{name:<10}{row['n_seeds']:>6}  " + "  ".join(f"{cell(row, k):>15}" for k in context))
-    print(f"\n{'method':<22}{'arm':<10}" + "".join(f"{m:>15}" for m in METRICS))
+    print(f"\n{'method':<22}{'arm':<10}" + "".join(f"{m:>15}" for m in (*METRICS, *PER_CLASS)))
     for method in METHODS:
         for name, row in rows.items():
             if f"{method}/energy" in row["cells"]:
-                print(f"{method:<22}{name:<10}" + "".join(f"{cell(row, f'{method}/{m}'):>15}" for m in METRICS))
+                columns = (*METRICS, *PER_CLASS)
+                print(f"{method:<22}{name:<10}" + "".join(f"{cell(row, f'{method}/{m}'):>15}" for m in columns))
 
 
 def main(argv: list[str] | None = None) -> int:
