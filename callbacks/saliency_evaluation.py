@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from typing import Any
@@ -25,6 +26,7 @@ from lightning_modules.components.attributions import (
 from lightning_modules.components.errors import InputError
 from lightning_modules.components.metric_names import metric_name
 from lightning_modules.components.modes import eval_mode
+from lightning_modules.components.normalized_classifier import NormalizedClassifier
 from lightning_modules.components.saliency_metrics import (
     energy_in_mask,
     max_sensitivity,
@@ -87,7 +89,12 @@ class SaliencyEvaluation(Callback):
         occlusion_stride: its stride (default half the window).
         gradcam_layer: the backbone layer of Grad-CAM (default: the deepest with at least 4x4 positions).
         grid_images: images in the figure.
-        seed: seed of the image choice and of the perturbations.
+        randomised_control: also score the same architecture at its initial, untrained weights (timm's
+            initialisation, seeded) on the same images and targets, logged as ``<metric>_randomised`` for energy,
+            pointing and IoU: the model-randomisation sanity check of Adebayo et al. (2018). An architecture can put
+            mass on a region before any training (timm's ResNet-18 at 28 px favours the top-left corner), so a trained
+            model's alignment means something only above its control's.
+        seed: seed of the image choice, the perturbations and the control's weights.
     """
 
     def __init__(
@@ -106,6 +113,7 @@ class SaliencyEvaluation(Callback):
         occlusion_stride: int | None = None,
         gradcam_layer: str | None = None,
         grid_images: int = 6,
+        randomised_control: bool = True,
         seed: int = 0,
     ) -> None:
         self.methods = None if methods is None else check_methods(methods)
@@ -119,8 +127,9 @@ class SaliencyEvaluation(Callback):
         self.topk, self.stability_samples = topk, stability_samples
         self.stability_perturbations, self.stability_radius = stability_perturbations, parse_eps(stability_radius)
         self.attribution = AttributionSettings(ig_steps, occlusion_window, occlusion_stride, gradcam_layer)
-        self.grid_images, self.seed = grid_images, seed
+        self.grid_images, self.seed, self.randomised_control = grid_images, seed, randomised_control
         self.explainers: dict[str, Explainer] = {}
+        self._control: dict[str, Explainer] = {}
         self._report: dict[str, Any] | None = None
         self._grids: dict[str, plt.Figure] = {}
 
@@ -155,6 +164,11 @@ class SaliencyEvaluation(Callback):
         if unknown or not names:
             raise InputError(f"No evidence masks for test splits {unknown or names}; masked splits: {list(available)}")
         self._report, self._grids = {"settings": self.settings(), "splits": {}}, {}
+        self._control = {}
+        if self.randomised_control:
+            control = randomised_network(pl_module, self.seed)
+            shape = self.explainers[next(iter(self.explainers))].image_shape
+            self._control = {m: Explainer(control, m, shape, self.attribution) for m in self.explainers}
         for name in names:
             self._report["splits"][name] = self._evaluate(trainer, pl_module, name, available[name])
         for name, split in self._report["splits"].items():
@@ -171,16 +185,24 @@ class SaliencyEvaluation(Callback):
         chosen = self.choose(dataset.masks)
         mine = chosen[trainer.global_rank :: trainer.world_size]
         rows = {method: [torch.zeros(0, len(COLUMNS))] for method in self.explainers}
+        control = {method: [torch.zeros(0, len(COLUMNS))] for method in self._control}
         position = {int(i): p for p, i in enumerate(chosen)}
         for start in range(0, len(mine), self.batch_size):
             index = mine[start : start + self.batch_size]
             stable = torch.tensor([position[int(i)] < self.stability_samples for i in index])
-            for method, scores in self._explain(pl_module, dataset, index, stable).items():
+            for method, scores in self._explain(pl_module, dataset, index, stable, self.explainers).items():
                 rows[method].append(scores)
+            none = torch.zeros(len(index), dtype=torch.bool)
+            for method, scores in self._explain(pl_module, dataset, index, none, self._control).items():
+                control[method].append(scores)
         out = {"n": len(chosen), "n_without_mask": int((~dataset.masks.flatten(1).any(1)).sum()), "methods": {}}
         for method in self.explainers:
             table = gather_rows(trainer, torch.cat(rows[method]), pl_module.device)
             out["methods"][method] = summarise(table)
+            if method in control:
+                table = gather_rows(trainer, torch.cat(control[method]), pl_module.device)
+                randomised = summarise(table)
+                out["methods"][method] |= {f"{m}_randomised": randomised[m] for m in ("energy", "pointing", "iou")}
         out["gradcam_layer"] = getattr(self.explainers.get("gradcam"), "layer", None)
         out["indices"] = chosen.tolist()
         if trainer.is_global_zero and self.grid_images > 0:
@@ -202,11 +224,17 @@ class SaliencyEvaluation(Callback):
         return x, y, pred, target, dataset.masks[index].to(pl_module.device)
 
     def _explain(
-        self, pl_module: LightningModule, dataset: Any, index: torch.Tensor, stable: torch.Tensor
+        self,
+        pl_module: LightningModule,
+        dataset: Any,
+        index: torch.Tensor,
+        stable: torch.Tensor,
+        explainers: dict[str, Explainer],
     ) -> dict[str, torch.Tensor]:
+        """Per method, one row of :data:`COLUMNS` per image (NaN where not computed)."""
         x, y, pred, target, masks = self._inputs(pl_module, dataset, index)
         out = {}
-        for method, explainer in self.explainers.items():
+        for method, explainer in explainers.items():
             maps = explainer(x, target)
             scores = torch.full((len(x), len(COLUMNS)), math.nan)
             scores[:, 0] = energy_in_mask(maps, masks).cpu()
@@ -275,6 +303,7 @@ class SaliencyEvaluation(Callback):
             "stability_radius": self.stability_radius,
             "ig_steps": self.attribution.ig_steps,
             "occlusion": list(self.explainers["occlusion"].window) if "occlusion" in self.explainers else None,
+            "randomised_control": self.randomised_control,
             "seed": self.seed,
         }
 
@@ -282,6 +311,26 @@ class SaliencyEvaluation(Callback):
     def report(self) -> dict[str, Any] | None:
         """The last test's report (as logged to ``saliency.json``)."""
         return self._report
+
+
+def randomised_network(pl_module: LightningModule, seed: int) -> torch.nn.Module:
+    """The module's architecture at its initial weights (timm's initialisation, never pretrained ones), seeded and
+    built without touching the global random state, in eval mode on the module's device."""
+    hp = pl_module.hparams
+    # built outside inference mode (the test loop's), or its weights could not take part in autograd
+    with torch.random.fork_rng(devices=[]), torch.inference_mode(False):
+        torch.manual_seed(seed)
+        if "model_name" in hp:
+            mean, std = hp.get("mean"), hp.get("std")
+            net = NormalizedClassifier.from_timm(
+                hp["model_name"], hp["num_classes"], hp["in_chans"], False, mean, std, **(hp.get("timm_kwargs") or {})
+            )
+        else:  # any other module: the same modules with their parameters reset
+            net = copy.deepcopy(pl_module.net)
+            for module in net.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+        return net.to(pl_module.device).eval()
 
 
 def summarise(table: torch.Tensor) -> dict[str, float]:

@@ -317,7 +317,7 @@ def test_saliency_evaluation_on_two_ddp_processes_equals_one(tmp_path, pneumonia
     assert again.returncode == 0, again.stderr[-3000:]
     (retest,) = [r for r in runs(uri) if r.info.run_id != run.info.run_id]
     for method in methods:
-        for metric in ("energy", "pointing", "iou", "sensitivity", "rank_corr"):
+        for metric in ("energy", "pointing", "iou", "sensitivity", "rank_corr", "energy_randomised"):
             key = f"test/saliency/{method}/{metric}"
             assert retest.data.metrics[key] == pytest.approx(metrics[key], rel=1e-4, abs=1e-5), key
 
