@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from typing import Any
@@ -22,28 +21,24 @@ from lightning_modules.components.attributions import (
     Explainer,
     check_methods,
     deeplift_blockers,
+    initial_network,
 )
 from lightning_modules.components.errors import InputError
 from lightning_modules.components.metric_names import metric_name
 from lightning_modules.components.modes import eval_mode
-from lightning_modules.components.normalized_classifier import NormalizedClassifier
 from lightning_modules.components.saliency_metrics import (
+    COLUMNS,
     energy_in_mask,
     max_sensitivity,
     perturbations,
     pointing_game,
     rank_stability,
+    summarise,
     topk_iou,
 )
 from lightning_modules.components.threat_model import parse_eps
 
 log = logging.getLogger(__name__)
-
-#: per-sample columns gathered across processes, in this order
-COLUMNS = ("energy", "pointing", "iou", "sensitivity", "rank_corr", "correct", "label")
-METRICS = COLUMNS[:5]
-#: the metrics also reported per class (``energy_class0``): a model may look at the evidence of one class only
-PER_CLASS = ("energy", "pointing")
 
 
 class SaliencyEvaluation(Callback):
@@ -166,7 +161,7 @@ class SaliencyEvaluation(Callback):
         self._report, self._grids = {"settings": self.settings(), "splits": {}}, {}
         self._control = {}
         if self.randomised_control:
-            control = randomised_network(pl_module, self.seed)
+            control = initial_network(pl_module.net, pl_module.hparams, self.seed).to(pl_module.device)
             shape = self.explainers[next(iter(self.explainers))].image_shape
             self._control = {m: Explainer(control, m, shape, self.attribution) for m in self.explainers}
         for name in names:
@@ -311,46 +306,3 @@ class SaliencyEvaluation(Callback):
     def report(self) -> dict[str, Any] | None:
         """The last test's report (as logged to ``saliency.json``)."""
         return self._report
-
-
-def randomised_network(pl_module: LightningModule, seed: int) -> torch.nn.Module:
-    """The module's architecture at its initial weights (timm's initialisation, never pretrained ones), seeded and
-    built without touching the global random state, in eval mode on the module's device."""
-    hp = pl_module.hparams
-    # built outside inference mode (the test loop's), or its weights could not take part in autograd
-    with torch.random.fork_rng(devices=[]), torch.inference_mode(False):
-        torch.manual_seed(seed)
-        if "model_name" in hp:
-            mean, std = hp.get("mean"), hp.get("std")
-            net = NormalizedClassifier.from_timm(
-                hp["model_name"], hp["num_classes"], hp["in_chans"], False, mean, std, **(hp.get("timm_kwargs") or {})
-            )
-        else:  # any other module: the same modules with their parameters reset
-            net = copy.deepcopy(pl_module.net)
-            for module in net.modules():
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
-        return net.to(pl_module.device).eval()
-
-
-def summarise(table: torch.Tensor) -> dict[str, float]:
-    """Per metric, the mean over images where it is defined, ``<metric>_std``, and the mean over the correctly
-    classified images (``<metric>_correct``); ``n`` and ``n_correct``; for :data:`PER_CLASS`, the mean per class
-    (``<metric>_class<k>``) of every class among the images."""
-    out: dict[str, float] = {"n": float(len(table))}
-    correct = table[:, COLUMNS.index("correct")] == 1
-    out["n_correct"] = float(correct.sum())
-    for column, metric in enumerate(METRICS):
-        values = table[:, column]
-        defined = values[~values.isnan()]
-        out[metric] = float(defined.mean()) if len(defined) else math.nan
-        out[f"{metric}_std"] = float(defined.std()) if len(defined) > 1 else math.nan
-        on_correct = values[correct & ~values.isnan()]
-        out[f"{metric}_correct"] = float(on_correct.mean()) if len(on_correct) else math.nan
-    labels = table[:, COLUMNS.index("label")]
-    for k in sorted({int(v) for v in labels.tolist()}):
-        for metric in PER_CLASS:
-            values = table[labels == k, METRICS.index(metric)]
-            values = values[~values.isnan()]
-            out[f"{metric}_class{k}"] = float(values.mean()) if len(values) else math.nan
-    return out

@@ -25,6 +25,7 @@ from lightning_modules.components.attributions import (
     Explainer,
     deeplift_blockers,
     gradcam_layer,
+    initial_network,
 )
 from lightning_modules.components.errors import InputError
 from lightning_modules.components.normalized_classifier import NormalizedClassifier
@@ -193,6 +194,22 @@ def test_gradcam_defaults_to_a_spatial_layer_and_deeplift_refuses_unsupported_ac
     assert "SiLU" in deeplift_blockers(effnet)
     with pytest.raises(InputError, match="SiLU.*plain gradient"):
         Explainer(effnet, "deeplift", (1, 32, 32), AttributionSettings())
+
+
+def test_the_randomised_control_is_seeded_trainable_and_leaves_the_random_state_alone() -> None:
+    from lightning_modules.classifier import ClassifierModule
+
+    module = ClassifierModule("test_resnet", num_classes=2, in_chans=1)
+    with torch.no_grad():
+        for p in module.net.parameters():
+            p.add_(1.0)  # "trained"
+    state = torch.random.get_rng_state()
+    with torch.inference_mode():  # as in the test loop
+        first, again = (initial_network(module.net, module.hparams, seed=3) for _ in range(2))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    pairs = list(zip(first.parameters(), again.parameters(), module.net.parameters(), strict=True))
+    assert all(torch.equal(a, b) for a, b, _ in pairs) and not all(torch.equal(a, t) for a, _, t in pairs)
+    assert not any(p.is_inference() for p in first.parameters())
 
 
 # ------------------------------------------------------------------------------------------------ data

@@ -18,9 +18,11 @@ Known pitfalls, handled here rather than rediscovered:
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from captum.attr import DeepLift, IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion, Saliency
@@ -30,6 +32,7 @@ from torch import nn
 from lightning_modules.components.errors import InputError
 from lightning_modules.components.feature_taps import capture, feature_names, resolve_tap
 from lightning_modules.components.modes import attack_mode
+from lightning_modules.components.normalized_classifier import NormalizedClassifier
 
 log = logging.getLogger(__name__)
 
@@ -189,3 +192,28 @@ class Explainer:
             )
         cam = LayerGradCam(net, self._module).attribute(x, target=target, relu_attributions=True)
         return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
+
+
+def initial_network(net: nn.Module, hparams: Mapping[str, Any], seed: int) -> nn.Module:
+    """``net``'s architecture at its initial weights, for the model-randomisation check (Adebayo et al. 2018): rebuilt
+    from timm with the module's hyperparameters (``model_name``, ``num_classes``, ...; never pretrained), else a copy
+    of ``net`` with every ``reset_parameters`` called. Seeded without touching the global random state, built outside
+    inference mode (its weights must take part in autograd), in eval mode on the CPU."""
+    with torch.random.fork_rng(devices=[]), torch.inference_mode(False):
+        torch.manual_seed(seed)
+        if "model_name" in hparams:
+            fresh = NormalizedClassifier.from_timm(
+                hparams["model_name"],
+                hparams["num_classes"],
+                hparams["in_chans"],
+                False,
+                hparams.get("mean"),
+                hparams.get("std"),
+                **(hparams.get("timm_kwargs") or {}),
+            )
+        else:
+            fresh = copy.deepcopy(net).cpu()
+            for module in fresh.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+        return fresh.eval()

@@ -13,15 +13,25 @@ sample, so callers can average, gather across processes and take spreads as they
 * :func:`max_sensitivity` and :func:`rank_stability`: the largest relative change of the map over small random
   perturbations of the input (Yeh et al. 2019, normalised by the map's norm as Quantus does), and the mean Spearman
   rank correlation between the map before and after them.
+
+:func:`summarise` reduces a table of per-image scores (:data:`COLUMNS`) to means, spreads, the correctly classified
+images' means and per-class means.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
 from lightning_modules.components.errors import InputError
+
+#: per-image score columns (SaliencyEvaluation gathers them across processes), in this order
+COLUMNS = ("energy", "pointing", "iou", "sensitivity", "rank_corr", "correct", "label")
+METRICS = COLUMNS[:5]
+#: the metrics also summarised per class (``energy_class0``): a model may look at the evidence of one class only
+PER_CLASS = ("energy", "pointing")
 
 
 def check_masks(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -132,3 +142,26 @@ def rank_stability(
     """Per sample, the mean Spearman correlation of ``explain(x)`` with ``explain(x_j)`` over the perturbed inputs."""
     base = explain(x) if base is None else base
     return torch.stack([spearman(base, explain(x_j)) for x_j in perturbed]).mean(0)
+
+
+def summarise(table: torch.Tensor) -> dict[str, float]:
+    """Per metric, the mean over images where it is defined, ``<metric>_std``, and the mean over the correctly
+    classified images (``<metric>_correct``); ``n`` and ``n_correct``; for :data:`PER_CLASS`, the mean per class
+    (``<metric>_class<k>``) of every class among the images."""
+    out: dict[str, float] = {"n": float(len(table))}
+    correct = table[:, COLUMNS.index("correct")] == 1
+    out["n_correct"] = float(correct.sum())
+    for column, metric in enumerate(METRICS):
+        values = table[:, column]
+        defined = values[~values.isnan()]
+        out[metric] = float(defined.mean()) if len(defined) else math.nan
+        out[f"{metric}_std"] = float(defined.std()) if len(defined) > 1 else math.nan
+        on_correct = values[correct & ~values.isnan()]
+        out[f"{metric}_correct"] = float(on_correct.mean()) if len(on_correct) else math.nan
+    labels = table[:, COLUMNS.index("label")]
+    for k in sorted({int(v) for v in labels.tolist()}):
+        for metric in PER_CLASS:
+            values = table[labels == k, METRICS.index(metric)]
+            values = values[~values.isnan()]
+            out[f"{metric}_class{k}"] = float(values.mean()) if len(values) else math.nan
+    return out
