@@ -59,10 +59,10 @@ def main() -> None:
         f"integrated gradients {args.ig_steps} steps; occlusion window {window} stride {stride}; "
         f"Grad-CAM at {explainers['gradcam'].layer}; median of {args.rounds} rounds"
     )
-    print(f"{'method':<22}{'ms/image':>10}{'x forward':>12}")
+    print(f"{'method':<22}{'ms/image':>10}{'ratio to a forward pass':>25}")
     for name, values in times.items():
         per_image = statistics.median(values) / n
-        print(f"{name:<22}{1000 * per_image:>10.3f}{per_image / base:>12.1f}")
+        print(f"{name:<22}{1000 * per_image:>10.3f}{per_image / base:>25.1f}")
 
 
 if __name__ == "__main__":

@@ -3,13 +3,15 @@
 Default: PneumoniaMNIST with known evidence regions (``--data.evidence``: each class's pattern at a random, recorded
 position), standard training against PGD-AT and TRADES at L-inf 8/255, 2 seeds each
 (``experiments/sweeps/pneumonia_saliency_cpu.yaml``). ``--shortcut``: BreastMNIST with a localised shortcut marker,
-ERM against distillation from a clean teacher, 3 seeds (``experiments/sweeps/breast_shortcut_saliency_cpu.yaml``;
+ERM against distillation from a clean teacher, 3 seeds, the marker at a fixed corner and at random positions
+(``experiments/sweeps/breast_shortcut_saliency_cpu.yaml``;
 the teachers come from ``python -m experiments.studies.shortcut_distillation --dataset breast`` in the same store),
 scored against the marker's mask: there, *high* energy means the model looks at the shortcut.
 
 Runs the sweep (FINISHED children are kept), then writes ``saliency_study.json`` and ``plots/saliency_study.png``
 (per method and arm: energy in the mask and pointing game, one dot per seed) into the sweep's parent run and prints
-the table: mean +- std over seeds of each metric per method and arm, beside clean accuracy and accuracy under PGD.
+the table: mean +- std over seeds of each metric per method and arm (``*_randomised``: the same architecture
+untrained, where the run has the control), beside clean accuracy and accuracy under PGD.
 
     MEDMNIST_ROOT=../shared/data/medmnist python -m experiments.studies.saliency_alignment
     MEDMNIST_ROOT=../shared/data/medmnist python -m experiments.studies.saliency_alignment --shortcut
@@ -32,6 +34,7 @@ from lightning_modules.components.attributions import METHODS
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("energy", "pointing", "iou", "sensitivity", "rank_corr")
 PER_CLASS = ("energy_class0", "energy_class1")
+RANDOMISED = ("energy_randomised", "pointing_randomised")
 CONTEXT = {
     "clean_acc": "test/acc",
     "clean_auroc": "test/auroc",
@@ -62,7 +65,8 @@ STUDIES = {
 def arm(params: dict[str, str]) -> str:
     """The arm of a child run from its params."""
     if "data.shortcut.kind" in params:
-        return "distilled" if "callbacks.FeatureDistillation.teacher" in params else "erm"
+        name = "distilled" if "callbacks.FeatureDistillation.teacher" in params else "erm"
+        return name + ("_random" if params.get("data.shortcut.position") == "random" else "")
     eps = params.get("callbacks.AdversarialTraining.eps", "0")
     if eps in ("0", "0.0"):
         return "standard"
@@ -79,7 +83,7 @@ def table(client: MlflowClient, experiment_id: str, parent_id: str, study: Study
         values = {
             f"{method}/{m}": metrics.get(f"{study.prefix}/{method}/{m}")
             for method in METHODS
-            for m in (*METRICS, *PER_CLASS)
+            for m in (*METRICS, *PER_CLASS, *RANDOMISED)
         }
         values |= {name: metrics.get(key) for name, key in CONTEXT.items()}
         values["seed"] = float(run.data.params.get("seed_everything", "nan"))
@@ -131,15 +135,15 @@ def print_table(rows: dict, study: Study) -> None:
 
     print(f"\n{study.sweep}: mean ± std over seeds; masks mark the {study.mask}")
     context = [k for k in CONTEXT if any(k in r["cells"] for r in rows.values())]
-    print(f"{'arm':<10}{'seeds':>6}  " + "  ".join(f"{k:>15}" for k in context))
+    print(f"{'arm':<16}{'seeds':>6}  " + "  ".join(f"{k:>15}" for k in context))
     for name, row in rows.items():
-        print(f"{name:<10}{row['n_seeds']:>6}  " + "  ".join(f"{cell(row, k):>15}" for k in context))
-    print(f"\n{'method':<22}{'arm':<10}" + "".join(f"{m:>15}" for m in (*METRICS, *PER_CLASS)))
+        print(f"{name:<16}{row['n_seeds']:>6}  " + "  ".join(f"{cell(row, k):>15}" for k in context))
+    print(f"\n{'method':<22}{'arm':<16}" + "".join(f"{m[:14]:>15}" for m in (*METRICS, *PER_CLASS, *RANDOMISED)))
     for method in METHODS:
         for name, row in rows.items():
             if f"{method}/energy" in row["cells"]:
-                columns = (*METRICS, *PER_CLASS)
-                print(f"{method:<22}{name:<10}" + "".join(f"{cell(row, f'{method}/{m}'):>15}" for m in columns))
+                columns = (*METRICS, *PER_CLASS, *RANDOMISED)
+                print(f"{method:<22}{name:<16}" + "".join(f"{cell(row, f'{method}/{m}'):>15}" for m in columns))
 
 
 def main(argv: list[str] | None = None) -> int:
