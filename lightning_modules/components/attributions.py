@@ -202,15 +202,7 @@ def initial_network(net: nn.Module, hparams: Mapping[str, Any], seed: int) -> nn
     with torch.random.fork_rng(devices=[]), torch.inference_mode(False):
         torch.manual_seed(seed)
         if "model_name" in hparams:
-            fresh = NormalizedClassifier.from_timm(
-                hparams["model_name"],
-                hparams["num_classes"],
-                hparams["in_chans"],
-                False,
-                hparams.get("mean"),
-                hparams.get("std"),
-                **(hparams.get("timm_kwargs") or {}),
-            )
+            fresh = NormalizedClassifier.from_hparams(hparams)
         else:
             fresh = copy.deepcopy(net).cpu()
             for module in fresh.modules():

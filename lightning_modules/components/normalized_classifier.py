@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import timm
 import torch
@@ -59,6 +60,21 @@ class NormalizedClassifier(nn.Module):
             )
             mean, std = mean or default_mean, std or default_std
         return cls(Normalize(mean, std, in_chans), backbone)
+
+    @classmethod
+    def from_hparams(cls, hparams: Mapping[str, Any]) -> NormalizedClassifier:
+        """The network a ClassifierModule with these hyperparameters builds (``model_name``, ``num_classes``,
+        ``in_chans``, ``mean``, ``std``, ``timm_kwargs``), freshly initialised and never pretrained: the skeleton a
+        checkpoint's weights are loaded into, or an untrained twin of a trained model."""
+        return cls.from_timm(
+            hparams["model_name"],
+            hparams["num_classes"],
+            hparams["in_chans"],
+            False,
+            hparams.get("mean"),
+            hparams.get("std"),
+            **(hparams.get("timm_kwargs") or {}),
+        )
 
 
 def pretrained_normalization(model_name: str, in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

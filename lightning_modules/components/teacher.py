@@ -62,15 +62,7 @@ def load_teacher(source: str, tracking_uri: str | None = None, what: str = "Teac
     hparams = dict(checkpoint.get("hyper_parameters") or {})
     if "model_name" not in hparams or "state_dict" not in checkpoint:
         raise InputError(f"{what} {source!r} is not a ClassifierModule checkpoint (no model_name hyperparameter)")
-    net = NormalizedClassifier.from_timm(
-        hparams["model_name"],
-        hparams["num_classes"],
-        hparams["in_chans"],
-        False,
-        hparams.get("mean"),
-        hparams.get("std"),
-        **(hparams.get("timm_kwargs") or {}),
-    )
+    net = NormalizedClassifier.from_hparams(hparams)
     state = {k[len("net.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     net.load_state_dict(state)
     net.eval().requires_grad_(False)
