@@ -162,8 +162,10 @@ class SaliencyEvaluation(Callback):
         self._control = {}
         if self.randomised_control:
             control = initial_network(pl_module.net, pl_module.hparams, self.seed).to(pl_module.device)
-            shape = self.explainers[next(iter(self.explainers))].image_shape
-            self._control = {m: Explainer(control, m, shape, self.attribution) for m in self.explainers}
+            self._control = {
+                method: Explainer(control, method, explainer.image_shape, self.attribution)
+                for method, explainer in self.explainers.items()
+            }
         for name in names:
             self._report["splits"][name] = self._evaluate(trainer, pl_module, name, available[name])
         for name, split in self._report["splits"].items():
@@ -185,10 +187,11 @@ class SaliencyEvaluation(Callback):
         for start in range(0, len(mine), self.batch_size):
             index = mine[start : start + self.batch_size]
             stable = torch.tensor([position[int(i)] < self.stability_samples for i in index])
-            for method, scores in self._explain(pl_module, dataset, index, stable, self.explainers).items():
+            inputs = self._inputs(pl_module, dataset, index)  # one forward for the model and its control
+            for method, scores in self._explain(inputs, index, stable, self.explainers).items():
                 rows[method].append(scores)
             none = torch.zeros(len(index), dtype=torch.bool)
-            for method, scores in self._explain(pl_module, dataset, index, none, self._control).items():
+            for method, scores in self._explain(inputs, index, none, self._control).items():
                 control[method].append(scores)
         out = {"n": len(chosen), "n_without_mask": int((~dataset.masks.flatten(1).any(1)).sum()), "methods": {}}
         for method in self.explainers:
@@ -220,14 +223,14 @@ class SaliencyEvaluation(Callback):
 
     def _explain(
         self,
-        pl_module: LightningModule,
-        dataset: Any,
+        inputs: tuple[torch.Tensor, ...],
         index: torch.Tensor,
         stable: torch.Tensor,
         explainers: dict[str, Explainer],
     ) -> dict[str, torch.Tensor]:
-        """Per method, one row of :data:`COLUMNS` per image (NaN where not computed)."""
-        x, y, pred, target, masks = self._inputs(pl_module, dataset, index)
+        """Per method, one row of :data:`COLUMNS` per image (NaN where not computed); ``inputs`` from
+        :meth:`_inputs`."""
+        x, y, pred, target, masks = inputs
         out = {}
         for method, explainer in explainers.items():
             maps = explainer(x, target)
@@ -239,13 +242,16 @@ class SaliencyEvaluation(Callback):
             scores[:, 6] = y.float().cpu()
             if stable.any():
                 keep = stable.nonzero().flatten().to(x.device)
-                scores[stable, 3], scores[stable, 4] = self._stability(explainer, x[keep], target[keep], index[stable])
+                scores[stable, 3], scores[stable, 4] = self._stability(
+                    explainer, x[keep], target[keep], index[stable], maps[keep]
+                )
             out[method] = scores
         return out
 
     def _stability(
-        self, explainer: Explainer, x: torch.Tensor, target: torch.Tensor, index: torch.Tensor
+        self, explainer: Explainer, x: torch.Tensor, target: torch.Tensor, index: torch.Tensor, base: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Max sensitivity and rank stability of the maps ``base`` (already computed on ``x``)."""
         # each image's perturbations come from its own seed, so they do not depend on the batch or the process
         noise = [
             perturbations(x[i], self.stability_radius, self.stability_perturbations, self._generator(int(index[i])))
@@ -256,7 +262,6 @@ class SaliencyEvaluation(Callback):
         def explain(inputs: torch.Tensor) -> torch.Tensor:
             return explainer(inputs, target)
 
-        base = explain(x)
         sensitivity = max_sensitivity(explain, x, perturbed, base=base)
         return sensitivity.cpu(), rank_stability(explain, x, perturbed, base=base).cpu()
 
