@@ -130,3 +130,28 @@ def corruption_examples(images: dict[str, np.ndarray], severities: tuple[int, ..
         axes[row, 0].set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
     fig.tight_layout()
     return fig
+
+
+def distance_figure(distances: dict[str, dict]) -> Figure:
+    """Accuracy against the perturbation size each minimal-distance attack needed, one panel per attack: the share of
+    the attacked samples (misclassified ones at distance 0) whose distance exceeds the abscissa."""
+    fig, axes = plt.subplots(1, len(distances), figsize=(4.2 * len(distances), 3.6), squeeze=False)
+    for ax, (attack, d) in zip(axes.flat, distances.items(), strict=False):
+        values = np.array(d["values"], dtype=float)
+        total = len(values) + d["misclassified"]
+        finite = np.sort(values[np.isfinite(values)])
+        scale = 255 if d["norm"] == "linf" else 1
+        xs = np.concatenate([[0.0], finite * scale])
+        acc = np.array([len(values) - k for k in range(len(finite) + 1)]) / max(total, 1)
+        ax.step(xs, acc, where="post")
+        if d["n"]:
+            ax.axvline(d["median"] * scale, color="grey", ls="--", lw=1, label=f"median {d['median'] * scale:.3g}")
+            ax.legend()
+        unit = {"linf": "L-inf (x/255)", "l2": "L2 (pixel units)", "l0": "L0 (share of values)"}[d["norm"]]
+        ax.set_xlabel(f"{attack} distance, {unit}")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{attack}: n={d['n']}, fooled {d['fooled']:.0%}" if d["n"] else attack)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -1,4 +1,5 @@
-"""RobustnessEvaluation: accuracy under FGSM, PGD and AutoAttack over an eps grid, with the per-sample worst case."""
+"""RobustnessEvaluation: accuracy under FGSM, PGD and AutoAttack over an eps grid, with the per-sample worst case, and
+budget-free minimal distances (DeepFool, JSMA, bisection with PGD)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
-from callbacks.figures import robustness_figure
+from callbacks.evaluation_outputs import gather_rows
+from callbacks.figures import distance_figure, robustness_figure
 from callbacks.mlflow_logger_lookup import log_params_once, mlflow_logger
 from lightning_modules.components.attack_suite import (
     SOFTMAX_ONLY,
@@ -30,8 +32,15 @@ from lightning_modules.components.confusion import (
     top_prediction_share,
     worst_case_predictions,
 )
+from lightning_modules.components.errors import InputError
 from lightning_modules.components.masking_checks import black_box_check, white_box_checks
 from lightning_modules.components.metric_names import metric_name
+from lightning_modules.components.min_distance import (
+    DISTANCE_ATTACKS,
+    DistanceSettings,
+    distance_summary,
+    minimal_distances,
+)
 from lightning_modules.components.modes import eval_mode
 from lightning_modules.components.threat_model import parse_eps
 
@@ -57,6 +66,16 @@ class RobustnessEvaluation(Callback):
     Under DDP each rank attacks its share and the counts are summed on every rank, even one that received no batch;
     each sample counts once because the test loader does not pad (MedMNISTDataModule's does not).
 
+    **Minimal distances** (``distance_attacks``; :mod:`~lightning_modules.components.min_distance`): per correctly
+    classified sample, the smallest perturbation DeepFool (L2), JSMA (L0, share of values changed) or a bisection over
+    eps with PGD (L-inf) needed to change its prediction. Logged as ``test/adv/<attack>/<norm>_dist/{median,q25,q75,
+    fooled,n}`` (``fooled``: the share flipped; a median of ``inf`` means fewer than half were), summarised as
+    ``summary/adv_dist/<norm>/<attack>`` (the median), drawn in ``plots/min_distance.png`` as accuracy against the
+    distance, with every value in ``robustness.json``. They need no budget, so runs compare without picking one.
+
+    Attacks run inside the trainer's precision context (``precision: bf16-mixed`` attacks in bf16 autocast, as the
+    clean test forward is), so a fast-path run is evaluated as it runs.
+
     Gradient-masking checks in the spirit of AutoAttack's (:mod:`~lightning_modules.components.masking_checks`),
     logged as tags ``robustness.check.*`` and warned about when they fail.
 
@@ -76,6 +95,12 @@ class RobustnessEvaluation(Callback):
         sanity_checks: run the gradient-masking checks.
         sanity_square_queries: query budget of the black-box check.
         seed: seed of random starts and of torchattacks' attacks.
+        distance_attacks: any of ``"deepfool"``, ``"jsma"``, ``"min_linf"``; default ``["deepfool"]`` (cheap: a few
+            steps per sample), none for a multi-label task (they assume a softmax classifier).
+        distance: their settings (:class:`DistanceSettings`: DeepFool's steps and overshoot, JSMA's theta and gamma,
+            the bisection's ``linf_max``, ``linf_bisections`` and ``linf_pgd_steps``).
+        distance_max_samples: measure distances on at most this many test samples per process (JSMA's pair search is
+            the costly one); ``None``: as ``max_samples``.
     """
 
     def __init__(
@@ -93,9 +118,19 @@ class RobustnessEvaluation(Callback):
         sanity_checks: bool = True,
         sanity_square_queries: int = 300,
         seed: int = 0,
+        distance_attacks: list[str] | None = None,
+        distance: DistanceSettings | None = None,
+        distance_max_samples: int | None = None,
     ) -> None:
         if attacks is not None:
             check_attacks(attacks, "multiclass")
+        unknown = sorted(set(distance_attacks or []) - set(DISTANCE_ATTACKS))
+        if unknown:
+            raise InputError(f"Unknown distance_attacks {unknown}; valid: {list(DISTANCE_ATTACKS)}")
+        self.distance_attacks = distance_attacks
+        self.distance = distance or DistanceSettings()
+        self.distance_max_samples = distance_max_samples
+        self._distances: dict[str, list[torch.Tensor]] = {}
         self.attacks = attacks
         linf = linf_eps if linf_eps is not None else ["1/255", "2/255", "4/255", "8/255"]
         l2 = l2_eps if l2_eps is not None else [0.25, 0.5]
@@ -118,6 +153,11 @@ class RobustnessEvaluation(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         attacks = self.attacks if self.attacks is not None else default_attacks(pl_module.task)
         check_attacks(attacks, pl_module.task)  # before training, not after it
+        multilabel = pl_module.task == "multilabel"
+        if multilabel and self.distance_attacks:
+            raise InputError(f"distance_attacks {self.distance_attacks} assume a softmax classifier, not multi-label")
+        default = [] if multilabel else ["deepfool"]
+        self._distance_attacks = self.distance_attacks if self.distance_attacks is not None else default
         self.specs = [
             AttackSpec(attack, norm, eps, self.pgd_steps if attack == "pgd" else 0, self.pgd_restarts)
             for attack in attacks
@@ -129,6 +169,7 @@ class RobustnessEvaluation(Callback):
     @override
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._seen, self._checks, self._seconds, self._report = 0, {}, {}, None
+        self._distances = {attack: [] for attack in self._distance_attacks}
         task, c = pl_module.task, pl_module.num_classes
         self._fns = {
             spec.label: build_attack(spec, task, c, self.autoattack_steps, self.square_queries, self.seed)
@@ -160,7 +201,7 @@ class RobustnessEvaluation(Callback):
         cap = self.autoattack_max_samples
         expensive = limit if cap is None else max(0, min(limit, cap - first))
         net, task = pl_module.net, pl_module.task
-        with torch.inference_mode(False):
+        with torch.inference_mode(False), trainer.precision_plugin.forward_context():
             x, y = x.clone(), y.clone()
             if self.sanity_checks and batch_idx == 0:
                 self._checks |= white_box_checks(net, x, y, task)
@@ -180,10 +221,19 @@ class RobustnessEvaluation(Callback):
                     self._add(f"{WORST}/{threat}", worst, y[:k], pl_module)
             if self.sanity_checks and batch_idx == 0 and task != "multilabel":
                 self._checks |= self._black_box_check(net, x, y, pl_module.num_classes)
+            self._measure_distances(net, x, y, first, pl_module.num_classes)
         if trainer.is_global_zero:
             total = trainer.num_test_batches[0] if trainer.num_test_batches else "?"
             spent = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in self._seconds.items())
             log.info("robustness: batch %d/%s, %d samples attacked (%s)", batch_idx + 1, total, self._seen, spent)
+
+    def _measure_distances(self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, first: int, c: int) -> None:
+        cap = self.distance_max_samples
+        k = len(x) if cap is None else max(0, min(len(x), cap - first))
+        for attack in self._distances if k > 0 else ():
+            start = time.perf_counter()
+            self._distances[attack].append(minimal_distances(attack, net, x[:k], y[:k], c, self.distance))
+            self._seconds[attack] = self._seconds.get(attack, 0.0) + time.perf_counter() - start
 
     def _predict(
         self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, key: str, pl_module: Any
@@ -234,7 +284,24 @@ class RobustnessEvaluation(Callback):
                     metrics |= {"n": n, "top_pred_share": share}
                 for name, value in metrics.items():
                     pl_module.log(metric_name("test", "adv", key, name), float(value), sync_dist=False)
-        self._report = {"settings": self.settings(), "results": results, "checks": self._checks}
+        distances = {}
+        for attack, parts in self._distances.items():
+            values = torch.cat(parts) if parts else torch.zeros(0)
+            values = gather_rows(trainer, values, pl_module.device)
+            norm = DISTANCE_ATTACKS[attack]
+            stats = distance_summary(values)
+            for name in ("median", "q25", "q75", "fooled", "n"):
+                pl_module.log(
+                    metric_name("test", "adv", attack, f"{norm}_dist", name), float(stats[name]), sync_dist=False
+                )
+            kept = values[~values.isnan()]
+            distances[attack] = {
+                "norm": norm,
+                **stats,
+                "values": sorted(kept.tolist()),
+                "misclassified": len(values) - len(kept),
+            }
+        self._report = {"settings": self.settings(), "results": results, "checks": self._checks, "distances": distances}
 
     @override
     @rank_zero_only
@@ -258,6 +325,10 @@ class RobustnessEvaluation(Callback):
         fig = robustness_figure(self._report["results"])
         client.log_figure(run_id, fig, "plots/robustness.png")
         plt.close(fig)
+        if self._report["distances"]:
+            fig = distance_figure(self._report["distances"])
+            client.log_figure(run_id, fig, "plots/min_distance.png")
+            plt.close(fig)
         for name, value in self._checks.items():
             client.set_tag(run_id, f"robustness.check.{name}", str(value))
         client.set_tag(run_id, "robustness.near_constant", ",".join(constant) or "none")
@@ -274,6 +345,9 @@ class RobustnessEvaluation(Callback):
             "max_samples": self.max_samples,
             "autoattack_max_samples": self.autoattack_max_samples,
             "seed": self.seed,
+            "distance_attacks": list(self._distance_attacks) if hasattr(self, "_distance_attacks") else None,
+            "distance": dict(vars(self.distance)),
+            "distance_max_samples": self.distance_max_samples,
         }
 
     @property

@@ -174,6 +174,11 @@ class MedMNISTDataModule(LightningDataModule):
         return self.spec.task
 
     @property
+    def input_size(self) -> int:
+        """The image side the model sees (linked to ``model.input_size`` by the CLI)."""
+        return self.spec.size
+
+    @property
     def class_names(self) -> list[str]:
         return self.spec.class_names
 

@@ -87,7 +87,7 @@ class MedRobustCLI(LightningCLI):
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        for key in ("num_classes", "in_chans", "task"):
+        for key in ("num_classes", "in_chans", "task", "input_size"):
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
         parser.add_lightning_class_args(SelectionCheckpoint, "checkpoint")
         parser.add_lightning_class_args(MLflowSystemMetrics, "system_metrics")

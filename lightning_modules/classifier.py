@@ -56,6 +56,19 @@ class ClassifierModule(TrainingSeams, LightningModule):
             ``n / (C * n_c)`` from the training split's labels; for multi-label tasks BCE's ``pos_weight`` of
             negatives / positives per label) or one weight per class. Validation and test losses stay unweighted,
             so they compare across runs. The weights in effect are recorded in the run (tag ``train.class_weights``).
+        small_input: adapt the network to 28-64 px images as the small-image literature does
+            (:mod:`~lightning_modules.components.small_input`): ResNets get the CIFAR stem (3x3 stride-1 conv, no
+            max-pool), ConvNeXt a 3x3 stride-1 stem, EfficientNet a stride-1 stem, ViT a patch size giving a 7x7+
+            token grid. ``feature_info`` follows. Other families are refused, naming the supported ones.
+        input_size: the image side; linked from ``data.size`` by the CLI (a ViT with ``small_input`` needs it).
+        channels_last: keep the network's weights and activations in channels-last memory format, which
+            oneDNN's (CPU) and cuDNN's bf16 convolutions run fastest in. Pair it with ``trainer.precision:
+            bf16-mixed`` for the fast path (:doc:`README` "Fast path"); attacks during training and the evaluation
+            callbacks run inside the same precision context, so adversarial training and robustness numbers inherit
+            both.
+        compile: ``torch.compile`` the backbone's forward in place (``True``, or a dict of ``torch.compile``
+            arguments such as ``{mode: max-autotune}``); module names, feature taps and checkpoints are unchanged.
+            The first steps pay the compilation.
     """
 
     def __init__(
@@ -71,6 +84,10 @@ class ClassifierModule(TrainingSeams, LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         timm_kwargs: dict | None = None,
         class_weights: Literal["balanced"] | list[float] | None = None,
+        small_input: bool = False,
+        input_size: int | None = None,
+        channels_last: bool = False,
+        compile: bool | dict = False,
     ) -> None:
         super().__init__()
         # Factories are not data: keeping them out makes checkpoints load with weights_only=True. Under the CLI the
@@ -81,8 +98,12 @@ class ClassifierModule(TrainingSeams, LightningModule):
         self.task = task
         self.num_classes = num_classes
         self.net = NormalizedClassifier.from_timm(
-            model_name, num_classes, in_chans, pretrained, mean, std, **(timm_kwargs or {})
+            model_name, num_classes, in_chans, pretrained, mean, std, small_input, input_size, **(timm_kwargs or {})
         )
+        if channels_last:
+            self.net.use_channels_last()
+        if compile:
+            self.net.backbone.compile(**(compile if isinstance(compile, dict) else {}))
         # What the Normalize layer resolved to, so that a loaded checkpoint rebuilds the same model.
         self.hparams["mean"], self.hparams["std"] = self.net.normalize.values()
         self.optimizer_factory = optimizer

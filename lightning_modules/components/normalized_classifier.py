@@ -12,6 +12,7 @@ from torch import nn
 
 from lightning_modules.components.errors import InputError
 from lightning_modules.components.normalize import Normalize
+from lightning_modules.components.small_input import adapt_small_input, small_input_kwargs
 
 
 class NormalizedClassifier(nn.Module):
@@ -28,9 +29,20 @@ class NormalizedClassifier(nn.Module):
         super().__init__()
         self.normalize = normalize
         self.backbone = backbone
+        self.memory_format = torch.contiguous_format
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.normalize(x))
+        x = self.normalize(x)
+        if self.memory_format is not torch.contiguous_format and x.dim() == 4:
+            x = x.contiguous(memory_format=self.memory_format)
+        return self.backbone(x)
+
+    def use_channels_last(self) -> NormalizedClassifier:
+        """Weights and inputs in channels-last memory format (what oneDNN's and cuDNN's bf16 kernels prefer); the
+        numbers are the same, only the layout changes."""
+        self.memory_format = torch.channels_last
+        self.backbone.to(memory_format=torch.channels_last)
+        return self
 
     @classmethod
     def from_timm(
@@ -41,19 +53,27 @@ class NormalizedClassifier(nn.Module):
         pretrained: bool = False,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        small_input: bool = False,
+        input_size: int | None = None,
         **timm_kwargs: object,
     ) -> NormalizedClassifier:
         """Build from timm's registry; an unknown name raises with the closest valid names.
 
         ``mean``/``std`` default to the pretrained weights' own normalisation when ``pretrained``, else 0.5.
+        ``small_input`` adapts the stem to 28-64 px images (:mod:`~lightning_modules.components.small_input`; a ViT
+        needs ``input_size`` for its token grid).
         """
         if not timm.is_model(model_name):
             close = difflib.get_close_matches(model_name, timm.list_models(), n=5, cutoff=0.6)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
             raise InputError(f"Unknown timm model {model_name!r}.{hint} See timm.list_models() for all names.")
+        if small_input:
+            timm_kwargs = {**timm_kwargs, **small_input_kwargs(model_name, input_size, timm_kwargs)}
         backbone = timm.create_model(
             model_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **timm_kwargs
         )
+        if small_input:
+            adapt_small_input(model_name, backbone, pretrained)
         if mean is None or std is None:
             default_mean, default_std = (
                 pretrained_normalization(model_name, in_chans) if pretrained else ((0.5,), (0.5,))
@@ -64,8 +84,9 @@ class NormalizedClassifier(nn.Module):
     @classmethod
     def from_hparams(cls, hparams: Mapping[str, Any]) -> NormalizedClassifier:
         """The network a ClassifierModule with these hyperparameters builds (``model_name``, ``num_classes``,
-        ``in_chans``, ``mean``, ``std``, ``timm_kwargs``), freshly initialised and never pretrained: the skeleton a
-        checkpoint's weights are loaded into, or an untrained twin of a trained model."""
+        ``in_chans``, ``mean``, ``std``, ``small_input``, ``input_size``, ``timm_kwargs``), freshly initialised and
+        never pretrained: the skeleton a checkpoint's weights are loaded into, or an untrained twin of a trained
+        model."""
         return cls.from_timm(
             hparams["model_name"],
             hparams["num_classes"],
@@ -73,6 +94,8 @@ class NormalizedClassifier(nn.Module):
             False,
             hparams.get("mean"),
             hparams.get("std"),
+            bool(hparams.get("small_input", False)),
+            hparams.get("input_size"),
             **(hparams.get("timm_kwargs") or {}),
         )
 

@@ -71,7 +71,7 @@ class PGD:
         self, net: nn.Module, x: torch.Tensor, target: torch.Tensor, x_init: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Adversarial images for ``x`` (detached, within the ball and [0, 1]); ``x_init`` overrides the first start."""
-        if self.threat.eps == 0:
+        if not isinstance(self.threat.eps, torch.Tensor) and self.threat.eps == 0:
             return x.detach().clone()
         with attack_mode(net):
             x, target = x.detach().clone(), target.detach().clone()

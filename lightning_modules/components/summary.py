@@ -54,6 +54,9 @@ def summary_metrics(metrics: dict[str, float]) -> dict[str, float]:
         # test/adv/worst/<threat>/<acc|bal_acc|n|top_pred_share>
         if len(parts) == 5 and parts[:3] == ["test", "adv", "worst"] and parts[4] in WORST:
             out[f"{SUMMARY}{WORST[parts[4]]}/{parts[3]}"] = float(value)
+        # test/adv/<attack>/<norm>_dist/median
+        if len(parts) == 5 and parts[:2] == ["test", "adv"] and parts[3].endswith("_dist") and parts[4] == "median":
+            out[f"{SUMMARY}adv_dist/{parts[3].removesuffix('_dist')}/{parts[2]}"] = float(value)
         # test/shortcut/<split>/<auroc|bal_acc|dtpr>
         if len(parts) == 4 and parts[:2] == ["test", "shortcut"] and parts[3] in SHORTCUT:
             out[f"{SUMMARY}{SHORTCUT[parts[3]]}/{parts[2]}"] = float(value)

@@ -61,8 +61,10 @@ class ThreatModel(ABC):
 
     norm: str
 
-    def __init__(self, eps: float | str) -> None:
-        self.eps = parse_eps(eps)
+    def __init__(self, eps: float | str | torch.Tensor) -> None:
+        # A tensor is one radius per sample, shaped to broadcast over the batch: (N, 1, 1, 1). The minimal-distance
+        # search (:mod:`~lightning_modules.components.min_distance`) gives each sample its own; it starts at x.
+        self.eps = eps if isinstance(eps, torch.Tensor) else parse_eps(eps)
 
     @abstractmethod
     def random_init(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,7 +86,8 @@ class ThreatModel(ABC):
     def _project_delta(self, delta: torch.Tensor) -> torch.Tensor: ...
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(eps={self.eps:.6g})"
+        eps = "per-sample" if isinstance(self.eps, torch.Tensor) else f"{self.eps:.6g}"
+        return f"{type(self).__name__}(eps={eps})"
 
 
 class LinfThreat(ThreatModel):

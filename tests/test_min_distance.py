@@ -1,0 +1,150 @@
+"""Minimal-distance attacks: DeepFool and JSMA against torchattacks, closed forms on a linear model, the report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchattacks
+from conftest import quiet_trainer
+from mlflow import MlflowClient
+from torch import nn
+
+from callbacks.robustness_evaluation import RobustnessEvaluation
+from datamodules.medmnist import MedMNISTDataModule
+from experiments.mlflow_logger import MLflowRunLogger
+from lightning_modules.classifier import ClassifierModule
+from lightning_modules.components.deepfool import deepfool
+from lightning_modules.components.errors import InputError
+from lightning_modules.components.jsma import jsma
+from lightning_modules.components.min_distance import DistanceSettings, distance_summary, minimal_distances
+from lightning_modules.components.summary import summary_metrics
+
+#: torchattacks 3.5.1 (the first with JSMA), installed beside our pinned 3.3.0 by README command 2:
+#: pip install --no-deps --target .venv/torchattacks-3.5.1 torchattacks==3.5.1
+REFERENCE = Path(sys.prefix) / "torchattacks-3.5.1" / "torchattacks"
+
+
+def reference_torchattacks():
+    if not (REFERENCE / "__init__.py").exists():
+        pytest.skip(f"torchattacks 3.5.1 is not at {REFERENCE.parent} (README command 2 installs it)")
+    spec = importlib.util.spec_from_file_location(
+        "torchattacks_351", REFERENCE / "__init__.py", submodule_search_locations=[str(REFERENCE)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["torchattacks_351"] = module
+    spec.loader.exec_module(module)
+    assert module.__version__ == "3.5.1"
+    return module
+
+
+def small_net(classes: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 64, classes)
+    ).double()
+
+
+@pytest.mark.parametrize("classes", [2, 3, 5])
+def test_deepfool_equals_torchattacks(classes) -> None:
+    net = small_net(classes).eval()
+    x = torch.rand(24, 1, 8, 8, dtype=torch.double, generator=torch.Generator().manual_seed(1))
+    y = net(x).argmax(1)
+    y[:3] = (y[:3] + 1) % classes  # three misclassified samples: both leave them unchanged
+    theirs = torchattacks.DeepFool(net, steps=50, overshoot=0.02)(x, y)
+    ours = deepfool(net, x, y, steps=50, overshoot=0.02, overshoot_on="step")
+    torch.testing.assert_close(ours, theirs, atol=1e-7, rtol=0)
+    assert torch.equal(ours[:3], x[:3])
+    total = deepfool(net, x, y, steps=50, overshoot=0.02, overshoot_on="total")  # the authors' overshoot
+    assert torch.equal(total[:3], x[:3]) and (net(total[3:]).argmax(1) != y[3:]).float().mean() > 0.5
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_jsma_equals_torchattacks(classes) -> None:
+    ref = reference_torchattacks()
+    net = small_net(classes).eval()
+    x = 0.9 * torch.rand(16, 1, 8, 8, dtype=torch.double, generator=torch.Generator().manual_seed(2))
+    y = net(x).argmax(1)
+    attack = ref.JSMA(net, theta=1.0, gamma=0.3)
+    attack.set_mode_targeted_by_function(lambda images, labels: (labels + 1) % classes, quiet=True)
+    theirs = attack(x, y)
+    ours = jsma(net, x, y, classes, theta=1.0, gamma=0.3)
+    assert torch.equal(ours, theirs)
+    changed = ((ours - x) != 0).flatten(1).sum(1)
+    assert (changed % 2 == 0).all() and (changed > 0).all() and (changed <= 2 * math.ceil(64 * 0.3 / 2)).all()
+    assert (net(ours).argmax(1) == (y + 1) % classes).all()
+
+
+def test_linear_model_closed_forms() -> None:
+    """For logits ``Wx + b``, the distance to the boundary between classes y and k is ``|margin| / ||w_k - w_y||``: in
+    L2 DeepFool reaches it in one step (times its overshoot), in L-inf the bisection brackets ``margin / ||.||_1``."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(36, 2)).double()
+    with torch.no_grad():
+        net[1].weight.mul_(0.5)
+    x = 0.5 + 0.02 * torch.randn(32, 1, 6, 6, dtype=torch.double)  # far from the [0, 1] box edges
+    y = net(x).argmax(1)
+    logits = net(x)
+    margin = (logits[torch.arange(32), y] - logits[torch.arange(32), 1 - y]).abs()
+    w = net[1].weight[1] - net[1].weight[0]
+    settings = DistanceSettings(deepfool_overshoot=0.02, linf_max=0.5, linf_bisections=14, linf_pgd_steps=10)
+    l2 = minimal_distances("deepfool", net, x, y, 2, settings)
+    torch.testing.assert_close(l2, 1.02 * margin / w.norm(p=2), rtol=1e-6, atol=0)
+    linf = minimal_distances("min_linf", net, x, y, 2, settings)
+    exact = margin / w.norm(p=1)
+    resolution = settings.linf_max / 2**settings.linf_bisections
+    assert (linf >= exact - 1e-9).all() and (linf <= exact + resolution + 1e-9).all()
+    assert ((linf - exact).abs() < resolution).all()
+
+
+def test_distances_skip_misclassified_and_mark_unflipped() -> None:
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).double()
+    x, y = torch.full((4, 1, 2, 2), 0.5, dtype=torch.double), torch.tensor([0, 1, 0, 1])
+    with torch.no_grad():  # class 0 wins everywhere by a margin no 1/255 L-inf change can close
+        net[1].weight.zero_()
+        net[1].bias.copy_(torch.tensor([1.0, 0.0]))
+    d = minimal_distances("min_linf", net, x, y, 2, DistanceSettings(linf_max=1 / 255))
+    assert torch.isnan(d[[1, 3]]).all() and torch.isinf(d[[0, 2]]).all()
+    stats = distance_summary(d)
+    assert stats["n"] == 2 and stats["fooled"] == 0 and math.isinf(stats["median"])
+    assert distance_summary(torch.tensor([0.1, 0.2, math.inf, math.nan]))["median"] == pytest.approx(0.2)
+    with pytest.raises(InputError, match="valid: \\['deepfool', 'jsma', 'min_linf'\\]"):
+        RobustnessEvaluation(distance_attacks=["cw"])
+
+
+def test_report_logs_distances_and_summary(tmp_path, synthetic_npz) -> None:
+    dm = MedMNISTDataModule("pneumoniamnist", path=str(synthetic_npz("pneumoniamnist", n=(96, 16, 24))), batch_size=16)
+    model = ClassifierModule("resnet18", dm.num_classes, dm.in_chans, dm.task, small_input=True)
+    quiet_trainer(tmp_path, max_epochs=2, limit_val_batches=0).fit(model, dm)
+    callback = RobustnessEvaluation(
+        attacks=["fgsm"],
+        linf_eps=["2/255"],
+        l2_eps=[],
+        sanity_checks=False,
+        distance_attacks=["deepfool", "jsma", "min_linf"],
+        distance=DistanceSettings(linf_bisections=3, linf_pgd_steps=3, jsma_gamma=0.02),
+        distance_max_samples=12,
+    )
+    logger = MLflowRunLogger(
+        "dist", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_location=str(tmp_path / "artifacts")
+    )
+    metrics = quiet_trainer(tmp_path, logger=logger, callbacks=[callback]).test(model, dm, verbose=False)[0]
+    report = callback.report["distances"]
+    for attack, norm in (("deepfool", "l2"), ("jsma", "l0"), ("min_linf", "linf")):
+        stats = report[attack]
+        assert stats["n"] + stats["misclassified"] == 12 and len(stats["values"]) == stats["n"]
+        assert metrics[f"test/adv/{attack}/{norm}_dist/n"] == stats["n"]
+        if stats["n"]:
+            assert metrics[f"test/adv/{attack}/{norm}_dist/median"] == pytest.approx(stats["median"])
+        assert summary_metrics(metrics)[f"summary/adv_dist/{norm}/{attack}"] == pytest.approx(stats["median"])
+    client = MlflowClient(logger.tracking_uri)
+    artifacts = {a.path for a in client.list_artifacts(logger.run_id, "plots")}
+    assert "plots/min_distance.png" in artifacts
+    logged = json.loads(Path(client.download_artifacts(logger.run_id, "robustness.json")).read_text())
+    assert logged["distances"]["deepfool"]["values"] == report["deepfool"]["values"]
+    assert logged["settings"]["distance"]["linf_bisections"] == 3
