@@ -38,6 +38,11 @@ def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
         ("detection_fit.py", ["--model", "test_resnet", "--rounds", "1", "--max-train", "256"]),
         ("construction_cost.py", ["--model", "test_resnet", "--iters", "2", "--rounds", "1", "--batch-size", "32"]),
         ("saliency_cost.py", ["--model", "test_resnet", "--rounds", "1", "--ig-steps", "4", "--batch-size", "8"]),
+        (
+            "fast_path.py",
+            ["--model", "test_resnet", "--steps", "1", "--warmup", "1", "--rounds", "1", "--pgd-steps", "1"],
+        ),
+        ("peer_pipeline.py", ["--epochs", "1", "--rounds", "1", "--max-train", "128"]),
     ],
 )
 def test_benchmark_runs_and_prints_a_ratio(script: str, args: list[str]) -> None:

@@ -58,7 +58,12 @@ def test_report_metrics_and_artifacts(tmp_path, trained) -> None:
     assert run.data.params["robustness.pgd_steps"] == "5" and run.data.tags["robustness.check.deterministic"] == "True"
     logged = json.loads(Path(client.download_artifacts(logger.run_id, "robustness.json")).read_text())
     assert logged["results"] == report["results"]
-    assert [a.path for a in client.list_artifacts(logger.run_id, "plots")] == ["plots/robustness.png"]
+    # DeepFool's minimal distances come by default for a single-label task
+    assert [a.path for a in client.list_artifacts(logger.run_id, "plots")] == [
+        "plots/min_distance.png",
+        "plots/robustness.png",
+    ]
+    assert metrics["test/adv/deepfool/l2_dist/n"] == logged["distances"]["deepfool"]["n"]
 
 
 def test_softmax_outputs_fail_the_logit_check(tmp_path, trained) -> None:
@@ -197,7 +202,8 @@ def test_medrobust_test_on_a_checkpoint_single_and_ddp(tmp_path, monkeypatch) ->
     assert len(test_runs) == 2 and all(r.info.status == "FINISHED" for r in test_runs)
     one, two = (r.data.metrics for r in test_runs)
     adv = [k for k in one if k.startswith("test/adv/")]
-    assert len(adv) == 12 + 3 * 4  # 2 attacks x 3 budgets x (acc, bal_acc); worst case x 3 x (acc, bal_acc, n, share)
+    # 2 attacks x 3 budgets x (acc, bal_acc); worst case x 3 x (acc, bal_acc, n, share); DeepFool's distance x 5
+    assert len(adv) == 12 + 3 * 4 + 5
     for key in [*adv, "test/acc", "test/bal_acc", "test/auroc"]:
         assert two[key] == pytest.approx(one[key], abs=1e-6), key
     client = MlflowClient(uri)
@@ -205,3 +211,12 @@ def test_medrobust_test_on_a_checkpoint_single_and_ddp(tmp_path, monkeypatch) ->
         json.loads(Path(client.download_artifacts(r.info.run_id, "robustness.json")).read_text()) for r in test_runs
     ]
     assert all(r["n"] == 61 for report in reports for r in report["results"])  # every sample once, none twice
+    assert all(
+        sum(
+            len(r["distances"]["deepfool"][k]) if k == "values" else r["distances"]["deepfool"][k]
+            for k in ("values", "misclassified")
+        )
+        == 61
+        for r in reports
+    )
+    assert reports[0]["distances"]["deepfool"]["values"] == pytest.approx(reports[1]["distances"]["deepfool"]["values"])

@@ -1,0 +1,160 @@
+"""Generalisability against robustness across architectures (../shared/SCIENCE.md, section 4), in one command.
+
+Six networks trained the same way (``experiments/sweeps/architectures_cpu.yaml``), 2 seeds, on real PneumoniaMNIST
+and BreastMNIST, lined up by clean accuracy and AUROC with their robustness beside them: accuracy under FGSM and PGD-10
+at each L-inf budget (the per-sample worst case of both), and the median minimal distances of DeepFool (L2) and JSMA
+(L0). A pair of networks is **flagged** when their mean clean AUROCs are within 1 point but a robustness measure
+differs by more than the seed spread (the larger of the two networks' ranges over seeds).
+
+Runs the sweep (FINISHED children are kept), then writes ``architecture_study.json`` and
+``plots/architecture_study.png`` (per dataset: clean AUROC against median DeepFool distance and against worst-case
+accuracy at 2/255, one point per seed) into the sweep's parent run and prints the table and the flagged pairs.
+
+    MEDMNIST_ROOT=../shared/data/medmnist python -m experiments.studies.architectures
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+from mlflow import MlflowClient
+
+from experiments.studies.study_runs import open_store, parent_run, publish, study_parser
+from experiments.sweep import sweep_main
+from experiments.sweep_store import child_runs
+
+SWEEP = Path(__file__).resolve().parents[1] / "sweeps" / "architectures_cpu.yaml"
+COLUMNS = {
+    "acc": "test/acc",
+    "auroc": "test/auroc",
+    **{f"fgsm_{k}": f"test/adv/fgsm/linf_{k}_255/acc" for k in (1, 2, 4)},
+    **{f"pgd_{k}": f"test/adv/pgd10/linf_{k}_255/acc" for k in (1, 2, 4)},
+    **{f"worst_{k}": f"summary/adv_acc/linf_{k}_255" for k in (1, 2, 4)},
+    "deepfool_l2": "test/adv/deepfool/l2_dist/median",
+    "deepfool_fooled": "test/adv/deepfool/l2_dist/fooled",
+    "jsma_l0": "test/adv/jsma/l0_dist/median",
+    "jsma_fooled": "test/adv/jsma/l0_dist/fooled",
+}
+#: the robustness measures a flag compares
+ROBUSTNESS = ("worst_1", "worst_2", "worst_4", "deepfool_l2", "jsma_l0")
+AUROC_WINDOW = 0.01
+
+
+def network(params: dict[str, str]) -> str:
+    name = params.get("model.model_name", "resnet18")
+    return name + ("" if params.get("model.small_input", "true").lower() == "true" else " (ImageNet stem)")
+
+
+def table(client: MlflowClient, experiment_id: str, parent_id: str) -> dict[str, dict[str, dict]]:
+    """dataset -> network -> {column: {mean, std, range, seeds}, n_seeds, runs}."""
+    groups: dict[tuple[str, str], list] = {}
+    for run in child_runs(client, experiment_id, parent_id):
+        if run.info.status == "FINISHED":
+            key = (run.data.params.get("data.flag", "pneumoniamnist"), network(run.data.params))
+            groups.setdefault(key, []).append(run)
+    out: dict[str, dict[str, dict]] = {}
+    for (flag, net), runs in sorted(groups.items()):
+        cells = {}
+        for column, metric in COLUMNS.items():
+            values = [run.data.metrics[metric] for run in runs if metric in run.data.metrics]
+            if values:
+                cells[column] = {
+                    "mean": statistics.mean(values),
+                    "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                    "range": max(values) - min(values),
+                    "seeds": values,
+                }
+        runs_ids = [run.info.run_id for run in runs]
+        out.setdefault(flag, {})[net] = {"n_seeds": len(runs), "runs": runs_ids, "cells": cells}
+    return out
+
+
+def flagged_pairs(rows: dict[str, dict]) -> list[dict]:
+    """Pairs within ``AUROC_WINDOW`` of clean AUROC whose robustness differs by more than the seed spread."""
+    flags = []
+    for (a, ra), (b, rb) in itertools.combinations(rows.items(), 2):
+        ca, cb = ra["cells"], rb["cells"]
+        if "auroc" not in ca or "auroc" not in cb or abs(ca["auroc"]["mean"] - cb["auroc"]["mean"]) > AUROC_WINDOW:
+            continue
+        for measure in ROBUSTNESS:
+            if measure not in ca or measure not in cb:
+                continue
+            gap = abs(ca[measure]["mean"] - cb[measure]["mean"])
+            spread = max(ca[measure]["range"], cb[measure]["range"])
+            if gap > spread:
+                flags.append(
+                    {
+                        "a": a,
+                        "b": b,
+                        "auroc_a": ca["auroc"]["mean"],
+                        "auroc_b": cb["auroc"]["mean"],
+                        "measure": measure,
+                        "a_value": ca[measure]["mean"],
+                        "b_value": cb[measure]["mean"],
+                        "gap": gap,
+                        "seed_spread": spread,
+                    }
+                )
+    return flags
+
+
+def figure(study: dict[str, dict[str, dict]]) -> plt.Figure:
+    """Per dataset, clean AUROC against median DeepFool distance and against worst-case accuracy at 2/255."""
+    measures = (("deepfool_l2", "median DeepFool distance (L2)"), ("worst_2", "accuracy, FGSM+PGD-10 at 2/255"))
+    fig, axes = plt.subplots(len(study), 2, figsize=(11, 4 * len(study)), squeeze=False)
+    for row, (flag, rows) in zip(axes, study.items(), strict=True):
+        for ax, (measure, label) in zip(row, measures, strict=True):
+            for k, (net, r) in enumerate(rows.items()):
+                c = r["cells"]
+                if "auroc" in c and measure in c:
+                    ax.scatter(c["auroc"]["seeds"], c[measure]["seeds"], color=f"C{k}", label=net, s=25)
+                    ax.errorbar(c["auroc"]["mean"], c[measure]["mean"], fmt="x", color=f"C{k}", ms=9)
+            ax.set_xlabel("clean test AUROC")
+            ax.set_ylabel(label)
+            ax.set_title(flag)
+            ax.grid(alpha=0.3)
+        row[0].legend(fontsize=7)
+    fig.suptitle("Same clean AUROC, different robustness? (dots: seeds; crosses: means)")
+    fig.tight_layout()
+    return fig
+
+
+def print_table(study: dict[str, dict[str, dict]], flags: dict[str, list[dict]]) -> None:
+    shown = ("acc", "auroc", "pgd_1", "pgd_2", "pgd_4", "worst_2", "deepfool_l2", "deepfool_fooled", "jsma_l0")
+    for flag, rows in study.items():
+        print(f"\n{flag}: mean ± std over seeds, networks in order of clean AUROC")
+        print(f"{'network':<34}{'seeds':>5} " + "".join(f"{c:>16}" for c in shown))
+        ordered = sorted(rows.items(), key=lambda kv: -kv[1]["cells"].get("auroc", {"mean": 0})["mean"])
+        for net, r in ordered:
+            cells = r["cells"]
+            text = [f"{cells[c]['mean']:.3f}±{cells[c]['std']:.3f}" if c in cells else "-" for c in shown]
+            print(f"{net:<34}{r['n_seeds']:>5} " + "".join(f"{t:>16}" for t in text))
+        print(f"flagged pairs ({len(flags[flag])}): AUROC within {AUROC_WINDOW:.2f}, robustness gap > seed spread")
+        for f in flags[flag]:
+            print(
+                f"  {f['a']} ({f['auroc_a']:.3f}) vs {f['b']} ({f['auroc_b']:.3f}): {f['measure']} "
+                f"{f['a_value']:.4f} vs {f['b_value']:.4f} (gap {f['gap']:.4f} > spread {f['seed_spread']:.4f})"
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = study_parser(__doc__).parse_args(argv)
+    uri, client = open_store(args)
+    if not args.report_only:
+        code = sweep_main([str(SWEEP), "--tracking-uri", uri])
+        if code:
+            print("some points of architectures_cpu did not finish; the table covers the FINISHED ones")
+    experiment_id, parent = parent_run(client, "architectures", "architectures_cpu")
+    study = table(client, experiment_id, parent)
+    flags = {flag: flagged_pairs(rows) for flag, rows in study.items()}
+    print_table(study, flags)
+    payload = {"sweep": "architectures_cpu", "auroc_window": AUROC_WINDOW, "datasets": study, "flagged": flags}
+    publish(client, parent, "architecture_study.json", payload, {"plots/architecture_study.png": figure(study)})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
