@@ -15,7 +15,7 @@ import warnings
 
 import torch
 from _common import add_data_args, add_timing_args, data_source, print_ratios
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from train_step import StepTimer
 
 from callbacks.adversarial_training import AdversarialTraining
@@ -23,12 +23,20 @@ from datamodules.medmnist import MedMNISTDataModule
 from lightning_modules.classifier import ClassifierModule
 
 
-def step_time(dm: MedMNISTDataModule, args: argparse.Namespace, callback: AdversarialTraining | None) -> float:
+def step_time(
+    dm: MedMNISTDataModule,
+    args: argparse.Namespace,
+    callback: Callback | None,
+    precision: str = "32-true",
+    **model_options: object,
+) -> float:
+    """Seconds per training step of ``args.model`` with ``callback`` (timed after ``args.warmup`` steps)."""
     torch.manual_seed(0)
-    model = ClassifierModule(args.model, dm.num_classes, dm.in_chans, dm.task)
+    model = ClassifierModule(args.model, dm.num_classes, dm.in_chans, dm.task, **model_options)
     timer = StepTimer(args.warmup)
     trainer = Trainer(
         accelerator="cpu",
+        precision=precision,
         max_steps=args.warmup + args.steps,
         limit_val_batches=0,
         logger=False,

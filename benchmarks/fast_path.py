@@ -21,12 +21,10 @@ import warnings
 
 import torch
 from _common import add_data_args, add_timing_args, data_source
-from lightning.pytorch import Trainer
-from train_step import StepTimer
+from adversarial_step import step_time
 
 from callbacks.adversarial_training import AdversarialTraining
 from datamodules.medmnist import MedMNISTDataModule
-from lightning_modules.classifier import ClassifierModule
 
 CONFIGS = {
     "fp32": ("32-true", {}),
@@ -36,27 +34,11 @@ CONFIGS = {
 }
 
 
-def step_time(dm: MedMNISTDataModule, args: argparse.Namespace, config: str, pgd_steps: int) -> float:
+def config_step_time(dm: MedMNISTDataModule, args: argparse.Namespace, config: str, pgd_steps: int) -> float:
     precision, options = CONFIGS[config]
-    torch.manual_seed(0)
     small = args.model != "test_resnet" and not args.imagenet_stem
-    model = ClassifierModule(args.model, dm.num_classes, dm.in_chans, dm.task, small_input=small, **options)
-    timer = StepTimer(args.warmup)
-    callbacks = [timer] + ([AdversarialTraining("pgd", steps=pgd_steps)] if pgd_steps else [])
-    trainer = Trainer(
-        accelerator="cpu",
-        precision=precision,
-        max_steps=args.warmup + args.steps,
-        limit_val_batches=0,
-        logger=False,
-        callbacks=callbacks,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(model, dm)
-    return (timer.end - timer.start) / args.steps
+    callback = AdversarialTraining("pgd", steps=pgd_steps) if pgd_steps else None
+    return step_time(dm, args, callback, precision, small_input=small, **options)
 
 
 def main() -> None:
@@ -79,7 +61,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for kind, k in kinds.items():
             for config in configs:
-                times[kind, config].append(step_time(dm, args, config, k))
+                times[kind, config].append(config_step_time(dm, args, config, k))
     stem = "ImageNet stem" if args.imagenet_stem or args.model == "test_resnet" else "small_input"
     print(
         f"data: {args.flag} {args.size}px ({'real' if real else 'synthetic'}), model {args.model} ({stem}), "

@@ -13,7 +13,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
-from callbacks.evaluation_outputs import gather_rows
+from callbacks.distance_tracker import DistanceTracker
 from callbacks.figures import distance_figure, robustness_figure
 from callbacks.mlflow_logger_lookup import log_params_once, mlflow_logger
 from lightning_modules.components.attack_suite import (
@@ -32,15 +32,9 @@ from lightning_modules.components.confusion import (
     top_prediction_share,
     worst_case_predictions,
 )
-from lightning_modules.components.errors import InputError
 from lightning_modules.components.masking_checks import black_box_check, white_box_checks
 from lightning_modules.components.metric_names import metric_name
-from lightning_modules.components.min_distance import (
-    DISTANCE_ATTACKS,
-    DistanceSettings,
-    distance_summary,
-    minimal_distances,
-)
+from lightning_modules.components.min_distance import DistanceSettings
 from lightning_modules.components.modes import eval_mode
 from lightning_modules.components.threat_model import parse_eps
 
@@ -124,13 +118,7 @@ class RobustnessEvaluation(Callback):
     ) -> None:
         if attacks is not None:
             check_attacks(attacks, "multiclass")
-        unknown = sorted(set(distance_attacks or []) - set(DISTANCE_ATTACKS))
-        if unknown:
-            raise InputError(f"Unknown distance_attacks {unknown}; valid: {list(DISTANCE_ATTACKS)}")
-        self.distance_attacks = distance_attacks
-        self.distance = distance or DistanceSettings()
-        self.distance_max_samples = distance_max_samples
-        self._distances: dict[str, list[torch.Tensor]] = {}
+        self.distances = DistanceTracker(distance_attacks, distance, distance_max_samples)
         self.attacks = attacks
         linf = linf_eps if linf_eps is not None else ["1/255", "2/255", "4/255", "8/255"]
         l2 = l2_eps if l2_eps is not None else [0.25, 0.5]
@@ -153,11 +141,7 @@ class RobustnessEvaluation(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         attacks = self.attacks if self.attacks is not None else default_attacks(pl_module.task)
         check_attacks(attacks, pl_module.task)  # before training, not after it
-        multilabel = pl_module.task == "multilabel"
-        if multilabel and self.distance_attacks:
-            raise InputError(f"distance_attacks {self.distance_attacks} assume a softmax classifier, not multi-label")
-        default = [] if multilabel else ["deepfool"]
-        self._distance_attacks = self.distance_attacks if self.distance_attacks is not None else default
+        self.distances.setup(pl_module.task)
         self.specs = [
             AttackSpec(attack, norm, eps, self.pgd_steps if attack == "pgd" else 0, self.pgd_restarts)
             for attack in attacks
@@ -169,7 +153,7 @@ class RobustnessEvaluation(Callback):
     @override
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._seen, self._checks, self._seconds, self._report = 0, {}, {}, None
-        self._distances = {attack: [] for attack in self._distance_attacks}
+        self.distances.reset()
         task, c = pl_module.task, pl_module.num_classes
         self._fns = {
             spec.label: build_attack(spec, task, c, self.autoattack_steps, self.square_queries, self.seed)
@@ -221,19 +205,12 @@ class RobustnessEvaluation(Callback):
                     self._add(f"{WORST}/{threat}", worst, y[:k], pl_module)
             if self.sanity_checks and batch_idx == 0 and task != "multilabel":
                 self._checks |= self._black_box_check(net, x, y, pl_module.num_classes)
-            self._measure_distances(net, x, y, first, pl_module.num_classes)
+            for attack, seconds in self.distances.measure(net, x, y, first, pl_module.num_classes).items():
+                self._seconds[attack] = self._seconds.get(attack, 0.0) + seconds
         if trainer.is_global_zero:
             total = trainer.num_test_batches[0] if trainer.num_test_batches else "?"
             spent = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in self._seconds.items())
             log.info("robustness: batch %d/%s, %d samples attacked (%s)", batch_idx + 1, total, self._seen, spent)
-
-    def _measure_distances(self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, first: int, c: int) -> None:
-        cap = self.distance_max_samples
-        k = len(x) if cap is None else max(0, min(len(x), cap - first))
-        for attack in self._distances if k > 0 else ():
-            start = time.perf_counter()
-            self._distances[attack].append(minimal_distances(attack, net, x[:k], y[:k], c, self.distance))
-            self._seconds[attack] = self._seconds.get(attack, 0.0) + time.perf_counter() - start
 
     def _predict(
         self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, key: str, pl_module: Any
@@ -284,23 +261,7 @@ class RobustnessEvaluation(Callback):
                     metrics |= {"n": n, "top_pred_share": share}
                 for name, value in metrics.items():
                     pl_module.log(metric_name("test", "adv", key, name), float(value), sync_dist=False)
-        distances = {}
-        for attack, parts in self._distances.items():
-            values = torch.cat(parts) if parts else torch.zeros(0)
-            values = gather_rows(trainer, values, pl_module.device)
-            norm = DISTANCE_ATTACKS[attack]
-            stats = distance_summary(values)
-            for name in ("median", "q25", "q75", "fooled", "n"):
-                pl_module.log(
-                    metric_name("test", "adv", attack, f"{norm}_dist", name), float(stats[name]), sync_dist=False
-                )
-            kept = values[~values.isnan()]
-            distances[attack] = {
-                "norm": norm,
-                **stats,
-                "values": sorted(kept.tolist()),
-                "misclassified": len(values) - len(kept),
-            }
+        distances = self.distances.finish(trainer, pl_module)
         self._report = {"settings": self.settings(), "results": results, "checks": self._checks, "distances": distances}
 
     @override
@@ -345,10 +306,7 @@ class RobustnessEvaluation(Callback):
             "max_samples": self.max_samples,
             "autoattack_max_samples": self.autoattack_max_samples,
             "seed": self.seed,
-            "distance_attacks": list(self._distance_attacks) if hasattr(self, "_distance_attacks") else None,
-            "distance": dict(vars(self.distance)),
-            "distance_max_samples": self.distance_max_samples,
-        }
+        } | self.distances.describe()
 
     @property
     def report(self) -> dict[str, Any] | None:

@@ -90,7 +90,8 @@ def build_attack(
 
     FGSM and PGD are ours (:class:`PGD`; cross-entropy, or BCE for multi-label). AutoAttack and Square are
     torchattacks' ports of Croce & Hein's code, built here with the original step counts (torchattacks' own
-    ``AutoAttack`` runs APGD for 10 steps, not 100) and constructed at call time on the batch's device.
+    ``AutoAttack`` runs APGD for 10 steps, not 100) and constructed at call time on the batch's device; they run in
+    full precision even inside a bf16 autocast context (their buffers are fp32).
     """
     check_attacks([spec.attack], task)
     loss_fn = attack_loss(task)
@@ -121,7 +122,8 @@ def build_attack(
             ),
             "square": lambda: torchattacks.Square(net, n_queries=square_queries, **common),
         }
-        with attack_mode(net):
+        # torchattacks' ports index bf16 logits into fp32 buffers: they run in full precision, outside any autocast
+        with attack_mode(net), torch.autocast(x.device.type, enabled=False):
             attacks = [make[name]() for name in components]
             attack = attacks[0] if len(attacks) == 1 else torchattacks.MultiAttack(attacks)
             x_adv = attack(x.detach().clone(), y.detach().clone())

@@ -1,0 +1,75 @@
+"""The fast path (bf16 autocast + channels-last) trains to the same test AUROC as fp32, and attacks inherit it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import SHARED_MEDMNIST, quiet_trainer
+from test_cli import QUICKSTART, medrobust, runs
+
+from callbacks.adversarial_training import AdversarialTraining
+from callbacks.robustness_evaluation import RobustnessEvaluation
+from datamodules.medmnist import MedMNISTDataModule
+from lightning_modules.classifier import ClassifierModule
+
+EPOCHS = 3
+
+
+@pytest.mark.skipif(not (SHARED_MEDMNIST / "pneumoniamnist.npz").is_file(), reason="needs the real PneumoniaMNIST")
+def test_quickstart_auroc_bf16_within_a_point_of_fp32(tmp_path) -> None:
+    """The quickstart config on the whole of real PneumoniaMNIST, shortened to 3 epochs, once per precision."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = [
+        "fit",
+        "--config",
+        QUICKSTART,
+        f"--data.root={SHARED_MEDMNIST}",
+        "--data.download=false",
+        f"--trainer.max_epochs={EPOCHS}",
+        "--trainer.enable_progress_bar=false",
+        "--system_metrics.enabled=false",
+    ]
+    for extra in ([], ["--trainer.precision=bf16-mixed", "--model.channels_last=true"]):
+        result = medrobust(*common, *extra, cwd=tmp_path, timeout=600, MLFLOW_TRACKING_URI=uri)
+        assert result.returncode == 0, result.stderr[-3000:]
+    fp32, bf16 = sorted(runs(uri), key=lambda r: r.info.start_time)
+    assert bf16.data.params["trainer.precision"] == "bf16-mixed"
+    a, b = fp32.data.metrics["test/auroc"], bf16.data.metrics["test/auroc"]
+    print(f"quickstart, {EPOCHS} epochs, test AUROC: fp32 {a:.4f}, bf16 + channels_last {b:.4f}")
+    assert bf16.data.metrics["test/auroc"] == pytest.approx(fp32.data.metrics["test/auroc"], abs=0.01)
+
+
+class AutocastProbe(torch.nn.Module):
+    """Records, at each forward, whether CPU autocast was on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(torch.is_autocast_enabled("cpu"))
+        return x
+
+
+def test_training_attacks_and_evaluation_run_in_the_trainers_precision(tmp_path, synthetic_npz) -> None:
+    dm = MedMNISTDataModule("pneumoniamnist", path=str(synthetic_npz(n=(32, 8, 16))), batch_size=16)
+    model = ClassifierModule("test_resnet", 2, 1, channels_last=True)
+    probe = AutocastProbe()
+    model.net.normalize = torch.nn.Sequential(model.net.normalize, probe)
+    attack = AdversarialTraining("pgd", eps="2/255", steps=2)
+    evaluation = RobustnessEvaluation(
+        attacks=["pgd", "square"], linf_eps=["2/255"], l2_eps=[], pgd_steps=2, square_queries=5, sanity_square_queries=5
+    )
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0, precision="bf16-mixed")
+    trainer.callbacks.extend([attack, evaluation])
+    trainer.fit(model, dm)
+    assert len(probe.seen) > 4 and all(probe.seen)  # PGD's inner steps and the training forward
+    probe.seen.clear()
+    trainer.test(model, dm, verbose=False)
+    # the clean test, PGD and DeepFool in bf16; torchattacks' Square (and AutoAttack) in fp32, where they work
+    assert sum(probe.seen) > 4 and not all(probe.seen)
+    assert {r["key"] for r in evaluation.report["results"]} >= {"pgd2/linf_2_255", "square/linf_2_255"}
+    assert (
+        evaluation.report["distances"]["deepfool"]["n"] + evaluation.report["distances"]["deepfool"]["misclassified"]
+        == 16
+    )
