@@ -84,10 +84,11 @@ class RobustValidation(Callback):
         norm, eps = self.budget(pl_module)
         task = pl_module.task
         attack = PGD(threat_model(norm, eps), self.steps, random_start=False, loss_fn=attack_loss(task), task=task)
-        with torch.inference_mode(False):
-            x_adv = attack.perturb(pl_module.net, x.clone(), y.clone())
-        with eval_mode(pl_module.net) as net:
-            self._counts += confusion_counts(net(x_adv), y, task, pl_module.num_classes)
+        with trainer.precision_plugin.forward_context():  # bf16-mixed attacks in bf16, as training does
+            with torch.inference_mode(False):
+                x_adv = attack.perturb(pl_module.net, x.clone(), y.clone())
+            with eval_mode(pl_module.net) as net:
+                self._counts += confusion_counts(net(x_adv), y, task, pl_module.num_classes)
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

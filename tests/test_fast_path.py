@@ -8,6 +8,7 @@ from conftest import SHARED_MEDMNIST, quiet_trainer
 from test_cli import QUICKSTART, medrobust, runs
 
 from callbacks.adversarial_training import AdversarialTraining
+from callbacks.robust_validation import RobustValidation
 from callbacks.robustness_evaluation import RobustnessEvaluation
 from datamodules.medmnist import MedMNISTDataModule
 from lightning_modules.classifier import ClassifierModule
@@ -60,10 +61,12 @@ def test_training_attacks_and_evaluation_run_in_the_trainers_precision(tmp_path,
     evaluation = RobustnessEvaluation(
         attacks=["pgd", "square"], linf_eps=["2/255"], l2_eps=[], pgd_steps=2, square_queries=5, sanity_square_queries=5
     )
-    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0, precision="bf16-mixed")
-    trainer.callbacks.extend([attack, evaluation])
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=1, precision="bf16-mixed")
+    trainer.callbacks.extend([attack, RobustValidation(steps=2), evaluation])
     trainer.fit(model, dm)
-    assert len(probe.seen) > 4 and all(probe.seen)  # PGD's inner steps and the training forward
+    # PGD's inner steps, the training forward, validation and its PGD (RobustValidation)
+    assert len(probe.seen) > 6 and all(probe.seen)
+    assert "val/robust/acc" in trainer.callback_metrics
     probe.seen.clear()
     trainer.test(model, dm, verbose=False)
     # the clean test, PGD and DeepFool in bf16; torchattacks' Square (and AutoAttack) in fp32, where they work
