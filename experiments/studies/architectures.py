@@ -6,6 +6,11 @@ at each L-inf budget (the per-sample worst case of both), and the median minimal
 (L0). A pair of networks is **flagged** when their mean clean AUROCs are within 1 point but a robustness measure
 differs by more than the seed spread (the larger of the two networks' ranges over seeds).
 
+A seed whose model gives one class at least 95% of its test predictions (``summary/clean_top_pred_share``) is left out
+of its network's cells and listed: a constant classifier keeps its accuracy under any attack, which is not
+robustness. Only networks with two or more such seeds left take part in flags. A median distance of ``inf`` (fewer
+than half the samples flipped; MLflow stores it as the largest float) reads as ``inf``.
+
 Runs the sweep (FINISHED children are kept), then writes ``architecture_study.json`` and
 ``plots/architecture_study.png`` (per dataset: clean AUROC against median DeepFool distance and against worst-case
 accuracy at 2/255, one point per seed) into the sweep's parent run and prints the table and the flagged pairs.
@@ -16,6 +21,7 @@ accuracy at 2/255, one point per seed) into the sweep's parent run and prints th
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 from pathlib import Path
 
@@ -41,6 +47,22 @@ COLUMNS = {
 #: the robustness measures a flag compares
 ROBUSTNESS = ("worst_1", "worst_2", "worst_4", "deepfool_l2", "jsma_l0")
 AUROC_WINDOW = 0.01
+CONSTANT_SHARE = 0.95
+
+
+def decoded(value: float) -> float:
+    """MLflow stores ``inf`` as the largest float."""
+    return math.inf if value >= 1e308 else value
+
+
+def spread_cell(values: list[float]) -> dict:
+    finite = all(math.isfinite(v) for v in values)
+    return {
+        "mean": statistics.mean(values) if finite else math.inf,
+        "std": (statistics.stdev(values) if len(values) > 1 else 0.0) if finite else math.nan,
+        "range": max(values) - min(values) if finite else math.nan,
+        "seeds": values,
+    }
 
 
 def network(params: dict[str, str]) -> str:
@@ -57,25 +79,27 @@ def table(client: MlflowClient, experiment_id: str, parent_id: str) -> dict[str,
             groups.setdefault(key, []).append(run)
     out: dict[str, dict[str, dict]] = {}
     for (flag, net), runs in sorted(groups.items()):
+        constant = [r for r in runs if r.data.metrics.get("summary/clean_top_pred_share", 0.0) >= CONSTANT_SHARE]
+        kept = [r for r in runs if r not in constant]
         cells = {}
         for column, metric in COLUMNS.items():
-            values = [run.data.metrics[metric] for run in runs if metric in run.data.metrics]
+            values = [decoded(run.data.metrics[metric]) for run in kept if metric in run.data.metrics]
             if values:
-                cells[column] = {
-                    "mean": statistics.mean(values),
-                    "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                    "range": max(values) - min(values),
-                    "seeds": values,
-                }
-        runs_ids = [run.info.run_id for run in runs]
-        out.setdefault(flag, {})[net] = {"n_seeds": len(runs), "runs": runs_ids, "cells": cells}
+                cells[column] = spread_cell(values)
+        out.setdefault(flag, {})[net] = {
+            "n_seeds": len(kept),
+            "constant_seeds": [r.data.params.get("seed_everything") for r in constant],
+            "runs": [run.info.run_id for run in kept],
+            "cells": cells,
+        }
     return out
 
 
 def flagged_pairs(rows: dict[str, dict]) -> list[dict]:
     """Pairs within ``AUROC_WINDOW`` of clean AUROC whose robustness differs by more than the seed spread."""
     flags = []
-    for (a, ra), (b, rb) in itertools.combinations(rows.items(), 2):
+    eligible = {net: row for net, row in rows.items() if row["n_seeds"] >= 2}
+    for (a, ra), (b, rb) in itertools.combinations(eligible.items(), 2):
         ca, cb = ra["cells"], rb["cells"]
         if "auroc" not in ca or "auroc" not in cb or abs(ca["auroc"]["mean"] - cb["auroc"]["mean"]) > AUROC_WINDOW:
             continue
@@ -84,7 +108,7 @@ def flagged_pairs(rows: dict[str, dict]) -> list[dict]:
                 continue
             gap = abs(ca[measure]["mean"] - cb[measure]["mean"])
             spread = max(ca[measure]["range"], cb[measure]["range"])
-            if gap > spread:
+            if math.isfinite(gap) and math.isfinite(spread) and gap > spread:
                 flags.append(
                     {
                         "a": a,
@@ -109,7 +133,7 @@ def figure(study: dict[str, dict[str, dict]]) -> plt.Figure:
         for ax, (measure, label) in zip(row, measures, strict=True):
             for k, (net, r) in enumerate(rows.items()):
                 c = r["cells"]
-                if "auroc" in c and measure in c:
+                if "auroc" in c and measure in c and all(math.isfinite(v) for v in c[measure]["seeds"]):
                     ax.scatter(c["auroc"]["seeds"], c[measure]["seeds"], color=f"C{k}", label=net, s=25)
                     ax.errorbar(c["auroc"]["mean"], c[measure]["mean"], fmt="x", color=f"C{k}", ms=9)
             ax.set_xlabel("clean test AUROC")
@@ -122,6 +146,14 @@ def figure(study: dict[str, dict[str, dict]]) -> plt.Figure:
     return fig
 
 
+def cell(c: dict) -> str:
+    return (
+        f"{c['mean']:.3f}±{c['std']:.3f}"
+        if math.isfinite(c["mean"])
+        else "inf (" + ", ".join(f"{v:.3g}" for v in c["seeds"]) + ")"
+    )
+
+
 def print_table(study: dict[str, dict[str, dict]], flags: dict[str, list[dict]]) -> None:
     shown = ("acc", "auroc", "pgd_1", "pgd_2", "pgd_4", "worst_2", "deepfool_l2", "deepfool_fooled", "jsma_l0")
     for flag, rows in study.items():
@@ -130,8 +162,9 @@ def print_table(study: dict[str, dict[str, dict]], flags: dict[str, list[dict]])
         ordered = sorted(rows.items(), key=lambda kv: -kv[1]["cells"].get("auroc", {"mean": 0})["mean"])
         for net, r in ordered:
             cells = r["cells"]
-            text = [f"{cells[c]['mean']:.3f}±{cells[c]['std']:.3f}" if c in cells else "-" for c in shown]
-            print(f"{net:<34}{r['n_seeds']:>5} " + "".join(f"{t:>16}" for t in text))
+            text = [cell(cells[c]) if c in cells else "-" for c in shown]
+            left_out = f"  (constant, left out: seed {', '.join(r['constant_seeds'])})" if r["constant_seeds"] else ""
+            print(f"{net:<34}{r['n_seeds']:>5} " + "".join(f" {t:>15}" for t in text) + left_out)
         print(f"flagged pairs ({len(flags[flag])}): AUROC within {AUROC_WINDOW:.2f}, robustness gap > seed spread")
         for f in flags[flag]:
             print(
