@@ -129,13 +129,14 @@ def figure(study: dict[str, dict[str, dict]]) -> plt.Figure:
     """Per dataset, clean AUROC against median DeepFool distance and against worst-case accuracy at 2/255."""
     measures = (("deepfool_l2", "median DeepFool distance (L2)"), ("worst_2", "accuracy, FGSM+PGD-10 at 2/255"))
     fig, axes = plt.subplots(len(study), 2, figsize=(11, 4 * len(study)), squeeze=False)
+    colours = {net: f"C{k}" for k, net in enumerate(sorted({net for rows in study.values() for net in rows}))}
     for row, (flag, rows) in zip(axes, study.items(), strict=True):
         for ax, (measure, label) in zip(row, measures, strict=True):
-            for k, (net, r) in enumerate(rows.items()):
+            for net, r in rows.items():
                 c = r["cells"]
                 if "auroc" in c and measure in c and all(math.isfinite(v) for v in c[measure]["seeds"]):
-                    ax.scatter(c["auroc"]["seeds"], c[measure]["seeds"], color=f"C{k}", label=net, s=25)
-                    ax.errorbar(c["auroc"]["mean"], c[measure]["mean"], fmt="x", color=f"C{k}", ms=9)
+                    ax.scatter(c["auroc"]["seeds"], c[measure]["seeds"], color=colours[net], label=net, s=25)
+                    ax.errorbar(c["auroc"]["mean"], c[measure]["mean"], fmt="x", color=colours[net], ms=9)
             ax.set_xlabel("clean test AUROC")
             ax.set_ylabel(label)
             ax.set_title(flag)
