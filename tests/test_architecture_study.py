@@ -1,0 +1,33 @@
+"""The architecture study's flags: same clean AUROC within a point, robustness apart by more than the seed spread."""
+
+from __future__ import annotations
+
+import math
+
+from experiments.studies.architectures import decoded, flagged_pairs, spread_cell
+
+
+def network(auroc: list[float], deepfool: list[float]) -> dict:
+    return {"n_seeds": len(auroc), "cells": {"auroc": spread_cell(auroc), "deepfool_l2": spread_cell(deepfool)}}
+
+
+def test_flags_need_close_auroc_a_gap_beyond_the_spread_and_two_seeds() -> None:
+    rows = {
+        "a": network([0.930, 0.932], [0.30, 0.32]),
+        "b": network([0.935, 0.931], [0.15, 0.17]),  # AUROC within a point, gap 0.15 > spread 0.02: flagged
+        "c": network([0.936, 0.934], [0.20, 0.40]),  # gap to a 0.01 < its spread 0.2; to b 0.14 < 0.2
+        "d": network([0.990, 0.991], [2.0, 2.1]),  # AUROC far from the rest
+        "e": network([0.931], [5.0]),  # one seed: no spread, never flagged
+    }
+    flags = flagged_pairs(rows)
+    assert [(f["a"], f["b"], f["measure"]) for f in flags] == [("a", "b", "deepfool_l2")]
+    assert math.isclose(flags[0]["gap"], 0.15)
+    assert math.isclose(flags[0]["seed_spread"], 0.02)
+
+
+def test_inf_distances_are_read_and_never_flagged() -> None:
+    assert decoded(1.7976931348623157e308) == math.inf and decoded(0.5) == 0.5
+    cell = spread_cell([math.inf, 0.1])
+    assert cell["mean"] == math.inf and math.isnan(cell["range"])
+    rows = {"a": network([0.93, 0.93], [math.inf, 0.1]), "b": network([0.93, 0.93], [0.2, 0.2])}
+    assert flagged_pairs(rows) == []
