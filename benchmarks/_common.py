@@ -70,6 +70,22 @@ def data_source(args: argparse.Namespace) -> tuple[dict[str, str], str, bool]:
     return {"path": str(path)}, root, False
 
 
+def training_datamodule(args: argparse.Namespace):
+    """``(datamodule, real)``: the data of ``args`` set up for fitting, with Lightning's logging and warnings quieted so
+    that the timing table is what the script prints."""
+    import logging
+    import warnings
+
+    from datamodules.medmnist import MedMNISTDataModule
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    source, _, real = data_source(args)
+    dm = MedMNISTDataModule(args.flag, args.size, **source, batch_size=args.batch_size)
+    dm.setup("fit")
+    return dm, real
+
+
 def alternate(jobs: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
     """Seconds per call of each job: one warm-up call each, then ``rounds`` rounds that run every job once in turn, so
     machine noise hits all of them alike."""

@@ -10,11 +10,9 @@ Goals: PGD-k at most (k + 1) x 1.05 a standard step, TRADES with k inner steps l
 from __future__ import annotations
 
 import argparse
-import logging
-import warnings
 
 import torch
-from _common import add_data_args, add_timing_args, data_source, print_ratios
+from _common import add_data_args, add_timing_args, print_ratios, training_datamodule
 from lightning.pytorch import Callback, Trainer
 from train_step import StepTimer
 
@@ -56,12 +54,7 @@ def main() -> None:
     add_timing_args(parser, steps=10, warmup=2)
     parser.add_argument("--k", type=int, nargs="+", default=[3, 7], help="PGD / TRADES inner steps to time")
     args = parser.parse_args()
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
-
-    source, _, real = data_source(args)
-    dm = MedMNISTDataModule(args.flag, args.size, **source, batch_size=args.batch_size)
-    dm.setup("fit")
+    dm, real = training_datamodule(args)
     methods: dict[str, tuple[AdversarialTraining | None, float]] = {"standard": (None, 1.0)}
     for k in args.k:
         methods[f"pgd-{k}"] = (AdversarialTraining("pgd", steps=k), (k + 1) * 1.05)

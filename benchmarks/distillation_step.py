@@ -11,13 +11,11 @@ for a same-size teacher (a forward is about a third of a training step). Configu
 from __future__ import annotations
 
 import argparse
-import logging
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
-from _common import add_data_args, add_timing_args, data_source, print_ratios
+from _common import add_data_args, add_timing_args, print_ratios, training_datamodule
 from adversarial_step import step_time
 from lightning.pytorch import Trainer
 
@@ -50,12 +48,7 @@ def main() -> None:
     add_data_args(parser)
     add_timing_args(parser, steps=10, warmup=2)
     args = parser.parse_args()
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
-
-    source, _, real = data_source(args)
-    dm = MedMNISTDataModule(args.flag, args.size, **source, batch_size=args.batch_size)
-    dm.setup("fit")
+    dm, real = training_datamodule(args)
     with tempfile.TemporaryDirectory() as tmp:
         teacher = str(make_teacher(dm, args.model, Path(tmp)))
         probes = [{"student": f"layer{i}", "loss": "probe_kl"} for i in (2, 3, 4)]

@@ -15,12 +15,10 @@ equal accuracy is ``tests/test_fast_path.py`` (the quickstart's test AUROC, fp32
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
-import warnings
 
 import torch
-from _common import add_data_args, add_timing_args, data_source
+from _common import add_data_args, add_timing_args, training_datamodule
 from adversarial_step import step_time
 
 from callbacks.adversarial_training import AdversarialTraining
@@ -49,12 +47,7 @@ def main() -> None:
     parser.add_argument("--imagenet-stem", action="store_true", help="timm's ImageNet stem (the quickstart's network)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile on a CPU)")
     args = parser.parse_args()
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
-
-    source, _, real = data_source(args)
-    dm = MedMNISTDataModule(args.flag, args.size, **source, batch_size=args.batch_size)
-    dm.setup("fit")
+    dm, real = training_datamodule(args)
     configs = [c for c in CONFIGS if args.compile or "compile" not in c]
     kinds = {"clean": 0} | ({f"pgd-{args.pgd_steps}": args.pgd_steps} if args.pgd_steps else {})
     times = {(kind, c): [] for kind in kinds for c in configs}

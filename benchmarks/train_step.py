@@ -16,11 +16,10 @@ import logging
 import statistics
 import tempfile
 import time
-import warnings
 
 import torch
 import torch.nn.functional as F
-from _common import add_data_args, add_timing_args, data_source
+from _common import add_data_args, add_timing_args, training_datamodule
 from lightning.pytorch import Callback, Trainer
 
 from callbacks.mlflow_checkpoints import MLflowCheckpoints
@@ -87,13 +86,8 @@ def main() -> None:
     add_timing_args(parser, steps=30, warmup=5)
     parser.add_argument("--no-progress-bar", action="store_true")
     args = parser.parse_args()
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("mlflow").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
-
-    source, _, real = data_source(args)
-    dm = MedMNISTDataModule(args.flag, args.size, **source, batch_size=args.batch_size)
-    dm.setup("fit")
+    dm, real = training_datamodule(args)
     plain, fw = [], []
     for _ in range(args.rounds):
         plain.append(plain_loop(dm, args))

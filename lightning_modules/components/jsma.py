@@ -26,7 +26,9 @@ from lightning_modules.components.modes import attack_mode
 PAIR_BUDGET = 2**26  # floats per chunk of the pair search (256 MiB)
 
 
-def best_pairs(jac: torch.Tensor, target: torch.Tensor, domain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def best_pairs(
+    jac: torch.Tensor, target: torch.Tensor, domain: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(p, q, found)``: per sample, the pixel pair of the saliency map (torchattacks' rule), and whether one exists.
 
     ``jac``: ``(n, C, F)``; ``target``: ``(n,)``; ``domain``: ``(n, F)`` bool.
