@@ -13,7 +13,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from datamodules.files import SPLITS, MedMNISTSpec, absolutize_env_paths, find, resolve_roots  # noqa: E402
+from medrobust.datamodules.files import SPLITS, MedMNISTSpec, absolutize_env_paths, find, resolve_roots  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "medmnist"
 absolutize_env_paths()  # a relative MEDMNIST_ROOT means the folder it was given in, not benchmarks/
@@ -76,7 +76,7 @@ def training_datamodule(args: argparse.Namespace):
     import logging
     import warnings
 
-    from datamodules.medmnist import MedMNISTDataModule
+    from medrobust.datamodules.medmnist import MedMNISTDataModule
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")

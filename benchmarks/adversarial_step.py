@@ -14,11 +14,10 @@ import argparse
 import torch
 from _common import add_data_args, add_timing_args, print_ratios, training_datamodule
 from lightning.pytorch import Callback, Trainer
+from medrobust.callbacks.adversarial_training import AdversarialTraining
+from medrobust.datamodules.medmnist import MedMNISTDataModule
+from medrobust.lightning_modules.classifier import ClassifierModule
 from train_step import StepTimer
-
-from callbacks.adversarial_training import AdversarialTraining
-from datamodules.medmnist import MedMNISTDataModule
-from lightning_modules.classifier import ClassifierModule
 
 
 def step_time(

@@ -15,10 +15,9 @@ import time
 
 import torch
 from _common import add_data_args, data_source
+from medrobust.datamodules.files import MedMNISTSpec
+from medrobust.datamodules.medmnist import MedMNISTDataModule
 from torch.utils.data import DataLoader
-
-from datamodules.files import MedMNISTSpec
-from datamodules.medmnist import MedMNISTDataModule
 
 
 def epoch_time(loader: DataLoader) -> tuple[float, int]:

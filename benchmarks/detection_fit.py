@@ -18,12 +18,11 @@ import time
 
 import torch
 from _common import add_data_args, data_source
-
-from datamodules.medmnist import MedMNISTDataModule
-from lightning_modules.classifier import ClassifierModule
-from lightning_modules.components.detection import Mahalanobis
-from lightning_modules.components.feature_taps import feature_channels, feature_names
-from lightning_modules.components.modes import eval_mode
+from medrobust.datamodules.medmnist import MedMNISTDataModule
+from medrobust.lightning_modules.classifier import ClassifierModule
+from medrobust.lightning_modules.detection import Mahalanobis
+from medrobust.lightning_modules.features.feature_taps import feature_channels, feature_names
+from medrobust.lightning_modules.nets.modes import eval_mode
 
 
 def main() -> None:

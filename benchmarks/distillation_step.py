@@ -18,10 +18,9 @@ import torch
 from _common import add_data_args, add_timing_args, print_ratios, training_datamodule
 from adversarial_step import step_time
 from lightning.pytorch import Trainer
-
-from callbacks.feature_distillation import FeatureDistillation
-from datamodules.medmnist import MedMNISTDataModule
-from lightning_modules.classifier import ClassifierModule
+from medrobust.callbacks.feature_distillation import FeatureDistillation
+from medrobust.datamodules.medmnist import MedMNISTDataModule
+from medrobust.lightning_modules.classifier import ClassifierModule
 
 GOAL = 1.5
 

@@ -20,9 +20,8 @@ import statistics
 import torch
 from _common import add_data_args, add_timing_args, training_datamodule
 from adversarial_step import step_time
-
-from callbacks.adversarial_training import AdversarialTraining
-from datamodules.medmnist import MedMNISTDataModule
+from medrobust.callbacks.adversarial_training import AdversarialTraining
+from medrobust.datamodules.medmnist import MedMNISTDataModule
 
 CONFIGS = {
     "fp32": ("32-true", {}),

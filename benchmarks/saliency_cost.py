@@ -1,6 +1,7 @@
 """Cost of each saliency method per image, as a ratio to one forward pass per image, in one run.
 
-What SaliencyEvaluation runs per batch, through the same :class:`~lightning_modules.components.attributions.Explainer`:
+What SaliencyEvaluation runs per batch, through the same
+:class:`~medrobust.lightning_modules.saliency.attributions.Explainer`:
 gradient saliency, integrated gradients (``--ig-steps``), occlusion (the default window and stride at the image
 size), DeepLIFT and Grad-CAM, each on a batch of test images in eval mode, against a plain eval-mode forward of the
 same batch. Rounds alternate so machine noise hits all alike. Printed: ms per image of each and the ratio to a forward
@@ -18,10 +19,9 @@ import statistics
 
 import torch
 from _common import add_data_args, alternate, data_source
-
-from datamodules.medmnist import MedMNISTDataModule
-from lightning_modules.classifier import ClassifierModule
-from lightning_modules.components.attributions import METHODS, AttributionSettings, Explainer
+from medrobust.datamodules.medmnist import MedMNISTDataModule
+from medrobust.lightning_modules.classifier import ClassifierModule
+from medrobust.lightning_modules.saliency.attributions import METHODS, AttributionSettings, Explainer
 
 
 def main() -> None:

@@ -12,8 +12,7 @@ import time
 
 import torch
 from _common import add_data_args, data_source
-
-from datamodules.medmnist import MedMNISTDataModule
+from medrobust.datamodules.medmnist import MedMNISTDataModule
 
 
 def build(args: argparse.Namespace, source: dict[str, str], cache: str) -> tuple[float, MedMNISTDataModule]:

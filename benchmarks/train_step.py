@@ -21,11 +21,10 @@ import torch
 import torch.nn.functional as F
 from _common import add_data_args, add_timing_args, training_datamodule
 from lightning.pytorch import Callback, Trainer
-
-from callbacks.mlflow_checkpoints import MLflowCheckpoints
-from datamodules.medmnist import MedMNISTDataModule
-from experiments.mlflow_logger import MLflowRunLogger
-from lightning_modules.classifier import ClassifierModule
+from medrobust.callbacks.mlflow_checkpoints import MLflowCheckpoints
+from medrobust.datamodules.medmnist import MedMNISTDataModule
+from medrobust.experiments.tracking.mlflow_logger import MLflowRunLogger
+from medrobust.lightning_modules.classifier import ClassifierModule
 
 
 class StepTimer(Callback):

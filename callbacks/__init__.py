@@ -1,20 +1,20 @@
 """Lightning callbacks, one behaviour per file, each pluggable from YAML by ``class_path``."""
 
-from callbacks.adversarial_training import AdversarialTraining
-from callbacks.corruption_augmentation import CorruptionAugmentation
-from callbacks.detection_evaluation import DetectionEvaluation
-from callbacks.feature_distillation import FeatureDistillation
-from callbacks.mlflow_checkpoints import MLflowCheckpoints
-from callbacks.mlflow_dataset_inputs import MLflowDatasetInputs
-from callbacks.mlflow_seams import MLflowSeams
-from callbacks.mlflow_system_metrics import MLflowSystemMetrics
-from callbacks.mlflow_test_record import MLflowTestRecord
-from callbacks.robust_validation import RobustValidation
-from callbacks.robustness_evaluation import RobustnessEvaluation
-from callbacks.saliency_evaluation import SaliencyEvaluation
-from callbacks.selection_checkpoint import SelectionCheckpoint
-from callbacks.shift_evaluation import ShiftEvaluation
-from callbacks.shortcut_evaluation import ShortcutEvaluation
+from medrobust.callbacks.adversarial_training import AdversarialTraining
+from medrobust.callbacks.corruption_augmentation import CorruptionAugmentation
+from medrobust.callbacks.detection_evaluation import DetectionEvaluation
+from medrobust.callbacks.feature_distillation import FeatureDistillation
+from medrobust.callbacks.mlflow_checkpoints import MLflowCheckpoints
+from medrobust.callbacks.mlflow_dataset_inputs import MLflowDatasetInputs
+from medrobust.callbacks.mlflow_seams import MLflowSeams
+from medrobust.callbacks.mlflow_system_metrics import MLflowSystemMetrics
+from medrobust.callbacks.mlflow_test_record import MLflowTestRecord
+from medrobust.callbacks.robust_validation import RobustValidation
+from medrobust.callbacks.robustness_evaluation import RobustnessEvaluation
+from medrobust.callbacks.saliency_evaluation import SaliencyEvaluation
+from medrobust.callbacks.selection_checkpoint import SelectionCheckpoint
+from medrobust.callbacks.shift_evaluation import ShiftEvaluation
+from medrobust.callbacks.shortcut_evaluation import ShortcutEvaluation
 
 __all__ = [
     "AdversarialTraining",

@@ -10,18 +10,17 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from medrobust.callbacks.helpers.training_progress import batch_index
+from medrobust.lightning_modules.attacks.pgd import PGD
+from medrobust.lightning_modules.attacks.threat_model import parse_eps, threat_model
+from medrobust.lightning_modules.attacks.trades import TradesAttack
+from medrobust.lightning_modules.classifier import TrainingStep, TrainingThreat
+from medrobust.lightning_modules.losses import attack_loss
+from medrobust.lightning_modules.metrics.confusion import accuracy, confusion_counts, empty_counts
+from medrobust.lightning_modules.metrics.metric_names import metric_name
+from medrobust.lightning_modules.nets.modes import eval_mode
+from medrobust.utilities.errors import InputError
 from typing_extensions import override
-
-from callbacks.training_progress import batch_index
-from lightning_modules.classifier import TrainingStep, TrainingThreat
-from lightning_modules.components.confusion import accuracy, confusion_counts, empty_counts
-from lightning_modules.components.errors import InputError
-from lightning_modules.components.losses import attack_loss
-from lightning_modules.components.metric_names import metric_name
-from lightning_modules.components.modes import eval_mode
-from lightning_modules.components.pgd import PGD
-from lightning_modules.components.threat_model import parse_eps, threat_model
-from lightning_modules.components.trades import TradesAttack
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +41,14 @@ class AdversarialTraining(Callback):
     * ``trades``: the task loss stays cross-entropy on the training input ``x``; the loss term
       ``beta * KL(f(x) || f(x'))`` is added, with ``x'`` maximising that KL by PGD from ``x + 0.001 * N(0, 1)``
       (Zhang et al. 2019). As in the reference code, the inner maximisation compares ``f(x')`` with ``f(x)`` both in
-      eval mode on the same ``x`` (:class:`~lightning_modules.components.trades.TradesAttack`); the outer KL uses the
+      eval mode on the same ``x`` (:class:`~medrobust.lightning_modules.attacks.trades.TradesAttack`); the outer KL
+      uses the
       training forward's logits, in training mode.
 
     Attacks run on the bare network (``pl_module.net``) in eval mode, so BatchNorm statistics are not updated by the
     inner maximisation, and every submodule's mode is restored afterwards. Budgets are in pixel units. The budget is
-    announced on the module (:meth:`~lightning_modules.classifier.ClassifierModule.set_training_threat`), so robust
+    announced on the module (:meth:`~medrobust.lightning_modules.classifier.ClassifierModule.set_training_threat`), so
+    robust
     validation attacks at it and model selection skips the warm-up epochs.
 
     Args:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from medrobust.callbacks.helpers.training_progress import batch_index
+from medrobust.datamodules.corruptions import SEVERITIES, check, corrupt, corruptions_for
+from medrobust.utilities.errors import InputError
 from typing_extensions import override
-
-from callbacks.training_progress import batch_index
-from datamodules.corruptions import SEVERITIES, check, corrupt, corruptions_for
-from lightning_modules.components.errors import InputError
 
 
 class CorruptionAugmentation(Callback):

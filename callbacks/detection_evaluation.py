@@ -9,12 +9,12 @@ import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
-from typing_extensions import override
-
-from callbacks.detection_figures import roc_figure, score_histograms
-from callbacks.evaluation_outputs import gather_rows
-from callbacks.mlflow_logger_lookup import log_params_once, mlflow_logger
-from lightning_modules.components.detection import (
+from medrobust.callbacks.evaluation.outputs import gather_rows
+from medrobust.callbacks.helpers.detection_figures import roc_figure, score_histograms
+from medrobust.callbacks.helpers.mlflow_logger_lookup import log_params_once, mlflow_logger
+from medrobust.lightning_modules.attacks.pgd import PGD
+from medrobust.lightning_modules.attacks.threat_model import LinfThreat, parse_eps
+from medrobust.lightning_modules.detection import (
     DETECTORS,
     Energy,
     FeatureEnsemble,
@@ -25,12 +25,11 @@ from lightning_modules.components.detection import (
     detection_metrics,
     parse_targets,
 )
-from lightning_modules.components.errors import InputError
-from lightning_modules.components.feature_taps import feature_names, resolve_tap
-from lightning_modules.components.metric_names import metric_name
-from lightning_modules.components.modes import eval_mode
-from lightning_modules.components.pgd import PGD
-from lightning_modules.components.threat_model import LinfThreat, parse_eps
+from medrobust.lightning_modules.features.feature_taps import feature_names, resolve_tap
+from medrobust.lightning_modules.metrics.metric_names import metric_name
+from medrobust.lightning_modules.nets.modes import eval_mode
+from medrobust.utilities.errors import InputError
+from typing_extensions import override
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ class DetectionEvaluation(Callback):
     """At test, fit OOD/adversarial detectors on the training split and score the in-distribution test split against
     every target.
 
-    Detectors (:mod:`lightning_modules.components.detection`; higher score = more in-distribution): ``msp``,
+    Detectors (:mod:`medrobust.lightning_modules.detection`; higher score = more in-distribution): ``msp``,
     ``energy``, ``mahalanobis`` (per tapped layer ``mahalanobis_<layer>``, and ``mahalanobis`` = the best single layer
     chosen on validation data) and ``ensemble`` (Lee et al.'s logistic regression over the layer scores). The
     Mahalanobis Gaussians are fitted by streaming over the training split; under DDP each process reads its share and
@@ -58,7 +57,7 @@ class DetectionEvaluation(Callback):
     target keeps only the images the model classifies correctly clean and wrongly after the attack, and is compared
     with those same clean images.
 
-    Logs ``test/detect/<detector>/<target>/<metric>`` (:data:`~lightning_modules.components.detection.METRICS` and
+    Logs ``test/detect/<detector>/<target>/<metric>`` (:data:`~medrobust.lightning_modules.detection.METRICS` and
     ``n_in``/``n_out``), e.g. ``test/detect/ensemble/pgd20_linf_8_255/auroc``; ``detection.json`` (settings,
     calibration, table); ``plots/detection_roc.png`` and ``plots/detection_scores.png``; params ``detection.*``.
 

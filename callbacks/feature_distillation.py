@@ -9,23 +9,22 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
-from torch import nn
-from tqdm.auto import tqdm
-from typing_extensions import override
-
-from callbacks.mlflow_logger_lookup import log_params_once, mlflow_logger
-from lightning_modules.classifier import TrainingStep
-from lightning_modules.components.distillation_losses import (
+from medrobust.callbacks.helpers.mlflow_logger_lookup import log_params_once, mlflow_logger
+from medrobust.lightning_modules.classifier import TrainingStep
+from medrobust.lightning_modules.features.distillation_losses import (
     DistillLayer,
     attention_transfer,
     feature_matching,
     kd_kl,
 )
-from lightning_modules.components.errors import InputError
-from lightning_modules.components.feature_taps import capture, feature_map, pooled, resolve_tap
-from lightning_modules.components.linear_probe import fit_linear_probe
-from lightning_modules.components.modes import eval_mode
-from lightning_modules.components.teacher import Teacher, check_source, load_teacher
+from medrobust.lightning_modules.features.feature_taps import capture, feature_map, pooled, resolve_tap
+from medrobust.lightning_modules.features.linear_probe import fit_linear_probe
+from medrobust.lightning_modules.features.teacher import Teacher, check_source, load_teacher
+from medrobust.lightning_modules.nets.modes import eval_mode
+from medrobust.utilities.errors import InputError
+from torch import nn
+from tqdm.auto import tqdm
+from typing_extensions import override
 
 #: the teacher's data settings recorded as params ``distill.teacher.data.*``
 _DATA_KEYS = ("flag", "size", "path", "subsample", "subsample_seed", "shortcut")
@@ -41,7 +40,7 @@ class FeatureDistillation(Callback):
     the student (``step.x``: adversarial images under PGD-AT, so distillation is robust distillation).
 
     Each entry of ``layers`` adds a loss term ``train/loss/<name>/<layer>`` (see
-    :mod:`~lightning_modules.components.distillation_losses`): ``mse``/``cosine`` feature matching through a
+    :mod:`~medrobust.lightning_modules.features.distillation_losses`): ``mse``/``cosine`` feature matching through a
     trainable 1x1 adapter, ``attention`` transfer, or ``probe_kl``: per layer a linear probe on pooled features of
     each network, the teacher's fitted once at setup on the teacher's own training data (``probe_data``) and frozen,
     the student's trained jointly; the loss is ``T^2 * KL(teacher probe || student probe)``. ``logit_weight`` adds
@@ -202,7 +201,7 @@ class FeatureDistillation(Callback):
         data = self.teacher.data_hparams
         if not data:
             raise InputError(f"Teacher {self.source!r} records no training data; use probe_data: student")
-        from datamodules.medmnist import MedMNISTDataModule
+        from medrobust.datamodules.medmnist import MedMNISTDataModule
 
         accepted = set(inspect.signature(MedMNISTDataModule).parameters) - {"shifts", "download"}
         datamodule = MedMNISTDataModule(**{k: v for k, v in data.items() if k in accepted})

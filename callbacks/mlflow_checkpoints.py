@@ -9,11 +9,10 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
+from medrobust.callbacks.helpers.mlflow_logger_lookup import mlflow_logger
+from medrobust.callbacks.selection_checkpoint import SelectionCheckpoint
+from medrobust.utilities.tracking_uri import redact_uri
 from typing_extensions import override
-
-from callbacks.mlflow_logger_lookup import mlflow_logger
-from callbacks.selection_checkpoint import SelectionCheckpoint
-from callbacks.tracking_uri import redact_uri
 
 
 class MLflowCheckpoints(Callback):
@@ -24,7 +23,8 @@ class MLflowCheckpoints(Callback):
     * After fit: the selected checkpoint as the artifact ``checkpoints/best.ckpt`` (weights, hyperparameters and
       callback states, without optimizer state, so ``medrobust test --ckpt_path`` and ``load_from_checkpoint`` take
       it), its local path as tag ``best_checkpoint``, and the selection as tags ``selection.rule``,
-      ``selection.metric``, ``selection.epoch`` and ``selection.score`` (see :class:`~callbacks.SelectionCheckpoint`).
+      ``selection.metric``, ``selection.epoch`` and ``selection.score`` (see
+      :class:`~medrobust.callbacks.SelectionCheckpoint`).
 
     Args:
         log_best: upload the selected checkpoint into the run.

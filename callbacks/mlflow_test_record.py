@@ -7,19 +7,18 @@ import time
 import matplotlib.pyplot as plt
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
+from medrobust.callbacks.helpers.figures import confusion_matrix_figure
+from medrobust.callbacks.helpers.mlflow_logger_lookup import mlflow_logger
+from medrobust.lightning_modules.metrics.confusion import top_prediction_share
+from medrobust.lightning_modules.metrics.summary import summary_metrics
 from typing_extensions import override
-
-from callbacks.figures import confusion_matrix_figure
-from callbacks.mlflow_logger_lookup import mlflow_logger
-from lightning_modules.components.confusion import top_prediction_share
-from lightning_modules.components.summary import summary_metrics
 
 
 class MLflowTestRecord(Callback):
     """After each test: ``plots/confusion_matrix_test.png`` and ``confusion_matrix_test.json``; the share of
     predictions given to the most predicted class (``test/top_pred_share``) and the class ratio of the test labels
     (``test/class_ratio``, single-label tasks); and the run's ``summary/*`` metrics
-    (:mod:`~lightning_modules.components.summary`), so that reports only ever read runs."""
+    (:mod:`~medrobust.lightning_modules.metrics.summary`), so that reports only ever read runs."""
 
     @override
     @rank_zero_only

@@ -6,23 +6,25 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from medrobust.lightning_modules.attacks.pgd import PGD
+from medrobust.lightning_modules.attacks.threat_model import NORMS, parse_eps, threat_model
+from medrobust.lightning_modules.losses import attack_loss
+from medrobust.lightning_modules.metrics.confusion import accuracy, balanced_accuracy, confusion_counts, empty_counts
+from medrobust.lightning_modules.metrics.metric_names import metric_name
+from medrobust.lightning_modules.nets.modes import eval_mode
+from medrobust.utilities.errors import InputError
 from typing_extensions import override
-
-from lightning_modules.components.confusion import accuracy, balanced_accuracy, confusion_counts, empty_counts
-from lightning_modules.components.errors import InputError
-from lightning_modules.components.losses import attack_loss
-from lightning_modules.components.metric_names import metric_name
-from lightning_modules.components.modes import eval_mode
-from lightning_modules.components.pgd import PGD
-from lightning_modules.components.threat_model import NORMS, parse_eps, threat_model
 
 
 class RobustValidation(Callback):
     """Attack validation images with PGD and log ``val/robust/acc`` and ``val/robust/bal_acc``, the numbers the
-    ``robust_acc`` and ``robust_bal_acc`` selection rules of :class:`~callbacks.SelectionCheckpoint` rank epochs by.
+    ``robust_acc`` and ``robust_bal_acc`` selection rules of :class:`~medrobust.callbacks.SelectionCheckpoint` rank
+    epochs by.
 
-    The budget is the training budget the module announces (:class:`~lightning_modules.classifier.TrainingThreat`,
-    set by :class:`~callbacks.AdversarialTraining`) at its full eps, warm-up or not, unless ``eps`` and ``norm`` are
+    The budget is the training budget the module announces
+    (:class:`~medrobust.lightning_modules.classifier.TrainingThreat`,
+    set by :class:`~medrobust.callbacks.AdversarialTraining`) at its full eps, warm-up or not, unless ``eps`` and
+    ``norm`` are
     given. Without either (standard training), the budget is 0 and the numbers are clean validation accuracies, so an
     eps sweep's baseline is selected by the same rule as its other points. PGD starts at the clean image, so the
     numbers are deterministic. ``val/robust/eps`` records the budget. Counts are summed over processes exactly.

@@ -11,19 +11,20 @@ import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
-from typing_extensions import override
-
-from callbacks.distance_tracker import DistanceTracker
-from callbacks.figures import distance_figure, robustness_figure
-from callbacks.mlflow_logger_lookup import log_params_once, mlflow_logger
-from lightning_modules.components.attack_suite import (
+from medrobust.callbacks.evaluation.distance_tracker import DistanceTracker
+from medrobust.callbacks.helpers.figures import distance_figure, robustness_figure
+from medrobust.callbacks.helpers.mlflow_logger_lookup import log_params_once, mlflow_logger
+from medrobust.lightning_modules.attacks.attack_suite import (
     SOFTMAX_ONLY,
     AttackSpec,
     build_attack,
     check_attacks,
     default_attacks,
 )
-from lightning_modules.components.confusion import (
+from medrobust.lightning_modules.attacks.masking_checks import black_box_check, white_box_checks
+from medrobust.lightning_modules.attacks.min_distance import DistanceSettings
+from medrobust.lightning_modules.attacks.threat_model import parse_eps
+from medrobust.lightning_modules.metrics.confusion import (
     accuracy,
     balanced_accuracy,
     confusion_from_predictions,
@@ -32,11 +33,9 @@ from lightning_modules.components.confusion import (
     top_prediction_share,
     worst_case_predictions,
 )
-from lightning_modules.components.masking_checks import black_box_check, white_box_checks
-from lightning_modules.components.metric_names import metric_name
-from lightning_modules.components.min_distance import DistanceSettings
-from lightning_modules.components.modes import eval_mode
-from lightning_modules.components.threat_model import parse_eps
+from medrobust.lightning_modules.metrics.metric_names import metric_name
+from medrobust.lightning_modules.nets.modes import eval_mode
+from typing_extensions import override
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +59,8 @@ class RobustnessEvaluation(Callback):
     Under DDP each rank attacks its share and the counts are summed on every rank, even one that received no batch;
     each sample counts once because the test loader does not pad (MedMNISTDataModule's does not).
 
-    **Minimal distances** (``distance_attacks``; :mod:`~lightning_modules.components.min_distance`): per correctly
+    **Minimal distances** (``distance_attacks``; :mod:`~medrobust.lightning_modules.attacks.min_distance`): per
+    correctly
     classified sample, the smallest perturbation DeepFool (L2), JSMA (L0, share of values changed) or a bisection over
     eps with PGD (L-inf) needed to change its prediction. Logged as ``test/adv/<attack>/<norm>_dist/{median,q25,q75,
     fooled,n}`` (``fooled``: the share flipped; a median of ``inf`` means fewer than half were), summarised as
@@ -70,7 +70,7 @@ class RobustnessEvaluation(Callback):
     Attacks run inside the trainer's precision context (``precision: bf16-mixed`` attacks in bf16 autocast, as the
     clean test forward is), so a fast-path run is evaluated as it runs.
 
-    Gradient-masking checks in the spirit of AutoAttack's (:mod:`~lightning_modules.components.masking_checks`),
+    Gradient-masking checks in the spirit of AutoAttack's (:mod:`~medrobust.lightning_modules.attacks.masking_checks`),
     logged as tags ``robustness.check.*`` and warned about when they fail.
 
     Args:

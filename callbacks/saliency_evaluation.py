@@ -10,12 +10,13 @@ import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
-from typing_extensions import override
-
-from callbacks.evaluation_outputs import gather_rows
-from callbacks.mlflow_logger_lookup import log_params_once, mlflow_logger
-from callbacks.saliency_figures import saliency_grid
-from lightning_modules.components.attributions import (
+from medrobust.callbacks.evaluation.outputs import gather_rows
+from medrobust.callbacks.helpers.mlflow_logger_lookup import log_params_once, mlflow_logger
+from medrobust.callbacks.helpers.saliency_figures import saliency_grid
+from medrobust.lightning_modules.attacks.threat_model import parse_eps
+from medrobust.lightning_modules.metrics.metric_names import metric_name
+from medrobust.lightning_modules.nets.modes import eval_mode
+from medrobust.lightning_modules.saliency.attributions import (
     METHODS,
     AttributionSettings,
     Explainer,
@@ -23,10 +24,7 @@ from lightning_modules.components.attributions import (
     deeplift_blockers,
     initial_network,
 )
-from lightning_modules.components.errors import InputError
-from lightning_modules.components.metric_names import metric_name
-from lightning_modules.components.modes import eval_mode
-from lightning_modules.components.saliency_metrics import (
+from medrobust.lightning_modules.saliency.saliency_metrics import (
     COLUMNS,
     energy_in_mask,
     max_sensitivity,
@@ -36,7 +34,8 @@ from lightning_modules.components.saliency_metrics import (
     summarise,
     topk_iou,
 )
-from lightning_modules.components.threat_model import parse_eps
+from medrobust.utilities.errors import InputError
+from typing_extensions import override
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +43,11 @@ log = logging.getLogger(__name__)
 class SaliencyEvaluation(Callback):
     """Score each saliency method's maps against the test split's evidence masks, at test time.
 
-    Needs test splits with masks (:meth:`~datamodules.medmnist.MedMNISTDataModule.masked_splits`): ``--data.evidence``
+    Needs test splits with masks (:meth:`~medrobust.datamodules.medmnist.MedMNISTDataModule.masked_splits`):
+    ``--data.evidence``
     (an injected, label-carrying pattern), a file's own ``test_masks``, or a localised ``--data.shortcut`` (its
     marker masks on the ``shortcut/*`` splits). On ``num_samples`` seeded images with a non-empty mask per split, each
-    method's map of the ``target`` logit is scored (:mod:`~lightning_modules.components.saliency_metrics`):
+    method's map of the ``target`` logit is scored (:mod:`~medrobust.lightning_modules.saliency.saliency_metrics`):
 
     * ``energy``: the share of the map's positive mass inside the mask;
     * ``pointing``: the pointing game, tie-aware (a flat map does not score);

@@ -6,11 +6,10 @@ from typing import Any, Literal
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from medrobust.callbacks.robust_validation import RobustValidation
+from medrobust.utilities.errors import InputError
 from torch import Tensor
 from typing_extensions import override
-
-from callbacks.robust_validation import RobustValidation
-from lightning_modules.components.errors import InputError
 
 Rule = Literal["clean_auroc", "clean_bal_acc", "robust_acc", "robust_bal_acc", "last"]
 #: the validation metric each rule ranks epochs by (``None``: the last epoch is the selected one)
@@ -31,14 +30,15 @@ class SelectionCheckpoint(ModelCheckpoint):
     * ``clean_auroc``: the highest validation AUROC (MedMNIST v2's protocol for standard training);
     * ``clean_bal_acc``: the highest validation balanced accuracy;
     * ``robust_acc`` / ``robust_bal_acc``: the highest accuracy / balanced accuracy on validation images under PGD at
-      the training budget (:class:`~callbacks.RobustValidation` logs them; needed in ``trainer.callbacks``). The
+      the training budget (:class:`~medrobust.callbacks.RobustValidation` logs them; needed in ``trainer.callbacks``).
+      The
       balanced one does not reward predicting the majority class of an imbalanced split;
     * ``last``: the last epoch.
 
     Whatever the rule, an epoch still inside an adversarial warm-up (before the module's
     ``training_threat.full_from_epoch``) is never selected: its model was trained at a smaller budget than the run
     reports. The rule, the chosen epoch and its score are saved in checkpoints and recorded in the run as tags
-    ``selection.*`` (by :class:`~callbacks.MLflowCheckpoints`).
+    ``selection.*`` (by :class:`~medrobust.callbacks.MLflowCheckpoints`).
 
     Args:
         rule: the selection rule.

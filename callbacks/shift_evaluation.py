@@ -10,16 +10,15 @@ import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
+from medrobust.callbacks.evaluation.outputs import auroc, gather_rows
+from medrobust.callbacks.helpers.figures import corruption_examples, shift_heatmap
+from medrobust.callbacks.helpers.mlflow_logger_lookup import mlflow_logger
+from medrobust.datamodules.corruptions import ALEXNET_BASELINE
+from medrobust.lightning_modules.metrics.confusion import accuracy, balanced_accuracy, confusion_counts, empty_counts
+from medrobust.lightning_modules.metrics.metric_names import metric_name
+from medrobust.lightning_modules.metrics.task_metrics import scores
+from medrobust.utilities.errors import InputError
 from typing_extensions import override
-
-from callbacks.evaluation_outputs import auroc, gather_rows
-from callbacks.figures import corruption_examples, shift_heatmap
-from callbacks.mlflow_logger_lookup import mlflow_logger
-from datamodules.corruptions import ALEXNET_BASELINE
-from lightning_modules.components.confusion import accuracy, balanced_accuracy, confusion_counts, empty_counts
-from lightning_modules.components.errors import InputError
-from lightning_modules.components.metric_names import metric_name
-from lightning_modules.components.metrics import scores
 
 log = logging.getLogger(__name__)
 

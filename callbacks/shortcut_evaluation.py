@@ -9,20 +9,20 @@ import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
+from medrobust.callbacks.evaluation.outputs import auroc, gather_rows
+from medrobust.callbacks.helpers.mlflow_logger_lookup import mlflow_logger
+from medrobust.lightning_modules.metrics.confusion import accuracy, balanced_accuracy, confusion_from_predictions
+from medrobust.lightning_modules.metrics.metric_names import metric_name
+from medrobust.lightning_modules.metrics.task_metrics import scores
+from medrobust.utilities.errors import InputError
 from typing_extensions import override
-
-from callbacks.evaluation_outputs import auroc, gather_rows
-from callbacks.mlflow_logger_lookup import mlflow_logger
-from lightning_modules.components.confusion import accuracy, balanced_accuracy, confusion_from_predictions
-from lightning_modules.components.errors import InputError
-from lightning_modules.components.metric_names import metric_name
-from lightning_modules.components.metrics import scores
 
 
 class ShortcutEvaluation(Callback):
     """Evaluate the ``shortcut/aligned``, ``shortcut/flipped`` and ``shortcut/absent`` test splits.
 
-    Needs a :class:`~datamodules.medmnist.MedMNISTDataModule` with ``shortcut``; its shortcut splits' batches carry
+    Needs a :class:`~medrobust.datamodules.medmnist.MedMNISTDataModule` with ``shortcut``; its shortcut splits' batches
+    carry
     per-sample group labels (1: the sample carries the feature). Logs per split ``test/shortcut/<split>/<metric>``:
     ``auroc``, ``bal_acc``, ``acc``, ``tpr_carrier`` and ``tpr_clean`` (the true-positive rate of the shortcut's
     target class among samples with and without the feature), and the bias gap ``dtpr`` = ``tpr_carrier -

@@ -8,8 +8,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-
-from datamodules.files import ENV_CACHE
+from medrobust.datamodules.files import ENV_CACHE
 
 
 def cache_root(cache_dir: str | os.PathLike | None) -> Path:

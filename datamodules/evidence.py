@@ -21,9 +21,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from datamodules.cache import cache_root, save_atomic
-from lightning_modules.components.errors import InputError
+from medrobust.datamodules.cache import cache_root, save_atomic
+from medrobust.utilities.errors import InputError
 
 PATTERNS = ("bars", "checker")
 #: bump when an injected pattern changes, so that stale caches are not reused

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from lightning_modules.components.errors import InputError
+from medrobust.utilities.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,8 @@ import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, WeightedRandomSampler
-from typing_extensions import override
-
-from datamodules.evidence import Evidence, evidence_split
-from datamodules.files import (
+from medrobust.datamodules.evidence import Evidence, evidence_split
+from medrobust.datamodules.files import (
     SPLITS,
     MedMNISTFileError,
     MedMNISTSpec,
@@ -29,12 +26,14 @@ from datamodules.files import (
     resolve_roots,
     verify_official,
 )
-from datamodules.remote import fetch_dataset
-from datamodules.shifts import SHORTCUT_SPLITS, corrupted_split, official_split, parse_shifts, to_channels
-from datamodules.shortcuts import Shortcut, shortcut_split
-from datamodules.tensor_dataset import TensorImageDataset, identity_collate
-from lightning_modules.components.errors import InputError
-from lightning_modules.components.mlflow_source import is_remote
+from medrobust.datamodules.remote import fetch_dataset
+from medrobust.datamodules.shifts import SHORTCUT_SPLITS, corrupted_split, official_split, parse_shifts, to_channels
+from medrobust.datamodules.shortcuts import Shortcut, shortcut_split
+from medrobust.datamodules.tensor_dataset import TensorImageDataset, identity_collate
+from medrobust.utilities.errors import InputError
+from medrobust.utilities.mlflow_source import is_remote
+from torch.utils.data import DataLoader, WeightedRandomSampler
+from typing_extensions import override
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +74,14 @@ class MedMNISTDataModule(LightningDataModule):
         cache_dir: where corrupted and shortcut splits are cached; default ``$MEDROBUST_CACHE``, else
             ``~/.cache/medrobust``.
         shortcut: inject a spurious feature correlated with the label into the training and validation splits
-            (:class:`~datamodules.shortcuts.Shortcut`: ``{kind: patch, strength: 0.95, target_class: 1, ...}``) and
+            (:class:`~medrobust.datamodules.shortcuts.Shortcut`: ``{kind: patch, strength: 0.95, target_class: 1,
+            ...}``) and
             add the test splits ``shortcut/aligned``, ``shortcut/flipped`` and ``shortcut/absent`` (unless ``shifts``
             names some as ``shortcut:<correlation>``), whose batches carry per-sample group labels. A localised
             shortcut's (patch, text) test splits carry the marker masks too.
         evidence: inject a label-carrying pattern at a random, recorded position into every split
-            (:class:`~datamodules.evidence.Evidence`: ``{pattern: bars, size: 0.25, contrast: 0.4}``); its masks are
+            (:class:`~medrobust.datamodules.evidence.Evidence`: ``{pattern: bars, size: 0.25, contrast: 0.4}``); its
+            masks are
             the test split's evidence masks (:meth:`masked_splits`). A file's own ``test_masks`` are read without it.
 
     Example:

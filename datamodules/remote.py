@@ -6,8 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from datamodules.cache import cache_root
-from lightning_modules.components.mlflow_source import artifact_uri, download
+from medrobust.datamodules.cache import cache_root
+from medrobust.utilities.mlflow_source import artifact_uri, download
 
 
 def fetch_dataset(source: str, cache_dir: str | os.PathLike | None = None) -> Path:

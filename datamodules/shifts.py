@@ -9,16 +9,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from medrobust.datamodules.cache import cache_root, save_atomic
+from medrobust.datamodules.corruptions import SEVERITIES, check, corrupt, corruptions_for
+from medrobust.datamodules.files import SIZES, MedMNISTSpec, load_arrays, locate, resolve_roots, verify_official
+from medrobust.utilities.errors import InputError
 from tqdm.auto import tqdm
-
-from datamodules.cache import cache_root, save_atomic
-from datamodules.corruptions import SEVERITIES, check, corrupt, corruptions_for
-from datamodules.files import SIZES, MedMNISTSpec, load_arrays, locate, resolve_roots, verify_official
-from lightning_modules.components.errors import InputError
 
 log = logging.getLogger(__name__)
 
-#: the shortcut test splits (datamodules.shortcuts)
+#: the shortcut test splits (medrobust.datamodules.shortcuts)
 SHORTCUT_SPLITS = ("aligned", "flipped", "absent")
 #: bump when a corruption's output changes, so that stale caches are not reused
 CORRUPTIONS_VERSION = 1

@@ -22,10 +22,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from medrobust.datamodules.cache import cache_root, save_atomic
+from medrobust.utilities.errors import InputError
 from PIL import Image, ImageDraw, ImageFont
-
-from datamodules.cache import cache_root, save_atomic
-from lightning_modules.components.errors import InputError
 
 KINDS = ("patch", "text", "intensity", "noise")
 #: bump when an injected feature changes, so that stale caches are not reused

@@ -6,9 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from medrobust.utilities.errors import InputError
 from torch.utils.data import Dataset
-
-from lightning_modules.components.errors import InputError
 
 
 class TensorImageDataset(Dataset):
@@ -24,7 +23,7 @@ class TensorImageDataset(Dataset):
             ``(x, y, groups)``.
         masks: optional uint8 ``(N, H, W)`` binary evidence masks (where the label's evidence is: an injected pattern,
             a shortcut marker, a user's annotation). They stay with the samples through ``subset`` but are not part
-            of the batches; :class:`~callbacks.SaliencyEvaluation` reads them by index.
+            of the batches; :class:`~medrobust.callbacks.SaliencyEvaluation` reads them by index.
     """
 
     def __init__(

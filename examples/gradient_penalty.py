@@ -13,11 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback
+from medrobust.lightning_modules.classifier import TrainingStep
+from medrobust.lightning_modules.features.feature_taps import feature_channels, pooled
+from medrobust.utilities.errors import InputError
 from torch import nn
-
-from lightning_modules.classifier import TrainingStep
-from lightning_modules.components.errors import InputError
-from lightning_modules.components.feature_taps import feature_channels, pooled
 
 
 class GradientPenalty(Callback):

@@ -1,5 +1,5 @@
-"""``python -m experiments`` is the ``medrobust`` command."""
+"""``python -m medrobust.experiments`` is the ``medrobust`` command."""
 
-from experiments.cli import main
+from medrobust.experiments.cli import main
 
 main()

@@ -13,25 +13,24 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from medrobust.callbacks.mlflow_checkpoints import MLflowCheckpoints
+from medrobust.callbacks.mlflow_dataset_inputs import MLflowDatasetInputs
+from medrobust.callbacks.mlflow_seams import MLflowSeams
+from medrobust.callbacks.mlflow_system_metrics import MLflowSystemMetrics
+from medrobust.callbacks.mlflow_test_record import MLflowTestRecord
+from medrobust.callbacks.selection_checkpoint import SelectionCheckpoint
+from medrobust.datamodules.files import absolutize_env_paths, find
+from medrobust.datamodules.medmnist import MedMNISTDataModule
+from medrobust.experiments.cli_parser import MedRobustParser
+from medrobust.experiments.config_merge import merge_config_args
+from medrobust.experiments.resume import ResumePoint, checkpoint_identity, find_resume_point
+from medrobust.experiments.tracking.mlflow_logger import MLflowRunLogger
+from medrobust.experiments.tracking.mlflow_save_config import MLflowSaveConfig
+from medrobust.lightning_modules.classifier import ClassifierModule
+from medrobust.utilities.errors import InputError
+from medrobust.utilities.mlflow_source import is_remote
+from medrobust.utilities.tracking_uri import redact_uri
 from typing_extensions import override
-
-from callbacks.mlflow_checkpoints import MLflowCheckpoints
-from callbacks.mlflow_dataset_inputs import MLflowDatasetInputs
-from callbacks.mlflow_seams import MLflowSeams
-from callbacks.mlflow_system_metrics import MLflowSystemMetrics
-from callbacks.mlflow_test_record import MLflowTestRecord
-from callbacks.selection_checkpoint import SelectionCheckpoint
-from callbacks.tracking_uri import redact_uri
-from datamodules.files import absolutize_env_paths, find
-from datamodules.medmnist import MedMNISTDataModule
-from experiments.cli_parser import MedRobustParser
-from experiments.config_merge import merge_config_args
-from experiments.mlflow_logger import MLflowRunLogger
-from experiments.mlflow_save_config import MLflowSaveConfig
-from experiments.resume import ResumePoint, checkpoint_identity, find_resume_point
-from lightning_modules.classifier import ClassifierModule
-from lightning_modules.components.errors import InputError
-from lightning_modules.components.mlflow_source import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -209,15 +208,15 @@ def main(args: list[str] | None = None) -> None:
         sys.path.insert(0, os.getcwd())
     try:
         if argv and argv[0] == "sweep":
-            from experiments.sweep import sweep_main
+            from medrobust.experiments.sweeping.sweep import sweep_main
 
             raise SystemExit(sweep_main(argv[1:]))
         if argv and argv[0] == "construct":
-            from experiments.construct import construct_main
+            from medrobust.experiments.construction.construct import construct_main
 
             raise SystemExit(construct_main(argv[1:]))
         if argv and argv[0] == "report":
-            from experiments.report import report_main
+            from medrobust.experiments.reporting.report import report_main
 
             raise SystemExit(report_main(argv[1:]))
         merged = merge_config_args(argv)

@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from lightning_modules.components.errors import InputError
+from medrobust.utilities.errors import InputError
 
 
 @dataclass(frozen=True)

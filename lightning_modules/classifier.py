@@ -8,16 +8,15 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from medrobust.lightning_modules.features.feature_taps import capture
+from medrobust.lightning_modules.losses import task_loss
+from medrobust.lightning_modules.metrics.metric_names import metric_name
+from medrobust.lightning_modules.metrics.task_metrics import ConfusionCounts, classification_metrics
+from medrobust.lightning_modules.nets.normalized_classifier import NormalizedClassifier
+from medrobust.lightning_modules.training_seams import Batch, TrainingSeams, TrainingStep, TrainingThreat
+from medrobust.utilities.errors import InputError
 from torchmetrics import MeanMetric
 from typing_extensions import override
-
-from lightning_modules.components.errors import InputError
-from lightning_modules.components.feature_taps import capture
-from lightning_modules.components.losses import task_loss
-from lightning_modules.components.metric_names import metric_name
-from lightning_modules.components.metrics import ConfusionCounts, classification_metrics
-from lightning_modules.components.normalized_classifier import NormalizedClassifier
-from lightning_modules.training_seams import Batch, TrainingSeams, TrainingStep, TrainingThreat
 
 __all__ = ["ClassifierModule", "TrainingStep", "TrainingThreat"]
 
@@ -25,7 +24,8 @@ __all__ = ["ClassifierModule", "TrainingStep", "TrainingThreat"]
 class ClassifierModule(TrainingSeams, LightningModule):
     """Image classifier for MedMNIST tasks; images in [0, 1], so every attack budget is in pixel units.
 
-    Seams for callbacks (:mod:`lightning_modules.training_seams` documents their order within a step; register in
+    Seams for callbacks (:mod:`medrobust.lightning_modules.training_seams` documents their order within a step;
+    register in
     ``setup``, remove in ``teardown``; names are unique):
 
     * :meth:`add_input_transform` -- ``fn(x, y) -> (x', y')`` replaces or augments the training batch before the
@@ -36,8 +36,8 @@ class ClassifierModule(TrainingSeams, LightningModule):
     * :meth:`request_features` -- named intermediate features of the training forward in ``step.features``.
     * :meth:`add_auxiliary_module` -- a loss term's trainable module (adapter, probe), in its own parameter group.
     * :meth:`set_training_threat` -- a callback that trains against a threat model announces it here
-      (:class:`TrainingThreat`); :class:`~callbacks.RobustValidation` attacks validation at that budget and
-      :class:`~callbacks.SelectionCheckpoint` skips the epochs of its warm-up.
+      (:class:`TrainingThreat`); :class:`~medrobust.callbacks.RobustValidation` attacks validation at that budget and
+      :class:`~medrobust.callbacks.SelectionCheckpoint` skips the epochs of its warm-up.
 
     Args:
         model_name: any timm model name, e.g. ``"resnet18"``.
@@ -57,7 +57,7 @@ class ClassifierModule(TrainingSeams, LightningModule):
             negatives / positives per label) or one weight per class. Validation and test losses stay unweighted,
             so they compare across runs. The weights in effect are recorded in the run (tag ``train.class_weights``).
         small_input: adapt the network to 28-64 px images as the small-image literature does
-            (:mod:`~lightning_modules.components.small_input`): ResNets get the CIFAR stem (3x3 stride-1 conv, no
+            (:mod:`~medrobust.lightning_modules.nets.small_input`): ResNets get the CIFAR stem (3x3 stride-1 conv, no
             max-pool), ConvNeXt a 3x3 stride-1 stem, EfficientNet a stride-1 stem, ViT a patch size giving a 7x7+
             token grid. ``feature_info`` follows. Other families are refused, naming the supported ones.
         input_size: the image side; linked from ``data.size`` by the CLI (a ViT with ``small_input`` needs it).

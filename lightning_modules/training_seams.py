@@ -1,6 +1,7 @@
 """The seams through which callbacks change training, without patching the module.
 
-:class:`TrainingSeams` is mixed into :class:`~lightning_modules.classifier.ClassifierModule`. Callbacks register in
+:class:`TrainingSeams` is mixed into :class:`~medrobust.lightning_modules.classifier.ClassifierModule`. Callbacks
+register in
 ``setup(stage="fit")`` and remove what they registered in ``teardown``; names are unique per seam. In one training
 step the seams act in this order:
 
@@ -23,11 +24,10 @@ from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from medrobust.lightning_modules.features.feature_taps import resolve_tap
+from medrobust.lightning_modules.metrics.metric_names import metric_name
+from medrobust.utilities.errors import InputError
 from torch import nn
-
-from lightning_modules.components.errors import InputError
-from lightning_modules.components.feature_taps import resolve_tap
-from lightning_modules.components.metric_names import metric_name
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 InputTransform = Callable[[torch.Tensor, torch.Tensor], Batch]

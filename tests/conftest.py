@@ -25,7 +25,7 @@ sys.path.insert(0, str(HELPERS))
 
 # Environment paths mean the folder they were given in, for this process and every subprocess (MEDMNIST_ROOT is
 # relative in the README's command; benchmark subprocesses run from benchmarks/).
-from datamodules.files import absolutize_env_paths  # noqa: E402
+from medrobust.datamodules.files import absolutize_env_paths  # noqa: E402
 
 absolutize_env_paths()
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="medrobust-tests-"))
@@ -67,7 +67,7 @@ def write_medmnist_npz(
 
     The label shifts the mean brightness, and a class-specific bright square is drawn, so a tiny model learns it.
     """
-    from datamodules.files import MedMNISTSpec
+    from medrobust.datamodules.files import MedMNISTSpec
 
     spec = MedMNISTSpec(flag, size)
     rng = np.random.default_rng(seed)

@@ -6,10 +6,9 @@ import pytest
 import torch
 from conftest import quiet_trainer
 from lightning.pytorch import Callback
-
-from callbacks.adversarial_training import AdversarialTraining
-from datamodules.medmnist import MedMNISTDataModule
-from lightning_modules.classifier import ClassifierModule, TrainingStep
+from medrobust.callbacks.adversarial_training import AdversarialTraining
+from medrobust.datamodules.medmnist import MedMNISTDataModule
+from medrobust.lightning_modules.classifier import ClassifierModule, TrainingStep
 
 
 class Probe(Callback):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from experiments.studies.architectures import decoded, flagged_pairs, spread_cell
+from medrobust.experiments.studies.architectures import decoded, flagged_pairs, spread_cell
 
 
 def network(auroc: list[float], deepfool: list[float]) -> dict:

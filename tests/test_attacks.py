@@ -6,12 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchattacks
-from torch import nn
-
-from lightning_modules.components.attack_suite import AttackSpec, autoattack_components, build_attack
-from lightning_modules.components.modes import attack_mode
-from lightning_modules.components.pgd import PGD
-from lightning_modules.components.threat_model import (
+from medrobust.lightning_modules.attacks.attack_suite import AttackSpec, autoattack_components, build_attack
+from medrobust.lightning_modules.attacks.pgd import PGD
+from medrobust.lightning_modules.attacks.threat_model import (
     L2Threat,
     LinfThreat,
     parse_eps,
@@ -19,7 +16,9 @@ from lightning_modules.components.threat_model import (
     threat_label,
     threat_model,
 )
-from lightning_modules.components.trades import TradesAttack
+from medrobust.lightning_modules.attacks.trades import TradesAttack
+from medrobust.lightning_modules.nets.modes import attack_mode
+from torch import nn
 
 
 class TinyNet(nn.Module):
@@ -245,7 +244,7 @@ def test_pgd_restarts_keep_a_restart_that_fools_the_model() -> None:
 
 
 def test_eval_mode_restores_each_submodule() -> None:
-    from lightning_modules.components.modes import eval_mode
+    from medrobust.lightning_modules.nets.modes import eval_mode
 
     net = TinyNet().train()
     net.teacher.eval()

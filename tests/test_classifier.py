@@ -7,9 +7,8 @@ import pytest
 import torch
 from conftest import quiet_trainer
 from lightning.pytorch import Callback
-
-from datamodules.medmnist import MedMNISTDataModule
-from lightning_modules.classifier import ClassifierModule, TrainingStep
+from medrobust.datamodules.medmnist import MedMNISTDataModule
+from medrobust.lightning_modules.classifier import ClassifierModule, TrainingStep
 
 
 def make(dm: MedMNISTDataModule, **kwargs) -> ClassifierModule:
@@ -117,7 +116,7 @@ def test_checkpoint_round_trip(tmp_path, synthetic_npz) -> None:
 def test_pretrained_models_normalise_as_their_weights_were_trained() -> None:
     """Issue 9.20: the Normalize layer takes the pretrained weights' mean/std (grey images: their channel mean),
     read from timm's pretrained config without the network; explicit values and non-pretrained models keep theirs."""
-    from lightning_modules.components.normalized_classifier import pretrained_normalization
+    from medrobust.lightning_modules.nets.normalized_classifier import pretrained_normalization
 
     mean, std = pretrained_normalization("resnet18", in_chans=3)
     assert mean == pytest.approx((0.485, 0.456, 0.406)) and std == pytest.approx((0.229, 0.224, 0.225))

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, subprocess_env, write_medmnist_npz
+from medrobust.experiments.cli import MedRobustCLI
 from mlflow import MlflowClient
-
-from experiments.cli import MedRobustCLI
 
 TINY = [
     "--model.model_name=test_resnet",
@@ -37,7 +36,7 @@ def artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> set
 
 
 def test_fit_records_a_complete_run(tracking_uri, pneumonia_data_args) -> None:
-    robust = ["--trainer.callbacks+=callbacks.RobustValidation", "--trainer.callbacks.steps=2"]
+    robust = ["--trainer.callbacks+=medrobust.callbacks.RobustValidation", "--trainer.callbacks.steps=2"]
     MedRobustCLI(args=["fit", "--config", QUICKSTART, *TINY, *pneumonia_data_args, *robust])
     (run,) = runs(tracking_uri)
     client = MlflowClient(tracking_uri)
@@ -226,6 +225,6 @@ def test_bad_input_exits_nonzero_without_a_finished_run(tmp_path, args, message)
 )
 def test_tracking_uris_are_stored_without_credentials(uri: str, stored: str) -> None:
     """Issue 9.11: what configs, params, checkpoints and messages get instead of the URI itself."""
-    from callbacks.tracking_uri import redact_uri
+    from medrobust.utilities.tracking_uri import redact_uri
 
     assert redact_uri(uri) == stored

@@ -14,16 +14,15 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, quiet_trainer, subprocess_env
+from medrobust.datamodules.files import file_md5
+from medrobust.datamodules.medmnist import MedMNISTDataModule
+from medrobust.experiments.cli import MedRobustCLI
+from medrobust.experiments.construction.construct import construct_main
+from medrobust.lightning_modules.attacks.threat_model import L2Threat, LinfThreat
+from medrobust.lightning_modules.classifier import ClassifierModule
+from medrobust.lightning_modules.features.feature_datasets import paper_settings, quantize_within
+from medrobust.utilities.errors import InputError
 from mlflow import MlflowClient
-
-from datamodules.files import file_md5
-from datamodules.medmnist import MedMNISTDataModule
-from experiments.cli import MedRobustCLI
-from experiments.construct import construct_main
-from lightning_modules.classifier import ClassifierModule
-from lightning_modules.components.errors import InputError
-from lightning_modules.components.feature_datasets import paper_settings, quantize_within
-from lightning_modules.components.threat_model import L2Threat, LinfThreat
 
 
 def source_checkpoint(tmp_path: Path, data: Path, flag: str) -> Path:

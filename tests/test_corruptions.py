@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import SHARED_MEDMNIST, write_medmnist_npz
-
-from datamodules.corruptions import SEVERITIES, corrupt, corruptions_for
-from datamodules.corruptions.registry import SEVERITY_PARAMS
+from medrobust.datamodules.corruptions import SEVERITIES, corrupt, corruptions_for
+from medrobust.datamodules.corruptions.registry import SEVERITY_PARAMS
 
 
 @pytest.fixture(scope="module")

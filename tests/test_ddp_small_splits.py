@@ -14,13 +14,13 @@ from mlflow import MlflowClient
 from test_cli import QUICKSTART, TINY, medrobust, runs
 
 CALLBACKS = [
-    {"class_path": "callbacks.AdversarialTraining", "init_args": {"method": "fgsm_rs", "eps": "8/255"}},
-    {"class_path": "callbacks.RobustValidation", "init_args": {"steps": 2}},
+    {"class_path": "medrobust.callbacks.AdversarialTraining", "init_args": {"method": "fgsm_rs", "eps": "8/255"}},
+    {"class_path": "medrobust.callbacks.RobustValidation", "init_args": {"steps": 2}},
     {
-        "class_path": "callbacks.RobustnessEvaluation",
+        "class_path": "medrobust.callbacks.RobustnessEvaluation",
         "init_args": {"attacks": ["fgsm", "pgd"], "linf_eps": ["8/255"], "l2_eps": [], "pgd_steps": 2},
     },
-    {"class_path": "callbacks.ShiftEvaluation"},
+    {"class_path": "medrobust.callbacks.ShiftEvaluation"},
 ]
 
 

@@ -11,13 +11,12 @@ import pytest
 import torch
 import yaml
 from conftest import SHARED_MEDMNIST, quiet_trainer
-from mlflow import MlflowClient
-from test_cli import TINY, medrobust, runs
-
-from callbacks import DetectionEvaluation
-from datamodules.medmnist import MedMNISTDataModule
-from lightning_modules.classifier import ClassifierModule
-from lightning_modules.components.detection import (
+from medrobust.callbacks import DetectionEvaluation
+from medrobust.datamodules.medmnist import MedMNISTDataModule
+from medrobust.lightning_modules.attacks.pgd import PGD
+from medrobust.lightning_modules.attacks.threat_model import LinfThreat
+from medrobust.lightning_modules.classifier import ClassifierModule
+from medrobust.lightning_modules.detection import (
     ClassGaussians,
     Energy,
     FeatureEnsemble,
@@ -28,10 +27,10 @@ from lightning_modules.components.detection import (
     detection_metrics,
     parse_targets,
 )
-from lightning_modules.components.errors import InputError
-from lightning_modules.components.feature_taps import capture, pooled
-from lightning_modules.components.pgd import PGD
-from lightning_modules.components.threat_model import LinfThreat
+from medrobust.lightning_modules.features.feature_taps import capture, pooled
+from medrobust.utilities.errors import InputError
+from mlflow import MlflowClient
+from test_cli import TINY, medrobust, runs
 
 DETECTION_CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "detection"
 
@@ -208,7 +207,7 @@ def test_detection_on_two_ddp_processes_equals_one_process(tmp_path) -> None:
         "trainer": {
             "callbacks": [
                 {
-                    "class_path": "callbacks.DetectionEvaluation",
+                    "class_path": "medrobust.callbacks.DetectionEvaluation",
                     "init_args": {
                         "targets": ["ood:breastmnist", "corruption:gaussian_noise@5", "pgd:8/255", "adaptive:8/255"],
                         "layers": ["layer3", "layer4"],

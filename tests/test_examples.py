@@ -43,7 +43,7 @@ def test_example_callback_runs_from_the_working_directory(tmp_path, pneumonia_da
     assert bad.returncode == 2 and "must be >= 0" in bad.stderr and "Traceback" not in bad.stderr
     typo = medrobust(
         *args,
-        "--trainer.callbacks+=callbacks.AdversarialTraining",
+        "--trainer.callbacks+=medrobust.callbacks.AdversarialTraining",
         "--trainer.callbacks.steps=abc",
         cwd=tmp_path,
         MLFLOW_TRACKING_URI=uri,

@@ -9,11 +9,10 @@ import torch
 from conftest import quiet_trainer
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
-
-from callbacks.feature_distillation import FeatureDistillation
-from datamodules.medmnist import MedMNISTDataModule
-from lightning_modules.classifier import ClassifierModule
-from lightning_modules.components.errors import InputError
+from medrobust.callbacks.feature_distillation import FeatureDistillation
+from medrobust.datamodules.medmnist import MedMNISTDataModule
+from medrobust.lightning_modules.classifier import ClassifierModule
+from medrobust.utilities.errors import InputError
 
 LAYERS = [
     {"student": "layer2", "teacher": "layer3", "loss": "mse"},  # 128 -> 256 channels, 4x4 -> 2x2: adapter + pooling

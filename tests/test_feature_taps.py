@@ -7,12 +7,11 @@ import timm
 import torch
 from conftest import quiet_trainer
 from lightning.pytorch import Callback
-
-from callbacks.adversarial_training import AdversarialTraining
-from datamodules.medmnist import MedMNISTDataModule
-from lightning_modules.classifier import ClassifierModule, TrainingStep
-from lightning_modules.components.errors import InputError
-from lightning_modules.components.feature_taps import capture, feature_map, feature_names
+from medrobust.callbacks.adversarial_training import AdversarialTraining
+from medrobust.datamodules.medmnist import MedMNISTDataModule
+from medrobust.lightning_modules.classifier import ClassifierModule, TrainingStep
+from medrobust.lightning_modules.features.feature_taps import capture, feature_map, feature_names
+from medrobust.utilities.errors import InputError
 
 MODELS = [
     ("resnet18", {}),

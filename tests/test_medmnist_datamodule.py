@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from datamodules.files import MedMNISTFileError, MedMNISTSpec, file_md5
-from datamodules.medmnist import MedMNISTDataModule
+from medrobust.datamodules.files import MedMNISTFileError, MedMNISTSpec, file_md5
+from medrobust.datamodules.medmnist import MedMNISTDataModule
 
 # flag -> (task regime, channels, classes): binary, multi-class, ordinal, multi-label; 1 and 3 channels
 CASES = {
@@ -222,7 +221,7 @@ def test_root_is_a_search_path(tmp_path, real_root, monkeypatch: pytest.MonkeyPa
 def test_relative_environment_paths_are_resolved_once(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 9.17: a relative MEDMNIST_ROOT means the folder it was given in, for every subprocess whatever its own
     working directory (benchmark scripts run from benchmarks/)."""
-    from datamodules.files import absolutize_env_paths
+    from medrobust.datamodules.files import absolutize_env_paths
 
     monkeypatch.chdir(tmp_path)
     env = {"MEDMNIST_ROOT": f"data{os.pathsep}~/x", "MEDROBUST_CACHE": "cache"}

@@ -12,18 +12,17 @@ import pytest
 import torch
 import torchattacks
 from conftest import quiet_trainer
+from medrobust.callbacks.robustness_evaluation import RobustnessEvaluation
+from medrobust.datamodules.medmnist import MedMNISTDataModule
+from medrobust.experiments.tracking.mlflow_logger import MLflowRunLogger
+from medrobust.lightning_modules.attacks.deepfool import deepfool
+from medrobust.lightning_modules.attacks.jsma import jsma
+from medrobust.lightning_modules.attacks.min_distance import DistanceSettings, distance_summary, minimal_distances
+from medrobust.lightning_modules.classifier import ClassifierModule
+from medrobust.lightning_modules.metrics.summary import summary_metrics
+from medrobust.utilities.errors import InputError
 from mlflow import MlflowClient
 from torch import nn
-
-from callbacks.robustness_evaluation import RobustnessEvaluation
-from datamodules.medmnist import MedMNISTDataModule
-from experiments.mlflow_logger import MLflowRunLogger
-from lightning_modules.classifier import ClassifierModule
-from lightning_modules.components.deepfool import deepfool
-from lightning_modules.components.errors import InputError
-from lightning_modules.components.jsma import jsma
-from lightning_modules.components.min_distance import DistanceSettings, distance_summary, minimal_distances
-from lightning_modules.components.summary import summary_metrics
 
 #: torchattacks 3.5.1 (the first with JSMA), installed beside our pinned 3.3.0 by README command 2:
 #: pip install --no-deps --target .venv/torchattacks-3.5.1 torchattacks==3.5.1

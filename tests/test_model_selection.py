@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 from conftest import quiet_trainer
-
-from callbacks.adversarial_training import AdversarialTraining
-from callbacks.robust_validation import RobustValidation
-from callbacks.selection_checkpoint import SelectionCheckpoint
-from datamodules.medmnist import MedMNISTDataModule
-from lightning_modules.classifier import ClassifierModule
-from lightning_modules.components.errors import InputError
+from medrobust.callbacks.adversarial_training import AdversarialTraining
+from medrobust.callbacks.robust_validation import RobustValidation
+from medrobust.callbacks.selection_checkpoint import SelectionCheckpoint
+from medrobust.datamodules.medmnist import MedMNISTDataModule
+from medrobust.lightning_modules.classifier import ClassifierModule
+from medrobust.utilities.errors import InputError
 
 
 def fit(tmp_path, synthetic_npz, rule: str, warmup: int = 2, max_epochs: int = 4, robust_validation: bool = True):

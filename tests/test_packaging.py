@@ -16,7 +16,7 @@ from conftest import REPO
 
 PACKAGES = ("lightning_modules", "datamodules", "callbacks", "experiments")
 #: modules imported only by an optional feature, and the extra that declares them
-OPTIONAL = {"experiments/check_mlflow_ui.py": "ui"}
+OPTIONAL = {"experiments/tracking/check_mlflow_ui.py": "ui"}
 
 
 def _requirement_names(requirements: list[str]) -> set[str]:
@@ -52,10 +52,10 @@ def test_every_imported_distribution_is_declared() -> None:
 
 SCRIPT = """
 import importlib.resources, pathlib, sys, torch
-import datamodules
-from datamodules.corruptions import corrupt
-from datamodules.corruptions.registry import OPERATION, SEVERITY_PARAMS
-assert pathlib.Path(datamodules.__file__).is_relative_to(pathlib.Path(sys.prefix)), datamodules.__file__
+import medrobust.datamodules
+from medrobust.datamodules.corruptions import corrupt
+from medrobust.datamodules.corruptions.registry import OPERATION, SEVERITY_PARAMS
+assert pathlib.Path(medrobust.datamodules.__file__).is_relative_to(pathlib.Path(sys.prefix)), medrobust.datamodules.__file__
 done = set()
 for flag, params in SEVERITY_PARAMS.items():
     chans = 3 if flag in ("pathmnist", "bloodmnist", "dermamnist", "retinamnist") else 1
@@ -66,7 +66,7 @@ for flag, params in SEVERITY_PARAMS.items():
             assert out.shape == images.shape and out.dtype == torch.uint8
             done.add(OPERATION[name])
 assert done == set(OPERATION.values()), set(OPERATION.values()) - done
-assert (importlib.resources.files("experiments") / "configs" / "quickstart.yaml").is_file()
+assert (importlib.resources.files("medrobust.experiments") / "configs" / "quickstart.yaml").is_file()
 print("ok", len(done))
 """
 

@@ -9,14 +9,13 @@ import pytest
 import torch
 import yaml
 from conftest import quiet_trainer, write_medmnist_npz
+from medrobust.callbacks.robustness_evaluation import RobustnessEvaluation
+from medrobust.datamodules.medmnist import MedMNISTDataModule
+from medrobust.experiments.cli import MedRobustCLI
+from medrobust.experiments.tracking.mlflow_logger import MLflowRunLogger
+from medrobust.lightning_modules.classifier import ClassifierModule
 from mlflow import MlflowClient
 from test_cli import QUICKSTART, TINY, medrobust, runs
-
-from callbacks.robustness_evaluation import RobustnessEvaluation
-from datamodules.medmnist import MedMNISTDataModule
-from experiments.cli import MedRobustCLI
-from experiments.mlflow_logger import MLflowRunLogger
-from lightning_modules.classifier import ClassifierModule
 
 
 @pytest.fixture
@@ -96,7 +95,7 @@ def test_max_samples(tmp_path, trained) -> None:
 def test_worst_case_is_per_sample_over_the_same_samples() -> None:
     """Issue 9.5: two attacks that each fool a different half of the samples have accuracy 0.5 each; the minimum of
     those accuracies (the old summary) said 0.5, the per-sample worst case is 0."""
-    from lightning_modules.components.confusion import (
+    from medrobust.lightning_modules.metrics.confusion import (
         accuracy,
         confusion_from_predictions,
         worst_case_predictions,
@@ -118,8 +117,7 @@ def test_multilabel_gets_its_attacks_and_autoattack_is_refused_before_training(t
     """Issue 9.7: a multi-label task gets fgsm and pgd by default; asking for AutoAttack fails at setup, before the
     first training step, not after the whole fit."""
     from lightning.pytorch import Callback
-
-    from lightning_modules.components.errors import InputError
+    from medrobust.utilities.errors import InputError
 
     dm = MedMNISTDataModule("chestmnist", path=str(synthetic_npz("chestmnist")), batch_size=16)
     default = RobustnessEvaluation(linf_eps=["8/255"], l2_eps=[], pgd_steps=2, sanity_checks=False)
@@ -150,7 +148,7 @@ ROBUST = {
     "trainer": {
         "callbacks": [
             {
-                "class_path": "callbacks.RobustnessEvaluation",
+                "class_path": "medrobust.callbacks.RobustnessEvaluation",
                 "init_args": {
                     "attacks": ["fgsm", "pgd"],
                     "linf_eps": ["2/255", "8/255"],

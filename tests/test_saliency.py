@@ -12,24 +12,18 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from mlflow import MlflowClient
-from scipy.stats import spearmanr
-from test_cli import TINY, artifacts, medrobust, runs
-from torch import nn
-
-from datamodules.evidence import Evidence, inject, pattern
-from datamodules.files import MedMNISTFileError
-from datamodules.medmnist import MedMNISTDataModule
-from lightning_modules.components.attributions import (
+from medrobust.datamodules.evidence import Evidence, inject, pattern
+from medrobust.datamodules.files import MedMNISTFileError
+from medrobust.datamodules.medmnist import MedMNISTDataModule
+from medrobust.lightning_modules.nets.normalized_classifier import NormalizedClassifier
+from medrobust.lightning_modules.saliency.attributions import (
     AttributionSettings,
     Explainer,
     deeplift_blockers,
     gradcam_layer,
     initial_network,
 )
-from lightning_modules.components.errors import InputError
-from lightning_modules.components.normalized_classifier import NormalizedClassifier
-from lightning_modules.components.saliency_metrics import (
+from medrobust.lightning_modules.saliency.saliency_metrics import (
     energy_in_mask,
     max_sensitivity,
     perturbations,
@@ -38,6 +32,11 @@ from lightning_modules.components.saliency_metrics import (
     spearman,
     topk_iou,
 )
+from medrobust.utilities.errors import InputError
+from mlflow import MlflowClient
+from scipy.stats import spearmanr
+from test_cli import TINY, artifacts, medrobust, runs
+from torch import nn
 
 SALIENCY_CONFIG = str(
     Path(__file__).resolve().parents[1] / "experiments" / "configs" / "saliency" / "pneumonia_evidence.yaml"
@@ -197,7 +196,7 @@ def test_gradcam_defaults_to_a_spatial_layer_and_deeplift_refuses_unsupported_ac
 
 
 def test_the_randomised_control_is_seeded_trainable_and_leaves_the_random_state_alone() -> None:
-    from lightning_modules.classifier import ClassifierModule
+    from medrobust.lightning_modules.classifier import ClassifierModule
 
     module = ClassifierModule("test_resnet", num_classes=2, in_chans=1)
     with torch.no_grad():
@@ -281,7 +280,7 @@ def _saliency_yaml(tmp_path) -> str:
         "trainer": {
             "callbacks": [
                 {
-                    "class_path": "callbacks.SaliencyEvaluation",
+                    "class_path": "medrobust.callbacks.SaliencyEvaluation",
                     "init_args": {"num_samples": 12, "batch_size": 5, "stability_samples": 4, "ig_steps": 4},
                 }
             ]
@@ -358,7 +357,7 @@ def test_saliency_evaluation_refuses_data_without_masks(tmp_path, pneumonia_data
 
 
 def test_saliency_summary_names() -> None:
-    from lightning_modules.components.summary import summary_metrics
+    from medrobust.lightning_modules.metrics.summary import summary_metrics
 
     metrics = {
         "test/saliency/gradcam/energy": 0.4,

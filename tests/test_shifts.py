@@ -9,14 +9,13 @@ import pytest
 import torch
 from conftest import SHARED_MEDMNIST, quiet_trainer
 from lightning.pytorch import Callback
+from medrobust.callbacks.corruption_augmentation import CorruptionAugmentation
+from medrobust.callbacks.shift_evaluation import ShiftEvaluation
+from medrobust.datamodules.corruptions import corrupt, corruptions_for
+from medrobust.datamodules.medmnist import MedMNISTDataModule
+from medrobust.experiments.tracking.mlflow_logger import MLflowRunLogger
+from medrobust.lightning_modules.classifier import ClassifierModule
 from mlflow import MlflowClient
-
-from callbacks.corruption_augmentation import CorruptionAugmentation
-from callbacks.shift_evaluation import ShiftEvaluation
-from datamodules.corruptions import corrupt, corruptions_for
-from datamodules.medmnist import MedMNISTDataModule
-from experiments.mlflow_logger import MLflowRunLogger
-from lightning_modules.classifier import ClassifierModule
 
 
 def test_shift_splits_follow_the_id_split(tmp_path, synthetic_npz) -> None:
@@ -50,7 +49,7 @@ def test_cache_is_reused_and_identical(tmp_path, synthetic_npz, monkeypatch) -> 
     def fail(*args, **kwargs):
         raise AssertionError("a cached rebuild must not recompute")
 
-    monkeypatch.setattr("datamodules.shifts.corrupt", fail)
+    monkeypatch.setattr("medrobust.datamodules.shifts.corrupt", fail)
     second = MedMNISTDataModule("pneumoniamnist", path=path, cache_dir=str(tmp_path), shifts=["corruptions"])
     second.setup("test")
     for name, dataset in first.shifted.items():

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from medrobust.callbacks.shortcut_evaluation import shortcut_metrics
+from medrobust.datamodules.medmnist import MedMNISTDataModule
+from medrobust.utilities.errors import InputError
 from mlflow import MlflowClient
 from test_cli import QUICKSTART, TINY, medrobust, runs
-
-from callbacks.shortcut_evaluation import shortcut_metrics
-from datamodules.medmnist import MedMNISTDataModule
-from lightning_modules.components.errors import InputError
 
 SHORTCUT_CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "shortcut"
 
@@ -107,7 +106,7 @@ def test_teacher_run_then_distilled_student_on_two_ddp_processes(tmp_path, pneum
         "trainer": {
             "callbacks": [
                 {
-                    "class_path": "callbacks.FeatureDistillation",
+                    "class_path": "medrobust.callbacks.FeatureDistillation",
                     "init_args": {"teacher": "mlflow:tests/teacher_clean10_s0"},
                 }
             ]
@@ -144,7 +143,7 @@ def test_teacher_run_then_distilled_student_on_two_ddp_processes(tmp_path, pneum
     # re-evaluation of the selected checkpoint, one process, without the callback: the same numbers
     best = Path(run.data.tags["best_checkpoint"])
     config = {
-        "trainer": {"callbacks": [{"class_path": "callbacks.ShortcutEvaluation"}]},
+        "trainer": {"callbacks": [{"class_path": "medrobust.callbacks.ShortcutEvaluation"}]},
         "data": {"shortcut": {"kind": "patch", "strength": 0.95}},
     }
     (tmp_path / "eval.yaml").write_text(yaml.safe_dump(config))

@@ -6,11 +6,10 @@ import math
 
 import pytest
 import torch
-
-from lightning_modules.classifier import ClassifierModule
-from lightning_modules.components.errors import InputError
-from lightning_modules.components.feature_taps import capture, feature_names
-from lightning_modules.components.normalized_classifier import NormalizedClassifier
+from medrobust.lightning_modules.classifier import ClassifierModule
+from medrobust.lightning_modules.features.feature_taps import capture, feature_names
+from medrobust.lightning_modules.nets.normalized_classifier import NormalizedClassifier
+from medrobust.utilities.errors import InputError
 
 #: (model, size) -> spatial side of each feature_info feature after small_input
 EXPECTED = {

@@ -15,13 +15,12 @@ import pytest
 import torch
 import yaml
 from conftest import REPO, SHARED_MEDMNIST, subprocess_env, write_medmnist_npz
+from medrobust.experiments.reporting.tradeoff import RunRow, build_report, format_table, pareto_front
+from medrobust.experiments.sweeping.sweep_spec import SweepError, SweepSpec, set_override
+from medrobust.experiments.tracking.mlflow_server import LocalMlflowServer
+from medrobust.lightning_modules.metrics.summary import summary_metrics
 from mlflow import MlflowClient
 from test_cli import medrobust
-
-from experiments.mlflow_server import LocalMlflowServer
-from experiments.sweep_spec import SweepError, SweepSpec, set_override
-from experiments.tradeoff import RunRow, build_report, format_table, pareto_front
-from lightning_modules.components.summary import summary_metrics
 
 QUICKSTART = REPO / "experiments" / "configs" / "quickstart.yaml"
 SWEEP_BASE = REPO / "experiments" / "configs" / "sweeps" / "pneumonia_tradeoff_cpu.yaml"
@@ -164,7 +163,7 @@ def test_pareto_front_and_seed_groups() -> None:
 
 
 def test_every_sweep_file_composes_into_valid_configs(tmp_path, tracking_uri) -> None:
-    from experiments.cli import MedRobustCLI
+    from medrobust.experiments.cli import MedRobustCLI
 
     files = sorted((REPO / "experiments" / "sweeps").glob("*.yaml"))
     assert len(files) >= 4
@@ -461,7 +460,7 @@ def test_a_failed_ddp_child_resumes_in_the_same_run(tmp_path) -> None:
 def test_stale_detection_by_process_and_by_heartbeat(tmp_path) -> None:
     """RUNNING children: this host's dead process -> KILLED; another host's old heartbeat -> KILLED; another host's
     fresh heartbeat -> left alone (it is running there) and skipped by the driver."""
-    from experiments.sweep_runner import SweepRunner
+    from medrobust.experiments.sweeping.sweep_runner import SweepRunner
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = SweepSpec.load(write_sweep(tmp_path / "s.yaml", experiment="tests", grid={"seed_everything": [0, 1, 2]}))
@@ -499,8 +498,8 @@ def test_stale_detection_by_process_and_by_heartbeat(tmp_path) -> None:
 def test_report_on_an_experiment_of_runs_made_without_a_sweep(tmp_path) -> None:
     """`medrobust report <experiment>`: runs named alike are one point, their seeds averaged; parents are left out.
     Issue 9.23: the report reads the runs and writes only into its own report run."""
-    from experiments.report import report_target
-    from experiments.tradeoff import log_report
+    from medrobust.experiments.reporting.report import report_target
+    from medrobust.experiments.reporting.tradeoff import log_report
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.create_experiment("study", artifact_location=str(tmp_path / "artifacts"))

@@ -1,6 +1,6 @@
 """MedMNIST-C-style corruptions as batched, seeded tensor operations."""
 
-from datamodules.corruptions.api import SEVERITIES, check, corrupt, corruptions_for
-from datamodules.corruptions.registry import ALEXNET_BASELINE, FAMILIES
+from medrobust.datamodules.corruptions.api import SEVERITIES, check, corrupt, corruptions_for
+from medrobust.datamodules.corruptions.registry import ALEXNET_BASELINE, FAMILIES
 
 __all__ = ["ALEXNET_BASELINE", "FAMILIES", "SEVERITIES", "check", "corrupt", "corruptions_for"]

@@ -5,10 +5,9 @@ from __future__ import annotations
 import zlib
 
 import torch
-
-from datamodules.corruptions import ops
-from datamodules.corruptions.registry import NOT_IMPLEMENTED, OPERATION, SEVERITY_PARAMS
-from lightning_modules.components.errors import InputError
+from medrobust.datamodules.corruptions import ops
+from medrobust.datamodules.corruptions.registry import NOT_IMPLEMENTED, OPERATION, SEVERITY_PARAMS
+from medrobust.utilities.errors import InputError
 
 SEVERITIES = (1, 2, 3, 4, 5)
 

@@ -262,7 +262,10 @@ def inks(ink_set: int) -> torch.Tensor:
 
         import numpy as np
 
-        with files("datamodules.corruptions").joinpath("assets/inks.npz").open("rb") as fh, np.load(fh) as npz:
+        with (
+            files("medrobust.datamodules.corruptions").joinpath("assets/inks.npz").open("rb") as fh,
+            np.load(fh) as npz,
+        ):
             for key in range(1, 6):
                 shape = tuple(npz[f"shape_{key}"])
                 bits = np.unpackbits(npz[f"ink_{key}"], axis=1)[:, : shape[1] * shape[2]]

@@ -15,7 +15,7 @@ Runs the sweep (FINISHED children are kept), then writes ``architecture_study.js
 ``plots/architecture_study.png`` (per dataset: clean AUROC against median DeepFool distance and against worst-case
 accuracy at 2/255, one point per seed) into the sweep's parent run and prints the table and the flagged pairs.
 
-    MEDMNIST_ROOT=../shared/data/medmnist python -m experiments.studies.architectures
+    MEDMNIST_ROOT=../shared/data/medmnist python -m medrobust.experiments.studies.architectures
 """
 
 from __future__ import annotations
@@ -26,11 +26,10 @@ import statistics
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from medrobust.experiments.studies.study_runs import open_store, parent_run, publish, study_parser
+from medrobust.experiments.sweeping.sweep import sweep_main
+from medrobust.experiments.sweeping.sweep_store import child_runs
 from mlflow import MlflowClient
-
-from experiments.studies.study_runs import open_store, parent_run, publish, study_parser
-from experiments.sweep import sweep_main
-from experiments.sweep_store import child_runs
 
 SWEEP = Path(__file__).resolve().parents[1] / "sweeps" / "architectures_cpu.yaml"
 COLUMNS = {

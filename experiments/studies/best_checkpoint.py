@@ -1,15 +1,14 @@
 """Print the best checkpoint of a finished MLflow run, found by experiment and run name.
 
-python -m experiments.studies.best_checkpoint pneumonia_adversarial pgd_at_seed0
+python -m medrobust.experiments.studies.best_checkpoint pneumonia_adversarial pgd_at_seed0
 """
 
 from __future__ import annotations
 
 import argparse
 
+from medrobust.experiments.tracking.mlflow_logger import resolve_tracking_uri
 from mlflow import MlflowClient
-
-from experiments.mlflow_logger import resolve_tracking_uri
 
 
 def main() -> None:

@@ -7,8 +7,8 @@
 3. Prints the table: per arm, target and detector, AUROC and TNR at 95% TPR (in-distribution positive), mean +- std
    over seeds, and whether Mahalanobis (best layer, chosen on validation) and the ensemble beat MSP.
 
-    MEDMNIST_ROOT=../shared/data/medmnist python -m experiments.studies.detection
-    python -m experiments.studies.detection --report-only        # the table again, from MLflow
+    MEDMNIST_ROOT=../shared/data/medmnist python -m medrobust.experiments.studies.detection
+    python -m medrobust.experiments.studies.detection --report-only        # the table again, from MLflow
 """
 
 from __future__ import annotations
@@ -19,13 +19,12 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from medrobust.experiments.studies.study_runs import open_store, parent_run, publish, study_parser
+from medrobust.experiments.sweeping.sweep import sweep_main
+from medrobust.experiments.sweeping.sweep_store import child_runs
+from medrobust.lightning_modules.attacks.threat_model import parse_eps
+from medrobust.lightning_modules.detection import DETECTORS
 from mlflow import MlflowClient
-
-from experiments.studies.study_runs import open_store, parent_run, publish, study_parser
-from experiments.sweep import sweep_main
-from experiments.sweep_store import child_runs
-from lightning_modules.components.detection import DETECTORS
-from lightning_modules.components.threat_model import parse_eps
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "sweeps" / "pneumonia_detection_cpu.yaml"

@@ -5,7 +5,7 @@ all 3494 pneumonia images; validation and test splits untouched), then runs the 
 ``experiments/sweeps/pneumonia_imbalance_remedies_cpu.yaml`` on it: standard training, PGD-AT, PGD-AT with a
 class-weighted loss and PGD-AT with class-balanced sampling, 2 seeds each.
 
-    MEDMNIST_ROOT=../shared/data/medmnist python -m experiments.studies.imbalanced_pneumonia
+    MEDMNIST_ROOT=../shared/data/medmnist python -m medrobust.experiments.studies.imbalanced_pneumonia
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-
-from datamodules.files import MedMNISTSpec, absolutize_env_paths, locate, resolve_roots, verify_official
-from experiments.sweep import sweep_main
+from medrobust.datamodules.files import MedMNISTSpec, absolutize_env_paths, locate, resolve_roots, verify_official
+from medrobust.experiments.sweeping.sweep import sweep_main
 
 SWEEP = Path(__file__).resolve().parents[1] / "sweeps" / "pneumonia_imbalance_remedies_cpu.yaml"
 OUT = Path("runs/data/pneumoniamnist_imbalanced.npz")

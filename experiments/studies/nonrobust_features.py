@@ -14,8 +14,8 @@ command.
    clean vs MedMNIST-C balanced accuracy, per dataset) and ``plots/nonrobust_examples.png`` (original, constructed,
    difference x10 per kind); the table is printed.
 
-    MEDMNIST_ROOT=../shared/data/medmnist python -m experiments.studies.nonrobust_features
-    python -m experiments.studies.nonrobust_features --report-only      # the table again, from MLflow
+    MEDMNIST_ROOT=../shared/data/medmnist python -m medrobust.experiments.studies.nonrobust_features
+    python -m medrobust.experiments.studies.nonrobust_features --report-only      # the table again, from MLflow
 """
 
 from __future__ import annotations
@@ -26,15 +26,14 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from medrobust.datamodules.files import MedMNISTSpec, load_arrays, locate, resolve_roots
+from medrobust.experiments.construction.construct import run_construct
+from medrobust.experiments.studies.study_runs import open_store, parent_run, publish, study_parser
+from medrobust.experiments.sweeping.sweep import sweep_main
+from medrobust.experiments.sweeping.sweep_store import child_runs, find_parent
+from medrobust.lightning_modules.attacks.threat_model import parse_eps
+from medrobust.utilities.mlflow_source import newest_finished
 from mlflow import MlflowClient
-
-from datamodules.files import MedMNISTSpec, load_arrays, locate, resolve_roots
-from experiments.construct import run_construct
-from experiments.studies.study_runs import open_store, parent_run, publish, study_parser
-from experiments.sweep import sweep_main
-from experiments.sweep_store import child_runs, find_parent
-from lightning_modules.components.mlflow_source import newest_finished
-from lightning_modules.components.threat_model import parse_eps
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES, TRAIN = (

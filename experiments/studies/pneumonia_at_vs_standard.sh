@@ -14,10 +14,10 @@ for seed in ${seeds[@]}; do
 done
 for seed in ${seeds[@]}; do
   for method in standard pgd_at; do
-    ckpt=$(python -m experiments.studies.best_checkpoint pneumonia_adversarial "${method}_seed${seed}")
+    ckpt=$(python -m medrobust.experiments.studies.best_checkpoint pneumonia_adversarial "${method}_seed${seed}")
     medrobust test --config "$configs/pneumonia_${method}.yaml" --config "$configs/robust_eval_cpu.yaml" \
       --ckpt_path "$ckpt" --trainer.logger.init_args.experiment_name pneumonia_adversarial_eval \
       --trainer.logger.init_args.run_name "${method}_seed${seed}" --trainer.enable_progress_bar false
   done
 done
-python -m experiments.studies.summarize pneumonia_adversarial_eval
+python -m medrobust.experiments.studies.summarize pneumonia_adversarial_eval

@@ -5,7 +5,8 @@ position), standard training against PGD-AT and TRADES at L-inf 8/255, 2 seeds e
 (``experiments/sweeps/pneumonia_saliency_cpu.yaml``). ``--shortcut``: BreastMNIST with a localised shortcut marker,
 ERM against distillation from a clean teacher, 3 seeds, the marker at a fixed corner and at random positions
 (``experiments/sweeps/breast_shortcut_saliency_cpu.yaml``;
-the teachers come from ``python -m experiments.studies.shortcut_distillation --dataset breast`` in the same store),
+the teachers come from ``python -m medrobust.experiments.studies.shortcut_distillation --dataset breast`` in the same
+store),
 scored against the marker's mask: there, *high* energy means the model looks at the shortcut.
 
 Runs the sweep (FINISHED children are kept), then writes ``saliency_study.json`` and ``plots/saliency_study.png``
@@ -13,8 +14,8 @@ Runs the sweep (FINISHED children are kept), then writes ``saliency_study.json``
 the table: mean +- std over seeds of each metric per method and arm (``*_randomised``: the same architecture
 untrained, where the run has the control), beside clean accuracy and accuracy under PGD.
 
-    MEDMNIST_ROOT=../shared/data/medmnist python -m experiments.studies.saliency_alignment
-    MEDMNIST_ROOT=../shared/data/medmnist python -m experiments.studies.saliency_alignment --shortcut
+    MEDMNIST_ROOT=../shared/data/medmnist python -m medrobust.experiments.studies.saliency_alignment
+    MEDMNIST_ROOT=../shared/data/medmnist python -m medrobust.experiments.studies.saliency_alignment --shortcut
 """
 
 from __future__ import annotations
@@ -24,12 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from medrobust.experiments.studies.study_runs import open_store, parent_run, publish, study_parser
+from medrobust.experiments.sweeping.sweep import sweep_main
+from medrobust.experiments.sweeping.sweep_store import child_runs
+from medrobust.lightning_modules.saliency.attributions import METHODS
 from mlflow import MlflowClient
-
-from experiments.studies.study_runs import open_store, parent_run, publish, study_parser
-from experiments.sweep import sweep_main
-from experiments.sweep_store import child_runs
-from lightning_modules.components.attributions import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("energy", "pointing", "iou", "sensitivity", "rank_corr")

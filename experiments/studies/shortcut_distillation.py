@@ -10,8 +10,8 @@ command.
    arm) into the sweep's parent run, and prints the table: per shortcut and arm, mean and std over seeds, and the
    fraction of the ERM-to-ceiling gap in flipped-test AUROC that distillation closes.
 
-    MEDMNIST_ROOT=../shared/data/medmnist python -m experiments.studies.shortcut_distillation
-    MEDMNIST_ROOT=../shared/data/medmnist python -m experiments.studies.shortcut_distillation --dataset breast
+    MEDMNIST_ROOT=../shared/data/medmnist python -m medrobust.experiments.studies.shortcut_distillation
+    MEDMNIST_ROOT=../shared/data/medmnist python -m medrobust.experiments.studies.shortcut_distillation --dataset breast
 """
 
 from __future__ import annotations
@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from medrobust.experiments.studies.study_runs import open_store, parent_run, publish, study_parser
+from medrobust.experiments.sweeping.sweep import sweep_main
+from medrobust.experiments.sweeping.sweep_store import child_runs
 from mlflow import MlflowClient
-
-from experiments.studies.study_runs import open_store, parent_run, publish, study_parser
-from experiments.sweep import sweep_main
-from experiments.sweep_store import child_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,9 +5,10 @@ time limit and the fast path), then reads the run's history from MLflow and logs
 AUROC and accuracy per epoch, the selected epoch's test numbers, and the paper's test AUC and ACC for the dataset as
 dashed lines) and ``v2_curve.json`` into the same run, and prints the table.
 
-    MEDMNIST_ROOT=../shared/data/medmnist python -m experiments.studies.v2_recipe --data.flag pneumoniamnist \\
+    MEDMNIST_ROOT=../shared/data/medmnist python -m medrobust.experiments.studies.v2_recipe --data.flag pneumoniamnist
+    \\
         --trainer.max_time 00:00:20:00 --trainer.precision bf16-mixed --model.channels_last true
-    python -m experiments.studies.v2_recipe --report-only <run id>     # redraw for a finished run
+    python -m medrobust.experiments.studies.v2_recipe --report-only <run id>     # redraw for a finished run
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from medrobust.experiments.cli import MedRobustCLI
+from medrobust.experiments.studies.study_runs import open_store, publish
 from mlflow import MlflowClient
-
-from experiments.cli import MedRobustCLI
-from experiments.studies.study_runs import open_store, publish
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "medmnist_v2_resnet18.yaml"
 #: Yang et al. 2023, Table 3, ResNet-18 (28): test (AUC, ACC)

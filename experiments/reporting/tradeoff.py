@@ -1,0 +1,285 @@
+"""Accuracy-robustness trade-off across MLflow runs: seed aggregation, Pareto fronts and the ``tradeoff.json`` table,
+rebuilt from what runs recorded (their ``summary/*`` metrics, :mod:`medrobust.lightning_modules.metrics.summary`).
+
+Reading only: nothing here writes into the runs it aggregates; :func:`log_report` writes into the one run given.
+
+The trade-off compares a metric chosen by name: ``acc``, ``bal_acc``, or ``auto``, which is balanced accuracy when a
+run's test labels are imbalanced (largest class over smallest of at least :data:`IMBALANCE_RATIO`) and accuracy
+otherwise. On an imbalanced test set accuracy rewards answering the majority class, which no attack can change.
+Runs whose predictions are near-constant are flagged in the table and the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from medrobust.lightning_modules.attacks.threat_model import parse_eps, parse_threat_label
+from medrobust.lightning_modules.metrics.summary import SUMMARY, summary_metrics
+from medrobust.utilities.errors import InputError
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+TABLE = "tradeoff_table.json"
+METRICS = ("auto", "acc", "bal_acc")
+METRIC_NAMES = {"acc": "accuracy", "bal_acc": "balanced accuracy"}
+#: test labels whose largest class outnumbers the smallest this much make ``auto`` compare balanced accuracy
+IMBALANCE_RATIO = 1.5
+#: a run is flagged when one class gets at least this share of its test predictions, clean or under attack
+CONSTANT_SHARE = 0.95
+#: tags the sweep writes; runs made in other ways have none of them
+TAG_ROLE, TAG_SWEEP, TAG_POINT, TAG_VALUES, TAG_LABEL = (
+    "sweep.role",
+    "sweep.name",
+    "sweep.point",
+    "sweep.values",
+    "sweep.label",
+)
+PARENT_TAG = "mlflow.parentRunId"
+#: the parent run's swept axes, in the sweep file's order
+TAG_AXES = "sweep.axes"
+
+
+def display_value(value: Any) -> str:
+    """A swept value as people write it: ``"8/255"`` stays, ``0.25`` stays, dicts become compact JSON."""
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return str(value)
+
+
+def numeric_value(value: Any) -> float | None:
+    """A swept value as a number for plotting (``"8/255"`` -> 0.0314), or ``None``."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return parse_eps(value) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def is_seed_key(key: str) -> bool:
+    """Swept keys that only repeat a point (averaged over, not compared): ``seed_everything``, ``*.seed``."""
+    last = key.rsplit(".", 1)[-1]
+    return last in ("seed_everything", "seed") or last.endswith("_seed")
+
+
+def short_key(key: str) -> str:
+    """The last component of a dotted override key: ``callbacks.AdversarialTraining.eps`` -> ``eps``."""
+    last = key.rsplit(".", 1)[-1]
+    return "seed" if last == "seed_everything" else last
+
+
+# ------------------------------------------------------------------------------------------------ collection
+@dataclass
+class RunRow:
+    """One evaluated run: what was swept, and its summary."""
+
+    run_id: str
+    name: str
+    status: str
+    values: dict[str, Any]
+    summary: dict[str, float]
+
+    @property
+    def near_constant(self) -> list[str]:
+        """Where one class gets at least :data:`CONSTANT_SHARE` of the predictions: ``clean``, or a threat."""
+        shares = {"clean": self.summary.get(SUMMARY + "clean_top_pred_share")}
+        shares |= {
+            k.split("/", 2)[2]: v for k, v in self.summary.items() if k.startswith(f"{SUMMARY}adv_top_pred_share/")
+        }
+        return [where for where, share in shares.items() if share is not None and share >= CONSTANT_SHARE]
+
+    @property
+    def seed(self) -> Any:
+        return next((v for k, v in self.values.items() if is_seed_key(k)), None)
+
+    @property
+    def group(self) -> str:
+        """The point without its seed: runs that differ only by seed share a group."""
+        parts = [f"{short_key(k)}={display_value(v)}" for k, v in self.values.items() if not is_seed_key(k)]
+        return ",".join(parts) if parts else (self.name if not self.values else "all")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "name": self.name,
+            "status": self.status,
+            "group": self.group,
+            "seed": self.seed,
+            "values": self.values,
+            "near_constant": ",".join(self.near_constant),
+            **{k.removeprefix(SUMMARY): v for k, v in self.summary.items()},
+        }
+
+
+@dataclass
+class Group:
+    """Runs of one point over seeds: mean and spread (sample std) per summary metric."""
+
+    label: str
+    values: dict[str, Any]
+    runs: list[RunRow] = field(default_factory=list)
+
+    def stats(self, key: str) -> tuple[float, float, int] | None:
+        xs = [r.summary[key] for r in self.runs if key in r.summary and math.isfinite(r.summary[key])]
+        if not xs:
+            return None
+        return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0), len(xs)
+
+    @property
+    def near_constant(self) -> list[str]:
+        """The labels of runs of this group flagged as near-constant, with where."""
+        return [f"{run.name}: {','.join(run.near_constant)}" for run in self.runs if run.near_constant]
+
+    def as_dict(self, keys: Iterable[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {"group": self.label, "values": self.values, "n": len(self.runs)}
+        out["near_constant"] = self.near_constant
+        for key in keys:
+            s = self.stats(key)
+            if s is not None:
+                name = key.removeprefix(SUMMARY)
+                out[f"{name}/mean"], out[f"{name}/std"] = s[0], s[1]
+        return out
+
+
+def row_from_run(run: Any) -> RunRow:
+    tags = run.data.tags
+    name = tags.get("mlflow.runName", run.info.run_id[:8])
+    if TAG_VALUES in tags:
+        values = json.loads(tags[TAG_VALUES])
+    else:
+        # A run made outside a sweep: its name is the point, its seed (if logged) what repeats it.
+        values = {"run": name}
+        if "seed_everything" in run.data.params:
+            values["seed_everything"] = run.data.params["seed_everything"]
+    return RunRow(run.info.run_id, name, run.info.status, values, summary_metrics(run.data.metrics))
+
+
+def group_rows(rows: Sequence[RunRow]) -> list[Group]:
+    groups: dict[str, Group] = {}
+    for row in rows:
+        values = {k: v for k, v in row.values.items() if not is_seed_key(k)}
+        groups.setdefault(row.group, Group(row.group, values)).runs.append(row)
+    return list(groups.values())
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both coordinates (both maximised), by x."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any((x2 >= x and y2 >= y) and (x2 > x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def paired_stats(groups: Sequence[Group], xkey: str, ykey: str) -> list[tuple[Group, tuple, tuple]]:
+    """The groups that have both metrics, each with ``(mean, std, n)`` of ``xkey`` and of ``ykey``."""
+    pairs = [(group, group.stats(xkey), group.stats(ykey)) for group in groups]
+    return [(group, sx, sy) for group, sx, sy in pairs if sx is not None and sy is not None]
+
+
+def adv_threats(rows: Sequence[RunRow], kind: str = "acc") -> list[str]:
+    """The threats (``linf_8_255``) some run has a worst-case ``kind`` summary for, ordered by norm and eps."""
+    threats = {k.split("/", 2)[2] for r in rows for k in r.summary if k.startswith(f"{SUMMARY}adv_{kind}/")}
+    return sorted(threats, key=parse_threat_label)
+
+
+# --------------------------------------------------------------------------------------------------- report
+def choose_metric(rows: Sequence[RunRow], metric: str = "auto") -> str:
+    """``acc`` or ``bal_acc``: ``metric`` itself, or for ``auto`` balanced accuracy on imbalanced test labels."""
+    if metric not in METRICS:
+        raise InputError(f"metric {metric!r} is not one of {list(METRICS)}")
+    if metric != "auto":
+        return metric
+    ratios = [r.summary.get(SUMMARY + "test_class_ratio", 1.0) for r in rows]
+    return "bal_acc" if any(ratio >= IMBALANCE_RATIO for ratio in ratios) else "acc"
+
+
+def build_report(rows: Sequence[RunRow], axes: Sequence[str] = (), metric: str = "auto") -> dict[str, Any]:
+    """The ``tradeoff.json`` content: every run, every group (mean/std over seeds), and the Pareto fronts of clean
+    against worst-case adversarial ``metric``."""
+    chosen = choose_metric(rows, metric)
+    groups = group_rows(rows)
+    keys = sorted({k for r in rows for k in r.summary})
+    fronts = {}
+    for threat in adv_threats(rows, chosen):
+        pairs = paired_stats(groups, f"{SUMMARY}clean_{chosen}", f"{SUMMARY}adv_{chosen}/{threat}")
+        front = pareto_front([(sx[0], sy[0]) for _, sx, sy in pairs])
+        fronts[threat] = [pairs[i][0].label for i in front]
+    return {
+        "axes": list(axes),
+        "metric": chosen,
+        "metric_requested": metric,
+        "runs": [r.as_dict() for r in rows],
+        "groups": [g.as_dict(keys) for g in groups],
+        "pareto_front": fronts,
+        "near_constant": [flag for g in groups for flag in g.near_constant],
+    }
+
+
+def log_report(
+    client: MlflowClient, run_id: str, rows: Sequence[RunRow], axes: Sequence[str] = (), metric: str = "auto"
+) -> dict:
+    """Write ``tradeoff.json``, the ``tradeoff_table.json`` MLflow table and the figures into ``run_id`` (only)."""
+    import pandas as pd
+    from medrobust.experiments.reporting.tradeoff_figures import shift_figure, sweep_curves_figure, tradeoff_figure
+
+    report = build_report(rows, axes, metric)
+    chosen = report["metric"]
+    client.log_dict(run_id, report, "tradeoff.json")
+    client.set_tag(run_id, "tradeoff.metric", chosen)
+    if report["runs"]:
+        # MLflow's table format, written whole: client.log_table would append to the previous report's rows.
+        table = pd.DataFrame([{k: v for k, v in r.items() if k != "values"} for r in report["runs"]])
+        client.log_text(run_id, table.to_json(orient="split", index=False), TABLE)
+        logged = json.loads(client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+        if {"path": TABLE, "type": "table"} not in logged:
+            logged.append({"path": TABLE, "type": "table"})
+            client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps(logged))
+    groups = group_rows(rows)
+    threats = adv_threats(rows, chosen)
+    figures = {}
+    if threats:
+        figures["plots/tradeoff_adversarial.png"] = tradeoff_figure(groups, threats, chosen)
+    if any(SUMMARY + "shift_bal_acc" in r.summary for r in rows):
+        figures["plots/tradeoff_shift.png"] = shift_figure(groups)
+    numeric_axes = [
+        a for a in axes if not is_seed_key(a) and all(numeric_value(g.values.get(a)) is not None for g in groups)
+    ]
+    if numeric_axes:
+        fig = sweep_curves_figure(groups, numeric_axes[0], threats, chosen)
+        if fig is not None:
+            figures["plots/sweep_curves.png"] = fig
+    for path, fig in figures.items():
+        client.log_figure(run_id, fig, path)
+        plt.close(fig)
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The groups as a Markdown table: mean +- std over seeds for the headline metrics, and the flags."""
+    metric = report.get("metric", "acc")
+    cols = ["clean_acc", "clean_bal_acc", "clean_auroc"]
+    prefix = f"adv_{metric}/"
+    threats = {
+        k.removesuffix("/mean") for g in report["groups"] for k in g if k.startswith(prefix) and k.endswith("/mean")
+    }
+    cols += sorted(threats, key=lambda k: parse_threat_label(k.split("/")[1])[::-1])
+    cols += ["shift_bal_acc"]
+    cols = [c for c in cols if any(f"{c}/mean" in g for g in report["groups"])]
+    lines = ["| point | n | " + " | ".join(cols) + " | flags |", "|---|---|" + "---|" * (len(cols) + 1)]
+    for g in report["groups"]:
+        cells = [f"{g[c + '/mean']:.3f} ± {g[c + '/std']:.3f}" if c + "/mean" in g else "" for c in cols]
+        flags = "near-constant: " + "; ".join(g["near_constant"]) if g.get("near_constant") else ""
+        lines.append(f"| {g['group']} | {g['n']} | " + " | ".join(cells) + f" | {flags} |")
+    note = f"adversarial columns: worst case over attacks, per sample, by {METRIC_NAMES.get(metric, metric)}"
+    return "\n".join([*lines, "", note])

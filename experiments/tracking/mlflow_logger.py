@@ -1,0 +1,181 @@
+"""MLflowRunLogger: Lightning's MLFlowLogger with medrobust's defaults and resume semantics."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Literal
+
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
+from medrobust.utilities.errors import InputError
+from medrobust.utilities.tracking_uri import has_credentials, redact_uri
+from typing_extensions import override
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+#: the experiment tag MLflow's UI reads to open an experiment on its runs table instead of the GenAI traces overview
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+#: set on a run that Lightning's SLURM requeue handler stopped: the run is KILLED, to be resumed, not FINISHED
+REQUEUED_TAG = "medrobust.requeued"
+
+
+def experiment_url(server: str, experiment_id: str) -> str:
+    """The MLflow UI page of an experiment's runs table. MLflow 3.17's UI opens GenAI pages by default, whatever the
+    experiment's kind; ``workflowType=machine_learning`` switches it to model training (the browser remembers)."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def mark_model_training(client: Any, experiment_id: str) -> None:
+    """Tag an experiment as model training, so MLflow's UI opens it on the runs table (once; cheap to repeat)."""
+    experiment = client.get_experiment(experiment_id)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+
+def ensure_experiment(client: Any, name: str) -> str:
+    """The id of the active experiment ``name``, created (and marked as model training) if missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        experiment_id = client.create_experiment(name)
+    elif experiment.lifecycle_stage != "active":
+        raise InputError(f"MLflow experiment {name!r} is deleted; restore it or use another name")
+    else:
+        experiment_id = experiment.experiment_id
+    mark_model_training(client, experiment_id)
+    return experiment_id
+
+
+def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    """``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else the embedded SQLite store ``sqlite:///mlflow.db``.
+
+    A URI with credentials (``postgresql://user:password@host/db``) is used as given but never printed or saved:
+    configs, params, checkpoints and messages get :func:`~medrobust.utilities.tracking_uri.redact_uri`'s form.
+    """
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("file:") or "://" not in uri:
+        raise InputError(
+            f"MLflow tracking URI {redact_uri(uri)!r} is a file store, which this MLflow no longer writes. Use a "
+            f"database (e.g. {DEFAULT_TRACKING_URI}) or a server (http://127.0.0.1:5000)."
+        )
+    if has_credentials(uri):
+        # MLflow prints "View run ... at: <uri>" when a run ends; with credentials in the URI that would print them.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    return uri
+
+
+class MLflowRunLogger(MLFlowLogger):
+    """One MLflow run per training run, on the embedded SQLite store unless told otherwise.
+
+    Differences from Lightning's ``MLFlowLogger``: the tracking URI is resolved when the logger is built (argument,
+    then ``$MLFLOW_TRACKING_URI``, then ``sqlite:///mlflow.db``); a run can be resumed (:meth:`resume_run`): it is set
+    back to RUNNING when first used, and parameters already logged are not logged again; :meth:`keep_open_after_fit`
+    keeps the run RUNNING between ``fit`` and the ``test`` that follows it; the experiment is tagged as model
+    training (``mlflow.experimentKind``), so MLflow's UI opens it on the runs table; and when Lightning's SLURM
+    requeue handler stops the job, the run is marked KILLED (tag ``medrobust.requeued``), not FINISHED, so that a
+    sweep resumes it instead of skipping it.
+
+    Args:
+        experiment_name: MLflow experiment, created if missing.
+        run_name: MLflow run name; MLflow picks one if ``None``.
+        tracking_uri: see above.
+        tags: extra run tags.
+        log_model: Lightning's checkpoint logging (``True``: best and last with optimizer state; ``"all"``: every
+            checkpoint). Off by default: :class:`~medrobust.callbacks.MLflowCheckpoints` logs the selected weights
+            instead.
+        artifact_location: artifact root for a newly created experiment.
+        run_id: continue this run instead of creating one.
+    """
+
+    def __init__(
+        self,
+        experiment_name: str = "medrobust",
+        run_name: str | None = None,
+        tracking_uri: str | None = None,
+        tags: dict[str, Any] | None = None,
+        log_model: Literal[True, False, "all"] = False,
+        artifact_location: str | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        super().__init__(
+            experiment_name=experiment_name,
+            run_name=run_name,
+            tracking_uri=resolve_tracking_uri(tracking_uri),
+            tags=tags,
+            log_model=log_model,
+            artifact_location=artifact_location,
+            run_id=run_id,
+        )
+        self.resumed = run_id is not None
+        self._keep_open = False
+        self._checked_in = False
+        #: set by :class:`~medrobust.experiments.tracking.mlflow_save_config.MLflowSaveConfig`, which logs the whole
+        #: config as params
+        self.params_from_config = False
+
+    @property
+    def tracking_uri(self) -> str:
+        return self._tracking_uri
+
+    @property
+    @override
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        client = super().experiment
+        if not self._checked_in:
+            self._checked_in = True
+            mark_model_training(client, self._experiment_id)
+            if self.resumed and client.get_run(self._run_id).info.status != "RUNNING":
+                client.update_run(self._run_id, status="RUNNING")  # it trains again: not FAILED or KILLED meanwhile
+        return client
+
+    def resume_run(self, run_id: str) -> None:
+        """Continue an existing run (call before the run is first used); it is set RUNNING when first used."""
+        if self._initialized and self._run_id != run_id:
+            raise RuntimeError(f"logger already writes to run {self._run_id}; cannot switch to {run_id}")
+        self._run_id = run_id
+        self.resumed = True
+
+    def keep_open_after_fit(self) -> None:
+        """The next successful ``finalize`` logs checkpoints but leaves the run RUNNING (a test follows)."""
+        self._keep_open = True
+
+    @override
+    @rank_zero_only
+    def log_hyperparams(self, params: Any) -> None:
+        if not self.params_from_config:
+            self.log_params(params)
+
+    @rank_zero_only
+    def log_params(self, params: Any) -> None:
+        """Log (nested) params; on a resumed run, only those not logged yet (MLflow params cannot change; a changed
+        setting is recorded as a new config version by
+        :class:`~medrobust.experiments.tracking.mlflow_save_config.MLflowSaveConfig`)."""
+        from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+
+        # LightningCLI's bookkeeping keys (``_instantiator``, ``_class_path``) are not hyperparameters.
+        params = {k: v for k, v in _flatten_dict(_convert_params(params)).items() if not k.startswith("_")}
+        if self.resumed:
+            logged = self.experiment.get_run(self.run_id).data.params
+            params = {k: v for k, v in params.items() if k not in logged}
+        if params:
+            super().log_hyperparams(params)
+
+    @override
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        if status == "finished":
+            # Only Lightning's SLURM requeue handler finalizes with "finished": the job goes back to the queue and
+            # the run is to be resumed, not counted as done.
+            if self._initialized:
+                self.experiment.set_tag(self.run_id, REQUEUED_TAG, "true")
+                self.experiment.set_terminated(self.run_id, "KILLED")
+            return
+        if self._keep_open and status == "success":
+            self._keep_open = False
+            if self._initialized and self._checkpoint_callback:
+                self._scan_and_log_checkpoints(self._checkpoint_callback)
+            return
+        super().finalize(status)

@@ -1,0 +1,131 @@
+"""The attacks a robustness report runs: FGSM, PGD and AutoAttack, chosen per task and class count."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from medrobust.lightning_modules.attacks.pgd import PGD
+from medrobust.lightning_modules.attacks.threat_model import threat_label, threat_model
+from medrobust.lightning_modules.losses import attack_loss
+from medrobust.lightning_modules.nets.modes import attack_mode
+from medrobust.utilities.errors import InputError
+from torch import nn
+
+AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+ATTACKS = ("fgsm", "pgd", "autoattack", "square")
+#: the attacks that assume a softmax classifier (torchattacks' ports: cross-entropy and DLR losses)
+SOFTMAX_ONLY = ("autoattack", "square")
+
+
+def default_attacks(task: str) -> list[str]:
+    """The attacks a robustness report runs when none are named: AutoAttack too where the task allows it."""
+    return ["fgsm", "pgd"] if task == "multilabel" else ["fgsm", "pgd", "autoattack"]
+
+
+def check_attacks(attacks: list[str], task: str) -> None:
+    """Refuse unknown attacks, and softmax-only attacks on a multi-label task, with the valid choices."""
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown:
+        raise InputError(f"Unknown attacks {unknown}; valid: {list(ATTACKS)}")
+    if task == "multilabel" and any(a in SOFTMAX_ONLY for a in attacks):
+        raise InputError(
+            f"{[a for a in attacks if a in SOFTMAX_ONLY]} assume a softmax classifier; a multi-label task can be "
+            "attacked with fgsm and pgd (BCE loss). Leave `attacks` unset to get them."
+        )
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One point of a robustness curve: an attack at a norm and budget."""
+
+    attack: str
+    norm: str
+    eps: float
+    steps: int = 0
+    restarts: int = 1
+
+    @property
+    def name(self) -> str:
+        """``fgsm``, ``pgd20``, ``pgd20_r5`` (20 steps, 5 restarts), ``autoattack``."""
+        if self.attack != "pgd":
+            return self.attack
+        return f"pgd{self.steps}" + (f"_r{self.restarts}" if self.restarts > 1 else "")
+
+    @property
+    def threat(self) -> str:
+        """``linf_8_255``, ``l2_0.5``: see :func:`threat_label`."""
+        return threat_label(self.norm, self.eps)
+
+    @property
+    def label(self) -> str:
+        """``pgd20/linf_8_255``: used in metric names and the report."""
+        return f"{self.name}/{self.threat}"
+
+
+def autoattack_components(num_classes: int) -> list[str]:
+    """AutoAttack's standard suite where the class count allows it.
+
+    DLR losses need 3+ classes and targeted DLR needs a runner-up besides the target, so 4+; a binary task gets
+    APGD-CE, untargeted FAB and Square, which are all sound with two logits.
+    """
+    if num_classes >= 4:
+        return ["apgd-ce", "apgd-t", "fab-t", "square"]
+    if num_classes == 3:
+        return ["apgd-ce", "apgd-dlr", "fab", "square"]
+    return ["apgd-ce", "fab", "square"]
+
+
+def build_attack(
+    spec: AttackSpec,
+    task: str,
+    num_classes: int,
+    autoattack_steps: int = 100,
+    square_queries: int = 5000,
+    seed: int = 0,
+) -> AttackFn:
+    """A function ``(net, x, y) -> x_adv`` for ``spec``.
+
+    FGSM and PGD are ours (:class:`PGD`; cross-entropy, or BCE for multi-label). AutoAttack and Square are
+    torchattacks' ports of Croce & Hein's code, built here with the original step counts (torchattacks' own
+    ``AutoAttack`` runs APGD for 10 steps, not 100) and constructed at call time on the batch's device; they run in
+    full precision even inside a bf16 autocast context (their buffers are fp32).
+    """
+    check_attacks([spec.attack], task)
+    loss_fn = attack_loss(task)
+    threat = threat_model(spec.norm, spec.eps)
+    if spec.attack == "fgsm":
+        pgd = PGD(threat, steps=1, alpha=spec.eps, random_start=False, loss_fn=loss_fn, task=task)
+        return lambda net, x, y: pgd.perturb(net, x, y)
+    if spec.attack == "pgd":
+        # One restart starts at x: deterministic and independent of how samples are batched (or split over
+        # processes). Several restarts need random starts.
+        restarts = spec.restarts
+        pgd = PGD(threat, spec.steps, restarts=restarts, random_start=restarts > 1, loss_fn=loss_fn, task=task)
+        return lambda net, x, y: pgd.perturb(net, x, y)
+    components = autoattack_components(num_classes) if spec.attack == "autoattack" else ["square"]
+
+    def run(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        import torchattacks
+
+        norm = {"linf": "Linf", "l2": "L2"}[spec.norm]
+        common = {"norm": norm, "eps": spec.eps, "seed": seed}
+        make = {
+            "apgd-ce": lambda: torchattacks.APGD(net, loss="ce", steps=autoattack_steps, **common),
+            "apgd-dlr": lambda: torchattacks.APGD(net, loss="dlr", steps=autoattack_steps, **common),
+            "apgd-t": lambda: torchattacks.APGDT(net, steps=autoattack_steps, n_classes=num_classes, **common),
+            "fab": lambda: torchattacks.FAB(net, steps=autoattack_steps, n_classes=num_classes, **common),
+            "fab-t": lambda: torchattacks.FAB(
+                net, steps=autoattack_steps, n_classes=num_classes, multi_targeted=True, **common
+            ),
+            "square": lambda: torchattacks.Square(net, n_queries=square_queries, **common),
+        }
+        # torchattacks' ports index bf16 logits into fp32 buffers: they run in full precision, outside any autocast
+        with attack_mode(net), torch.autocast(x.device.type, enabled=False):
+            attacks = [make[name]() for name in components]
+            attack = attacks[0] if len(attacks) == 1 else torchattacks.MultiAttack(attacks)
+            x_adv = attack(x.detach().clone(), y.detach().clone())
+        return threat.project(x_adv.detach(), x)  # guard against any numerical overshoot of the budget
+
+    return run

@@ -1,0 +1,76 @@
+"""Load a trained classifier as a frozen teacher: from a checkpoint file, an MLflow artifact or an MLflow run id."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from medrobust.lightning_modules.nets.normalized_classifier import NormalizedClassifier
+from medrobust.utilities.errors import InputError
+from medrobust.utilities.mlflow_source import artifact_uri, download, is_remote, resolve_run_id
+
+#: where a run's selected checkpoint lives among its artifacts (callbacks.MLflowCheckpoints)
+BEST_ARTIFACT = "checkpoints/best.ckpt"
+
+
+@dataclass
+class Teacher:
+    """A frozen network with what it was trained on.
+
+    Attributes:
+        net: the network (eval mode, no grad).
+        hparams: the model's hyperparameters (``model_name``, ``num_classes``, ``task``, ...).
+        data_hparams: the datamodule's hyperparameters, when the checkpoint holds them (its training data).
+        source: where it came from, as given.
+        run_id: the MLflow run that trained it, when known (an MLflow source, or a checkpoint that records it).
+    """
+
+    net: NormalizedClassifier
+    hparams: dict[str, Any]
+    data_hparams: dict[str, Any] | None
+    source: str
+    run_id: str | None = None
+
+
+def check_source(source: str, what: str = "Teacher") -> None:
+    """Fail early on a checkpoint path that does not exist (MLflow sources are checked when they are fetched)."""
+    if not is_remote(source) and not Path(source).expanduser().is_file():
+        raise InputError(
+            f"{what} checkpoint {source!r} does not exist. Give a checkpoint file, an MLflow artifact "
+            f"'runs:/<run_id>/{BEST_ARTIFACT}', a run id, or 'mlflow:<experiment>/<run name>' (the newest FINISHED "
+            f"run of that name; its {BEST_ARTIFACT} is used)."
+        )
+
+
+def load_teacher(source: str, tracking_uri: str | None = None, what: str = "Teacher") -> Teacher:
+    """Load ``source`` with ``torch.load(weights_only=True)`` and rebuild its network from its hyperparameters.
+
+    ``what`` names the model in error messages (a teacher, a construction source...)."""
+    check_source(source, what)
+    run_id = None
+    if is_remote(source):
+        uri = artifact_uri(source, tracking_uri, BEST_ARTIFACT, what)
+        run_id = resolve_run_id(uri, tracking_uri, what)
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = _load(download(uri, tracking_uri, tmp, what), source, what)
+    else:
+        checkpoint = _load(Path(source).expanduser(), source, what)
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    if "model_name" not in hparams or "state_dict" not in checkpoint:
+        raise InputError(f"{what} {source!r} is not a ClassifierModule checkpoint (no model_name hyperparameter)")
+    net = NormalizedClassifier.from_hparams(hparams)
+    state = {k[len("net.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    net.load_state_dict(state)
+    net.eval().requires_grad_(False)
+    run_id = run_id or (checkpoint.get("mlflow") or {}).get("run_id")
+    return Teacher(net, hparams, checkpoint.get("datamodule_hyper_parameters"), source, run_id)
+
+
+def _load(path: Path, source: str, what: str) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle.UnpicklingError for code in the file, RuntimeError for a broken zip
+        raise InputError(f"{what} {source!r} is not a loadable checkpoint with weights_only=True: {err}") from None
