@@ -14,10 +14,11 @@ import argparse
 import torch
 from _common import add_data_args, add_timing_args, print_ratios, training_datamodule
 from lightning.pytorch import Callback, Trainer
+from train_step import StepTimer
+
 from medrobust.callbacks.adversarial_training import AdversarialTraining
 from medrobust.datamodules.medmnist import MedMNISTDataModule
 from medrobust.lightning_modules.classifier import ClassifierModule
-from train_step import StepTimer
 
 
 def step_time(

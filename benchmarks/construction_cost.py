@@ -19,6 +19,7 @@ import statistics
 import torch
 import torch.nn.functional as F
 from _common import add_data_args, alternate, data_source
+
 from medrobust.datamodules.medmnist import MedMNISTDataModule
 from medrobust.experiments.construction.construct import Settings, build_chunk
 from medrobust.lightning_modules.classifier import ClassifierModule

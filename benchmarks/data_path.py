@@ -15,9 +15,10 @@ import time
 
 import torch
 from _common import add_data_args, data_source
+from torch.utils.data import DataLoader
+
 from medrobust.datamodules.files import MedMNISTSpec
 from medrobust.datamodules.medmnist import MedMNISTDataModule
-from torch.utils.data import DataLoader
 
 
 def epoch_time(loader: DataLoader) -> tuple[float, int]:

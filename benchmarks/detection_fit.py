@@ -18,6 +18,7 @@ import time
 
 import torch
 from _common import add_data_args, data_source
+
 from medrobust.datamodules.medmnist import MedMNISTDataModule
 from medrobust.lightning_modules.classifier import ClassifierModule
 from medrobust.lightning_modules.detection import Mahalanobis

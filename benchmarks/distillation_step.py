@@ -18,6 +18,7 @@ import torch
 from _common import add_data_args, add_timing_args, print_ratios, training_datamodule
 from adversarial_step import step_time
 from lightning.pytorch import Trainer
+
 from medrobust.callbacks.feature_distillation import FeatureDistillation
 from medrobust.datamodules.medmnist import MedMNISTDataModule
 from medrobust.lightning_modules.classifier import ClassifierModule

@@ -20,6 +20,7 @@ import statistics
 import torch
 from _common import add_data_args, add_timing_args, training_datamodule
 from adversarial_step import step_time
+
 from medrobust.callbacks.adversarial_training import AdversarialTraining
 from medrobust.datamodules.medmnist import MedMNISTDataModule
 

@@ -32,9 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from _common import REPO, add_data_args, data_source
+from mlflow import MlflowClient
+
 from medrobust.experiments.cli import MedRobustCLI
 from medrobust.lightning_modules.nets.normalized_classifier import NormalizedClassifier
-from mlflow import MlflowClient
 
 RECIPE = REPO / "experiments" / "configs" / "medmnist_v2_resnet18.yaml"
 

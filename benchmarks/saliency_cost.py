@@ -19,6 +19,7 @@ import statistics
 
 import torch
 from _common import add_data_args, alternate, data_source
+
 from medrobust.datamodules.medmnist import MedMNISTDataModule
 from medrobust.lightning_modules.classifier import ClassifierModule
 from medrobust.lightning_modules.saliency.attributions import METHODS, AttributionSettings, Explainer

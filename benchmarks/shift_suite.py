@@ -12,6 +12,7 @@ import time
 
 import torch
 from _common import add_data_args, data_source
+
 from medrobust.datamodules.medmnist import MedMNISTDataModule
 
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from _common import add_data_args, add_timing_args, training_datamodule
 from lightning.pytorch import Callback, Trainer
+
 from medrobust.callbacks.mlflow_checkpoints import MLflowCheckpoints
 from medrobust.datamodules.medmnist import MedMNISTDataModule
 from medrobust.experiments.tracking.mlflow_logger import MLflowRunLogger

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from typing_extensions import override
+
 from medrobust.callbacks.helpers.training_progress import batch_index
 from medrobust.lightning_modules.attacks.pgd import PGD
 from medrobust.lightning_modules.attacks.threat_model import parse_eps, threat_model
@@ -20,7 +22,6 @@ from medrobust.lightning_modules.metrics.confusion import accuracy, confusion_co
 from medrobust.lightning_modules.metrics.metric_names import metric_name
 from medrobust.lightning_modules.nets.modes import eval_mode
 from medrobust.utilities.errors import InputError
-from typing_extensions import override
 
 log = logging.getLogger(__name__)
 

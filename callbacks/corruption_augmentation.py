@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from typing_extensions import override
+
 from medrobust.callbacks.helpers.training_progress import batch_index
 from medrobust.datamodules.corruptions import SEVERITIES, check, corrupt, corruptions_for
 from medrobust.utilities.errors import InputError
-from typing_extensions import override
 
 
 class CorruptionAugmentation(Callback):

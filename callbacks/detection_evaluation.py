@@ -9,6 +9,8 @@ import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from typing_extensions import override
+
 from medrobust.callbacks.evaluation.outputs import gather_rows
 from medrobust.callbacks.helpers.detection_figures import roc_figure, score_histograms
 from medrobust.callbacks.helpers.mlflow_logger_lookup import log_params_once, mlflow_logger
@@ -29,7 +31,6 @@ from medrobust.lightning_modules.features.feature_taps import feature_names, res
 from medrobust.lightning_modules.metrics.metric_names import metric_name
 from medrobust.lightning_modules.nets.modes import eval_mode
 from medrobust.utilities.errors import InputError
-from typing_extensions import override
 
 log = logging.getLogger(__name__)
 

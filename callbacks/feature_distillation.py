@@ -9,6 +9,10 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+from tqdm.auto import tqdm
+from typing_extensions import override
+
 from medrobust.callbacks.helpers.mlflow_logger_lookup import log_params_once, mlflow_logger
 from medrobust.lightning_modules.classifier import TrainingStep
 from medrobust.lightning_modules.features.distillation_losses import (
@@ -22,9 +26,6 @@ from medrobust.lightning_modules.features.linear_probe import fit_linear_probe
 from medrobust.lightning_modules.features.teacher import Teacher, check_source, load_teacher
 from medrobust.lightning_modules.nets.modes import eval_mode
 from medrobust.utilities.errors import InputError
-from torch import nn
-from tqdm.auto import tqdm
-from typing_extensions import override
 
 #: the teacher's data settings recorded as params ``distill.teacher.data.*``
 _DATA_KEYS = ("flag", "size", "path", "subsample", "subsample_seed", "shortcut")

@@ -9,10 +9,11 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
+
 from medrobust.callbacks.helpers.mlflow_logger_lookup import mlflow_logger
 from medrobust.callbacks.selection_checkpoint import SelectionCheckpoint
 from medrobust.utilities.tracking_uri import redact_uri
-from typing_extensions import override
 
 
 class MLflowCheckpoints(Callback):

@@ -7,8 +7,9 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
-from medrobust.callbacks.helpers.mlflow_logger_lookup import mlflow_logger
 from typing_extensions import override
+
+from medrobust.callbacks.helpers.mlflow_logger_lookup import mlflow_logger
 
 
 class MLflowDatasetInputs(Callback):

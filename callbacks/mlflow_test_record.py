@@ -7,11 +7,12 @@ import time
 import matplotlib.pyplot as plt
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
+
 from medrobust.callbacks.helpers.figures import confusion_matrix_figure
 from medrobust.callbacks.helpers.mlflow_logger_lookup import mlflow_logger
 from medrobust.lightning_modules.metrics.confusion import top_prediction_share
 from medrobust.lightning_modules.metrics.summary import summary_metrics
-from typing_extensions import override
 
 
 class MLflowTestRecord(Callback):

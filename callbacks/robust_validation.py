@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from typing_extensions import override
+
 from medrobust.lightning_modules.attacks.pgd import PGD
 from medrobust.lightning_modules.attacks.threat_model import NORMS, parse_eps, threat_model
 from medrobust.lightning_modules.losses import attack_loss
@@ -13,7 +15,6 @@ from medrobust.lightning_modules.metrics.confusion import accuracy, balanced_acc
 from medrobust.lightning_modules.metrics.metric_names import metric_name
 from medrobust.lightning_modules.nets.modes import eval_mode
 from medrobust.utilities.errors import InputError
-from typing_extensions import override
 
 
 class RobustValidation(Callback):

@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from typing_extensions import override
+
 from medrobust.callbacks.evaluation.distance_tracker import DistanceTracker
 from medrobust.callbacks.helpers.figures import distance_figure, robustness_figure
 from medrobust.callbacks.helpers.mlflow_logger_lookup import log_params_once, mlflow_logger
@@ -35,7 +37,6 @@ from medrobust.lightning_modules.metrics.confusion import (
 )
 from medrobust.lightning_modules.metrics.metric_names import metric_name
 from medrobust.lightning_modules.nets.modes import eval_mode
-from typing_extensions import override
 
 log = logging.getLogger(__name__)
 

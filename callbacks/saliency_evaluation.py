@@ -10,6 +10,8 @@ import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from typing_extensions import override
+
 from medrobust.callbacks.evaluation.outputs import gather_rows
 from medrobust.callbacks.helpers.mlflow_logger_lookup import log_params_once, mlflow_logger
 from medrobust.callbacks.helpers.saliency_figures import saliency_grid
@@ -35,7 +37,6 @@ from medrobust.lightning_modules.saliency.saliency_metrics import (
     topk_iou,
 )
 from medrobust.utilities.errors import InputError
-from typing_extensions import override
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,11 @@ from typing import Any, Literal
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from medrobust.callbacks.robust_validation import RobustValidation
-from medrobust.utilities.errors import InputError
 from torch import Tensor
 from typing_extensions import override
+
+from medrobust.callbacks.robust_validation import RobustValidation
+from medrobust.utilities.errors import InputError
 
 Rule = Literal["clean_auroc", "clean_bal_acc", "robust_acc", "robust_bal_acc", "last"]
 #: the validation metric each rule ranks epochs by (``None``: the last epoch is the selected one)

@@ -10,6 +10,8 @@ import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
+
 from medrobust.callbacks.evaluation.outputs import auroc, gather_rows
 from medrobust.callbacks.helpers.figures import corruption_examples, shift_heatmap
 from medrobust.callbacks.helpers.mlflow_logger_lookup import mlflow_logger
@@ -18,7 +20,6 @@ from medrobust.lightning_modules.metrics.confusion import accuracy, balanced_acc
 from medrobust.lightning_modules.metrics.metric_names import metric_name
 from medrobust.lightning_modules.metrics.task_metrics import scores
 from medrobust.utilities.errors import InputError
-from typing_extensions import override
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
 from medrobust.datamodules.files import ENV_CACHE
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from medrobust.datamodules.cache import cache_root, save_atomic
 from medrobust.utilities.errors import InputError
 

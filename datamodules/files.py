@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from medrobust.utilities.errors import InputError
 
 log = logging.getLogger(__name__)

@@ -13,6 +13,9 @@ import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, WeightedRandomSampler
+from typing_extensions import override
+
 from medrobust.datamodules.evidence import Evidence, evidence_split
 from medrobust.datamodules.files import (
     SPLITS,
@@ -32,8 +35,6 @@ from medrobust.datamodules.shortcuts import Shortcut, shortcut_split
 from medrobust.datamodules.tensor_dataset import TensorImageDataset, identity_collate
 from medrobust.utilities.errors import InputError
 from medrobust.utilities.mlflow_source import is_remote
-from torch.utils.data import DataLoader, WeightedRandomSampler
-from typing_extensions import override
 
 log = logging.getLogger(__name__)
 

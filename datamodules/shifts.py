@@ -9,11 +9,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+
 from medrobust.datamodules.cache import cache_root, save_atomic
 from medrobust.datamodules.corruptions import SEVERITIES, check, corrupt, corruptions_for
 from medrobust.datamodules.files import SIZES, MedMNISTSpec, load_arrays, locate, resolve_roots, verify_official
 from medrobust.utilities.errors import InputError
-from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 

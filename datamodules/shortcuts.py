@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
+
 from medrobust.datamodules.cache import cache_root, save_atomic
 from medrobust.utilities.errors import InputError
-from PIL import Image, ImageDraw, ImageFont
 
 KINDS = ("patch", "text", "intensity", "noise")
 #: bump when an injected feature changes, so that stale caches are not reused

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from medrobust.utilities.errors import InputError
 from torch.utils.data import Dataset
+
+from medrobust.utilities.errors import InputError
 
 
 class TensorImageDataset(Dataset):

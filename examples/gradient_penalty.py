@@ -13,10 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback
+from torch import nn
+
 from medrobust.lightning_modules.classifier import TrainingStep
 from medrobust.lightning_modules.features.feature_taps import feature_channels, pooled
 from medrobust.utilities.errors import InputError
-from torch import nn
 
 
 class GradientPenalty(Callback):

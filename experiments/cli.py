@@ -13,6 +13,8 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from typing_extensions import override
+
 from medrobust.callbacks.mlflow_checkpoints import MLflowCheckpoints
 from medrobust.callbacks.mlflow_dataset_inputs import MLflowDatasetInputs
 from medrobust.callbacks.mlflow_seams import MLflowSeams
@@ -30,7 +32,6 @@ from medrobust.lightning_modules.classifier import ClassifierModule
 from medrobust.utilities.errors import InputError
 from medrobust.utilities.mlflow_source import is_remote
 from medrobust.utilities.tracking_uri import redact_uri
-from typing_extensions import override
 
 log = logging.getLogger(__name__)
 

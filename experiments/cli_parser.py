@@ -6,8 +6,12 @@ import re
 import sys
 from typing import NoReturn
 
+import yaml
+from jsonargparse import set_loader
 from lightning.pytorch.cli import LightningArgumentParser
 from typing_extensions import override
+
+from medrobust.experiments.legacy_class_paths import legacy_yaml_load, upgrade_argument
 
 _PROBLEM = re.compile(r"- Problem with given class_path '([^']+)':\n((?:[ \t]{6,}.*(?:\n|$))+)")
 _GENERIC = ("lightning.Callback", "lightning.pytorch.callbacks.callback.Callback", "lightning.pytorch.Callback")
@@ -25,7 +29,22 @@ def condense_callback_error(message: str) -> str | None:
     return "; ".join(f"trainer.callbacks: {cls}: {text}" for cls, text in dict(problems).items())
 
 
+#: YAML as jsonargparse reads it, with pre-``medrobust.`` class paths upgraded (and a warning naming the new path)
+set_loader("medrobust", legacy_yaml_load, exceptions=(yaml.YAMLError,))
+
+
 class MedRobustParser(LightningArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("parser_mode", "medrobust")
+        super().__init__(*args, **kwargs)
+
+    @override
+    def parse_args(self, args=None, *rest, **kwargs):  # type: ignore[override]
+        """Command-line values that name a pre-namespace class path (``--trainer.callbacks+=<old path>``) are upgraded
+        too."""
+        args = sys.argv[1:] if args is None else args
+        return super().parse_args([upgrade_argument(a) for a in args], *rest, **kwargs)
+
     @override
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         short = condense_callback_error(message) if self.exit_on_error else None

@@ -20,7 +20,7 @@ import yaml
 
 
 def class_name(entry: Any) -> str:
-    """``callbacks.AdversarialTraining`` -> ``AdversarialTraining`` (also for a bare class path string)."""
+    """``medrobust.callbacks.AdversarialTraining`` -> ``AdversarialTraining`` (also for a bare class path string)."""
     path = entry.get("class_path", "") if isinstance(entry, dict) else str(entry)
     return str(path).rsplit(".", 1)[-1]
 

@@ -8,6 +8,9 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torchmetrics import MeanMetric
+from typing_extensions import override
+
 from medrobust.lightning_modules.features.feature_taps import capture
 from medrobust.lightning_modules.losses import task_loss
 from medrobust.lightning_modules.metrics.metric_names import metric_name
@@ -15,8 +18,6 @@ from medrobust.lightning_modules.metrics.task_metrics import ConfusionCounts, cl
 from medrobust.lightning_modules.nets.normalized_classifier import NormalizedClassifier
 from medrobust.lightning_modules.training_seams import Batch, TrainingSeams, TrainingStep, TrainingThreat
 from medrobust.utilities.errors import InputError
-from torchmetrics import MeanMetric
-from typing_extensions import override
 
 __all__ = ["ClassifierModule", "TrainingStep", "TrainingThreat"]
 

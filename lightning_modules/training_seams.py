@@ -24,10 +24,11 @@ from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+
 from medrobust.lightning_modules.features.feature_taps import resolve_tap
 from medrobust.lightning_modules.metrics.metric_names import metric_name
 from medrobust.utilities.errors import InputError
-from torch import nn
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 InputTransform = Callable[[torch.Tensor, torch.Tensor], Batch]

@@ -144,7 +144,7 @@ def quiet_trainer(tmp_path: Path, **kwargs: object):
 def subprocess_env(**extra: str) -> dict[str, str]:
     """Environment for ``medrobust`` subprocesses: test helpers importable, no GPU."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HELPERS), str(REPO), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HELPERS), env.get("PYTHONPATH")]))
     env["CUDA_VISIBLE_DEVICES"] = ""
     env.update(extra)
     return env

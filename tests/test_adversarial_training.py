@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import quiet_trainer
 from lightning.pytorch import Callback
+
 from medrobust.callbacks.adversarial_training import AdversarialTraining
 from medrobust.datamodules.medmnist import MedMNISTDataModule
 from medrobust.lightning_modules.classifier import ClassifierModule, TrainingStep

@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchattacks
+from torch import nn
+
 from medrobust.lightning_modules.attacks.attack_suite import AttackSpec, autoattack_components, build_attack
 from medrobust.lightning_modules.attacks.pgd import PGD
 from medrobust.lightning_modules.attacks.threat_model import (
@@ -18,7 +20,6 @@ from medrobust.lightning_modules.attacks.threat_model import (
 )
 from medrobust.lightning_modules.attacks.trades import TradesAttack
 from medrobust.lightning_modules.nets.modes import attack_mode
-from torch import nn
 
 
 class TinyNet(nn.Module):

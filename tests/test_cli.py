@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, subprocess_env, write_medmnist_npz
-from medrobust.experiments.cli import MedRobustCLI
 from mlflow import MlflowClient
+
+from medrobust.experiments.cli import MedRobustCLI
 
 TINY = [
     "--model.model_name=test_resnet",
@@ -100,7 +101,7 @@ def test_test_subcommand_on_a_checkpoint(tracking_uri, pneumonia_data_args) -> N
 
 def medrobust(*args: str, cwd: Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "experiments", *args],
+        [sys.executable, "-m", "medrobust.experiments", *args],
         cwd=cwd,
         env=subprocess_env(**env),
         capture_output=True,

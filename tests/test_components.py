@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
 from medrobust.lightning_modules.metrics.confusion import balanced_accuracy, confusion_counts
 from medrobust.lightning_modules.metrics.metric_names import metric_name
 from medrobust.lightning_modules.metrics.task_metrics import BalancedAccuracy, classification_metrics
 from medrobust.lightning_modules.nets.normalize import Normalize
 from medrobust.lightning_modules.nets.normalized_classifier import NormalizedClassifier
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 
 def test_normalize_per_channel() -> None:

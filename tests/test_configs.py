@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, SHARED_MEDMNIST, write_medmnist_npz
+
 from medrobust.experiments.cli import MedRobustCLI
 
 # Sweep files are not Lightning configs; tests/test_sweep.py composes and instantiates their points.

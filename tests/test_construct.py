@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, quiet_trainer, subprocess_env
+from mlflow import MlflowClient
+
 from medrobust.datamodules.files import file_md5
 from medrobust.datamodules.medmnist import MedMNISTDataModule
 from medrobust.experiments.cli import MedRobustCLI
@@ -22,7 +24,6 @@ from medrobust.lightning_modules.attacks.threat_model import L2Threat, LinfThrea
 from medrobust.lightning_modules.classifier import ClassifierModule
 from medrobust.lightning_modules.features.feature_datasets import paper_settings, quantize_within
 from medrobust.utilities.errors import InputError
-from mlflow import MlflowClient
 
 
 def source_checkpoint(tmp_path: Path, data: Path, flag: str) -> Path:
@@ -127,7 +128,7 @@ def test_resume_after_sigkill_gives_the_same_file(tmp_path, synthetic_npz) -> No
     source = source_checkpoint(tmp_path, data, "pneumoniamnist")
     common = [str(source), "--kind", "rand", "--steps", "100", "--chunk-size", "8", "--no-mlflow", "--seed", "3"]
     killed = tmp_path / "killed.npz"
-    cmd = [sys.executable, "-m", "experiments", "construct", *common, "--out", str(killed)]
+    cmd = [sys.executable, "-m", "medrobust.experiments", "construct", *common, "--out", str(killed)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     parts = tmp_path / "killed.npz.parts"
     deadline = time.time() + 120
@@ -168,7 +169,7 @@ def test_bad_input_is_refused_clearly(tmp_path, synthetic_npz, args, match) -> N
 def test_cli_errors_in_one_line(tmp_path) -> None:
     """From the command line, bad input exits 2 with one message; an existing --out is refused before any work."""
     done = subprocess.run(
-        [sys.executable, "-m", "experiments", "construct", "missing.ckpt", "--kind", "det", "--out", "a.npz"],
+        [sys.executable, "-m", "medrobust.experiments", "construct", "missing.ckpt", "--kind", "det", "--out", "a.npz"],
         cwd=tmp_path,
         env=subprocess_env(),
         capture_output=True,

@@ -11,6 +11,9 @@ import pytest
 import torch
 import yaml
 from conftest import SHARED_MEDMNIST, quiet_trainer
+from mlflow import MlflowClient
+from test_cli import TINY, medrobust, runs
+
 from medrobust.callbacks import DetectionEvaluation
 from medrobust.datamodules.medmnist import MedMNISTDataModule
 from medrobust.lightning_modules.attacks.pgd import PGD
@@ -29,8 +32,6 @@ from medrobust.lightning_modules.detection import (
 )
 from medrobust.lightning_modules.features.feature_taps import capture, pooled
 from medrobust.utilities.errors import InputError
-from mlflow import MlflowClient
-from test_cli import TINY, medrobust, runs
 
 DETECTION_CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "detection"
 

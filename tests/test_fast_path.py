@@ -7,12 +7,13 @@ import statistics
 import pytest
 import torch
 from conftest import SHARED_MEDMNIST, quiet_trainer
+from test_cli import QUICKSTART, medrobust, runs
+
 from medrobust.callbacks.adversarial_training import AdversarialTraining
 from medrobust.callbacks.robust_validation import RobustValidation
 from medrobust.callbacks.robustness_evaluation import RobustnessEvaluation
 from medrobust.datamodules.medmnist import MedMNISTDataModule
 from medrobust.lightning_modules.classifier import ClassifierModule
-from test_cli import QUICKSTART, medrobust, runs
 
 SEEDS = (0, 1, 2)
 

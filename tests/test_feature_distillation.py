@@ -9,6 +9,7 @@ import torch
 from conftest import quiet_trainer
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
+
 from medrobust.callbacks.feature_distillation import FeatureDistillation
 from medrobust.datamodules.medmnist import MedMNISTDataModule
 from medrobust.lightning_modules.classifier import ClassifierModule

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from medrobust.datamodules.files import MedMNISTFileError, MedMNISTSpec, file_md5
 from medrobust.datamodules.medmnist import MedMNISTDataModule
 

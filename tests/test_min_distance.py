@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchattacks
 from conftest import quiet_trainer
+from mlflow import MlflowClient
+from torch import nn
+
 from medrobust.callbacks.robustness_evaluation import RobustnessEvaluation
 from medrobust.datamodules.medmnist import MedMNISTDataModule
 from medrobust.experiments.tracking.mlflow_logger import MLflowRunLogger
@@ -21,25 +23,10 @@ from medrobust.lightning_modules.attacks.min_distance import DistanceSettings, d
 from medrobust.lightning_modules.classifier import ClassifierModule
 from medrobust.lightning_modules.metrics.summary import summary_metrics
 from medrobust.utilities.errors import InputError
-from mlflow import MlflowClient
-from torch import nn
 
-#: torchattacks 3.5.1 (the first with JSMA), installed beside our pinned 3.3.0 by README command 2:
-#: pip install --no-deps --target .venv/torchattacks-3.5.1 torchattacks==3.5.1
-REFERENCE = Path(sys.prefix) / "torchattacks-3.5.1" / "torchattacks"
-
-
-def reference_torchattacks():
-    if not (REFERENCE / "__init__.py").exists():
-        pytest.skip(f"torchattacks 3.5.1 is not at {REFERENCE.parent} (README command 2 installs it)")
-    spec = importlib.util.spec_from_file_location(
-        "torchattacks_351", REFERENCE / "__init__.py", submodule_search_locations=[str(REFERENCE)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["torchattacks_351"] = module
-    spec.loader.exec_module(module)
-    assert module.__version__ == "3.5.1"
-    return module
+#: torchattacks 3.5.1's JSMA (the first release with it) on fixed inputs, made by tests/reference/make_golden.py:
+#: 3.4+ pins requests~=2.25.1, which mlflow cannot take, so it is not installed beside our 3.3.0
+GOLDEN = Path(__file__).parent / "reference" / "golden.npz"
 
 
 def small_net(classes: int) -> nn.Module:
@@ -63,15 +50,19 @@ def test_deepfool_equals_torchattacks(classes) -> None:
     assert torch.equal(total[:3], x[:3]) and (net(total[3:]).argmax(1) != y[3:]).float().mean() > 0.5
 
 
-@pytest.mark.parametrize("classes", [2, 3])
-def test_jsma_equals_torchattacks(classes) -> None:
-    ref = reference_torchattacks()
+def jsma_inputs(classes: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The network, images and labels the JSMA reference ran on (tests/reference/make_golden.py)."""
     net = small_net(classes).eval()
     x = 0.9 * torch.rand(16, 1, 8, 8, dtype=torch.double, generator=torch.Generator().manual_seed(2))
-    y = net(x).argmax(1)
-    attack = ref.JSMA(net, theta=1.0, gamma=0.3)
-    attack.set_mode_targeted_by_function(lambda images, labels: (labels + 1) % classes, quiet=True)
-    theirs = attack(x, y)
+    return net, x, net(x).argmax(1)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_jsma_equals_torchattacks(classes) -> None:
+    net, x, y = jsma_inputs(classes)
+    with np.load(GOLDEN) as golden:
+        assert torch.equal(x, torch.from_numpy(golden[f"torchattacks/jsma/{classes}/x"]))
+        theirs = torch.from_numpy(golden[f"torchattacks/jsma/{classes}"])
     ours = jsma(net, x, y, classes, theta=1.0, gamma=0.3)
     assert torch.equal(ours, theirs)
     changed = ((ours - x) != 0).flatten(1).sum(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import quiet_trainer
+
 from medrobust.callbacks.adversarial_training import AdversarialTraining
 from medrobust.callbacks.robust_validation import RobustValidation
 from medrobust.callbacks.selection_checkpoint import SelectionCheckpoint

@@ -12,9 +12,10 @@ import sysconfig
 import tomllib
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
-PACKAGES = ("lightning_modules", "datamodules", "callbacks", "experiments")
+PACKAGES = ("lightning_modules", "datamodules", "callbacks", "experiments", "utilities")
 #: modules imported only by an optional feature, and the extra that declares them
 OPTIONAL = {"experiments/tracking/check_mlflow_ui.py": "ui"}
 
@@ -30,7 +31,7 @@ def _imports(path: Path) -> set[str]:
             names |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.add(node.module.split(".")[0])
-    return {n for n in names if n not in sys.stdlib_module_names and n not in (*PACKAGES, "__future__")}
+    return {n for n in names if n not in sys.stdlib_module_names and n not in (*PACKAGES, "medrobust", "__future__")}
 
 
 def test_every_imported_distribution_is_declared() -> None:
@@ -55,7 +56,8 @@ import importlib.resources, pathlib, sys, torch
 import medrobust.datamodules
 from medrobust.datamodules.corruptions import corrupt
 from medrobust.datamodules.corruptions.registry import OPERATION, SEVERITY_PARAMS
-assert pathlib.Path(medrobust.datamodules.__file__).is_relative_to(pathlib.Path(sys.prefix)), medrobust.datamodules.__file__
+installed = pathlib.Path(medrobust.datamodules.__file__)
+assert installed.is_relative_to(pathlib.Path(sys.prefix)), installed
 done = set()
 for flag, params in SEVERITY_PARAMS.items():
     chans = 3 if flag in ("pathmnist", "bloodmnist", "dermamnist", "retinamnist") else 1
@@ -71,44 +73,62 @@ print("ok", len(done))
 """
 
 
-def test_the_wheel_installs_and_corrupts_without_the_source_tree(tmp_path) -> None:
+def _source_copy(tmp: Path) -> Path:
+    """A clean copy: setuptools builds in the source tree, where a stale build/ or *.egg-info would hide a missing
+    package-data entry (and tests write nothing outside tmp_path)."""
+    source = tmp / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".*", "build", "runs", "mlruns", "*.egg-info", "*.db"))
+    return source
+
+
+def _venv(tmp: Path) -> Path:
+    """A fresh virtual environment whose dependencies (torch, ...) come from this one's site-packages, appended after
+    its own; this environment's ``.pth`` files (our own editable install among them) are not read there."""
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (Path(site) / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python
+
+
+def install(tmp: Path, editable: bool) -> Path:
+    """medrobust installed from a clean copy of the source, as a wheel or editable; the new environment's python."""
+    source = _source_copy(tmp)
+    python = _venv(tmp)
+    if editable:
+        target = ["-e", str(source)]
+    else:
+        wheel_args = ["wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp), str(source)]
+        build = subprocess.run([sys.executable, "-m", "pip", *wheel_args], capture_output=True, text=True, timeout=300)
+        assert build.returncode == 0, build.stderr[-3000:]
+        (wheel,) = tmp.glob("medrobust-*.whl")
+        target = [str(wheel)]
+        shutil.rmtree(source)  # the wheel must carry everything
+    done = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", *target],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return python
+
+
+@pytest.fixture(scope="module")
+def wheel_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return install(tmp_path_factory.mktemp("wheel"), editable=False)
+
+
+def test_the_wheel_installs_and_corrupts_without_the_source_tree(wheel_python: Path, tmp_path: Path) -> None:
     """A non-editable install carries its package data: one corruption of each kind (stain_deposit needs the
     vendored inks.npz) and the configs, imported from the installed copy, not the source tree."""
-    # A clean copy: setuptools builds in the source tree, where a stale build/ or *.egg-info would hide a missing
-    # package-data entry (and tests write nothing outside tmp_path).
-    source = tmp_path / "source"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".*", "build", "runs", "mlruns", "*.egg-info", "*.db"))
-    wheel_args = ["wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)]
-    build = subprocess.run(
-        [sys.executable, "-m", "pip", *wheel_args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert build.returncode == 0, build.stderr[-3000:]
-    (wheel,) = tmp_path.glob("medrobust-*.whl")
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    site = Path(
-        subprocess.run(
-            [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    )
-    # The dependencies (torch, ...) come from this environment's site-packages, appended after the venv's own.
-    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert install.returncode == 0, install.stderr[-3000:]
-    run = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", SCRIPT], capture_output=True, text=True, timeout=300, cwd=tmp_path
-    )
+    run = subprocess.run([str(wheel_python), "-c", SCRIPT], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.startswith("ok")

@@ -9,13 +9,14 @@ import pytest
 import torch
 import yaml
 from conftest import quiet_trainer, write_medmnist_npz
+from mlflow import MlflowClient
+from test_cli import QUICKSTART, TINY, medrobust, runs
+
 from medrobust.callbacks.robustness_evaluation import RobustnessEvaluation
 from medrobust.datamodules.medmnist import MedMNISTDataModule
 from medrobust.experiments.cli import MedRobustCLI
 from medrobust.experiments.tracking.mlflow_logger import MLflowRunLogger
 from medrobust.lightning_modules.classifier import ClassifierModule
-from mlflow import MlflowClient
-from test_cli import QUICKSTART, TINY, medrobust, runs
 
 
 @pytest.fixture
@@ -117,6 +118,7 @@ def test_multilabel_gets_its_attacks_and_autoattack_is_refused_before_training(t
     """Issue 9.7: a multi-label task gets fgsm and pgd by default; asking for AutoAttack fails at setup, before the
     first training step, not after the whole fit."""
     from lightning.pytorch import Callback
+
     from medrobust.utilities.errors import InputError
 
     dm = MedMNISTDataModule("chestmnist", path=str(synthetic_npz("chestmnist")), batch_size=16)

@@ -12,6 +12,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from mlflow import MlflowClient
+from scipy.stats import spearmanr
+from test_cli import TINY, artifacts, medrobust, runs
+from torch import nn
+
 from medrobust.datamodules.evidence import Evidence, inject, pattern
 from medrobust.datamodules.files import MedMNISTFileError
 from medrobust.datamodules.medmnist import MedMNISTDataModule
@@ -33,10 +38,6 @@ from medrobust.lightning_modules.saliency.saliency_metrics import (
     topk_iou,
 )
 from medrobust.utilities.errors import InputError
-from mlflow import MlflowClient
-from scipy.stats import spearmanr
-from test_cli import TINY, artifacts, medrobust, runs
-from torch import nn
 
 SALIENCY_CONFIG = str(
     Path(__file__).resolve().parents[1] / "experiments" / "configs" / "saliency" / "pneumonia_evidence.yaml"
@@ -87,7 +88,7 @@ def test_metric_inputs_are_checked() -> None:
 
 
 def test_metrics_agree_with_quantus_scipy_and_captum() -> None:
-    quantus = pytest.importorskip("quantus")
+    import quantus  # a test dependency: missing, this test fails rather than skips
     from captum.metrics import sensitivity_max
 
     generator = torch.Generator().manual_seed(0)

@@ -9,13 +9,14 @@ import pytest
 import torch
 from conftest import SHARED_MEDMNIST, quiet_trainer
 from lightning.pytorch import Callback
+from mlflow import MlflowClient
+
 from medrobust.callbacks.corruption_augmentation import CorruptionAugmentation
 from medrobust.callbacks.shift_evaluation import ShiftEvaluation
 from medrobust.datamodules.corruptions import corrupt, corruptions_for
 from medrobust.datamodules.medmnist import MedMNISTDataModule
 from medrobust.experiments.tracking.mlflow_logger import MLflowRunLogger
 from medrobust.lightning_modules.classifier import ClassifierModule
-from mlflow import MlflowClient
 
 
 def test_shift_splits_follow_the_id_split(tmp_path, synthetic_npz) -> None:

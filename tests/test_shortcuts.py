@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from mlflow import MlflowClient
+from test_cli import QUICKSTART, TINY, medrobust, runs
+
 from medrobust.callbacks.shortcut_evaluation import shortcut_metrics
 from medrobust.datamodules.medmnist import MedMNISTDataModule
 from medrobust.utilities.errors import InputError
-from mlflow import MlflowClient
-from test_cli import QUICKSTART, TINY, medrobust, runs
 
 SHORTCUT_CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "shortcut"
 

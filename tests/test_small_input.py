@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from medrobust.lightning_modules.classifier import ClassifierModule
 from medrobust.lightning_modules.features.feature_taps import capture, feature_names
 from medrobust.lightning_modules.nets.normalized_classifier import NormalizedClassifier

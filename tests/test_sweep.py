@@ -15,12 +15,13 @@ import pytest
 import torch
 import yaml
 from conftest import REPO, SHARED_MEDMNIST, subprocess_env, write_medmnist_npz
+from mlflow import MlflowClient
+from test_cli import medrobust
+
 from medrobust.experiments.reporting.tradeoff import RunRow, build_report, format_table, pareto_front
 from medrobust.experiments.sweeping.sweep_spec import SweepError, SweepSpec, set_override
 from medrobust.experiments.tracking.mlflow_server import LocalMlflowServer
 from medrobust.lightning_modules.metrics.summary import summary_metrics
-from mlflow import MlflowClient
-from test_cli import medrobust
 
 QUICKSTART = REPO / "experiments" / "configs" / "quickstart.yaml"
 SWEEP_BASE = REPO / "experiments" / "configs" / "sweeps" / "pneumonia_tradeoff_cpu.yaml"
@@ -376,7 +377,7 @@ def test_a_killed_sweep_relaunches_without_rerunning_or_duplicating(tmp_path) ->
         },
         grid={"seed_everything": [0, 1, 2]},
     )
-    cmd = [sys.executable, "-m", "experiments", "sweep", str(path), "--tracking-uri", uri]
+    cmd = [sys.executable, "-m", "medrobust.experiments", "sweep", str(path), "--tracking-uri", uri]
     log = open(tmp_path / "first.log", "w")  # noqa: SIM115 (the sweep holds it until killed)
     first = subprocess.Popen(
         cmd, cwd=tmp_path, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True

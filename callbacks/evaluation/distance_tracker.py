@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
+
 from medrobust.callbacks.evaluation.outputs import gather_rows
 from medrobust.lightning_modules.attacks.min_distance import (
     DISTANCE_ATTACKS,

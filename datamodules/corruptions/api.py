@@ -5,6 +5,7 @@ from __future__ import annotations
 import zlib
 
 import torch
+
 from medrobust.datamodules.corruptions import ops
 from medrobust.datamodules.corruptions.registry import NOT_IMPLEMENTED, OPERATION, SEVERITY_PARAMS
 from medrobust.utilities.errors import InputError

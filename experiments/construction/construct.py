@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+
 from medrobust.datamodules.cache import save_reproducible
 from medrobust.datamodules.files import MedMNISTSpec, file_md5, load_arrays, locate, resolve_roots
 from medrobust.datamodules.remote import fetch_dataset
@@ -32,7 +34,6 @@ from medrobust.lightning_modules.features import feature_datasets as fd
 from medrobust.lightning_modules.features.teacher import Teacher, load_teacher
 from medrobust.utilities.errors import InputError
 from medrobust.utilities.mlflow_source import is_remote
-from tqdm.auto import tqdm
 
 
 @dataclass

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from medrobust.datamodules.cache import save_atomic
 from medrobust.utilities.errors import InputError
 

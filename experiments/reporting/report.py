@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
 from medrobust.experiments.reporting.tradeoff import METRICS, TAG_AXES, RunRow, format_table, log_report, row_from_run
 from medrobust.experiments.sweeping.sweep_spec import SweepError
 from medrobust.experiments.sweeping.sweep_store import child_runs, report_run, tested_runs
 from medrobust.experiments.tracking.mlflow_logger import resolve_tracking_uri
 from medrobust.utilities.tracking_uri import redact_uri
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 
 def report_target(client: MlflowClient, target: str) -> tuple[str, list[RunRow], list[str]]:

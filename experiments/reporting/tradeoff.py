@@ -22,11 +22,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
 from medrobust.lightning_modules.attacks.threat_model import parse_eps, parse_threat_label
 from medrobust.lightning_modules.metrics.summary import SUMMARY, summary_metrics
 from medrobust.utilities.errors import InputError
-from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
 TABLE = "tradeoff_table.json"
 METRICS = ("auto", "acc", "bal_acc")
@@ -231,6 +232,7 @@ def log_report(
 ) -> dict:
     """Write ``tradeoff.json``, the ``tradeoff_table.json`` MLflow table and the figures into ``run_id`` (only)."""
     import pandas as pd
+
     from medrobust.experiments.reporting.tradeoff_figures import shift_figure, sweep_curves_figure, tradeoff_figure
 
     report = build_report(rows, axes, metric)

@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
 from medrobust.experiments.reporting.tradeoff import (
     METRIC_NAMES,
     Group,

@@ -26,10 +26,11 @@ import statistics
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from mlflow import MlflowClient
+
 from medrobust.experiments.studies.study_runs import open_store, parent_run, publish, study_parser
 from medrobust.experiments.sweeping.sweep import sweep_main
 from medrobust.experiments.sweeping.sweep_store import child_runs
-from mlflow import MlflowClient
 
 SWEEP = Path(__file__).resolve().parents[1] / "sweeps" / "architectures_cpu.yaml"
 COLUMNS = {

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-from medrobust.experiments.tracking.mlflow_logger import resolve_tracking_uri
 from mlflow import MlflowClient
+
+from medrobust.experiments.tracking.mlflow_logger import resolve_tracking_uri
 
 
 def main() -> None:

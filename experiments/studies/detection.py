@@ -1,7 +1,7 @@
 """Mahalanobis detection of OOD and adversarial inputs (../shared/SCIENCE.md, section 2), in one command.
 
 1. Runs the sweep ``experiments/sweeps/pneumonia_detection_cpu.yaml``: a standard and a PGD-AT ResNet-18 on real
-   PneumoniaMNIST, 2 seeds each, each tested by ``callbacks.DetectionEvaluation``.
+   PneumoniaMNIST, 2 seeds each, each tested by ``medrobust.callbacks.DetectionEvaluation``.
 2. Reads every child's ``detection.json`` and writes ``detection_study.json`` and ``plots/detection_study.png``
    (AUROC per target and detector, mean and std over seeds, one panel per arm) into the sweep's parent run.
 3. Prints the table: per arm, target and detector, AUROC and TNR at 95% TPR (in-distribution positive), mean +- std
@@ -19,12 +19,13 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from mlflow import MlflowClient
+
 from medrobust.experiments.studies.study_runs import open_store, parent_run, publish, study_parser
 from medrobust.experiments.sweeping.sweep import sweep_main
 from medrobust.experiments.sweeping.sweep_store import child_runs
 from medrobust.lightning_modules.attacks.threat_model import parse_eps
 from medrobust.lightning_modules.detection import DETECTORS
-from mlflow import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "sweeps" / "pneumonia_detection_cpu.yaml"

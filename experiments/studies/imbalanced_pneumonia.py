@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+
 from medrobust.datamodules.files import MedMNISTSpec, absolutize_env_paths, locate, resolve_roots, verify_official
 from medrobust.experiments.sweeping.sweep import sweep_main
 

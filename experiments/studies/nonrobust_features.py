@@ -26,6 +26,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from mlflow import MlflowClient
+
 from medrobust.datamodules.files import MedMNISTSpec, load_arrays, locate, resolve_roots
 from medrobust.experiments.construction.construct import run_construct
 from medrobust.experiments.studies.study_runs import open_store, parent_run, publish, study_parser
@@ -33,7 +35,6 @@ from medrobust.experiments.sweeping.sweep import sweep_main
 from medrobust.experiments.sweeping.sweep_store import child_runs, find_parent
 from medrobust.lightning_modules.attacks.threat_model import parse_eps
 from medrobust.utilities.mlflow_source import newest_finished
-from mlflow import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES, TRAIN = (

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from mlflow import MlflowClient
+
 from medrobust.experiments.studies.study_runs import open_store, parent_run, publish, study_parser
 from medrobust.experiments.sweeping.sweep import sweep_main
 from medrobust.experiments.sweeping.sweep_store import child_runs
 from medrobust.lightning_modules.saliency.attributions import METHODS
-from mlflow import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("energy", "pointing", "iou", "sensitivity", "rank_corr")

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from mlflow import MlflowClient
+
 from medrobust.experiments.studies.study_runs import open_store, parent_run, publish, study_parser
 from medrobust.experiments.sweeping.sweep import sweep_main
 from medrobust.experiments.sweeping.sweep_store import child_runs
-from mlflow import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +76,7 @@ def train_teachers(client: MlflowClient, study: Study, seeds: list[int], uri: st
         print(f"teacher {name}: training")
         args = ["--seed_everything", str(seed), "--trainer.logger.init_args.run_name", name]
         args += ["--trainer.logger.init_args.tracking_uri", uri]
-        command = [sys.executable, "-m", "experiments", "fit", "--config", str(study.teacher_config), *args]
+        command = [sys.executable, "-m", "medrobust.experiments", "fit", "--config", str(study.teacher_config), *args]
         subprocess.run(command, check=True)
         experiment = client.get_experiment_by_name(study.experiment)
 

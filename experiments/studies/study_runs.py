@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 
 import matplotlib.pyplot as plt
+from mlflow import MlflowClient
+
 from medrobust.datamodules.files import absolutize_env_paths
 from medrobust.experiments.sweeping.sweep_store import find_parent
 from medrobust.experiments.tracking.mlflow_logger import resolve_tracking_uri
-from mlflow import MlflowClient
 
 
 def study_parser(doc: str | None) -> argparse.ArgumentParser:

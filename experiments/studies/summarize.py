@@ -12,8 +12,9 @@ import re
 import statistics
 from collections import defaultdict
 
-from medrobust.experiments.tracking.mlflow_logger import resolve_tracking_uri
 from mlflow import MlflowClient
+
+from medrobust.experiments.tracking.mlflow_logger import resolve_tracking_uri
 
 
 def main() -> None:

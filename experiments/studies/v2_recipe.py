@@ -18,9 +18,10 @@ import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from mlflow import MlflowClient
+
 from medrobust.experiments.cli import MedRobustCLI
 from medrobust.experiments.studies.study_runs import open_store, publish
-from mlflow import MlflowClient
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "medmnist_v2_resnet18.yaml"
 #: Yang et al. 2023, Table 3, ResNet-18 (28): test (AUC, ACC)

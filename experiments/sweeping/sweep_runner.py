@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
 from medrobust.experiments.reporting.tradeoff import (
     PARENT_TAG,
     TAG_AXES,
@@ -40,8 +43,6 @@ from medrobust.experiments.sweeping.sweep_spec import Point, SweepError, SweepSp
 from medrobust.experiments.sweeping.sweep_store import child_runs, find_parent
 from medrobust.experiments.tracking.mlflow_logger import ensure_experiment, experiment_url, resolve_tracking_uri
 from medrobust.utilities.tracking_uri import has_credentials, redact_uri
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 TAG_HOST, TAG_PID, TAG_HEARTBEAT, TAG_ATTEMPT = "sweep.host", "sweep.pid", "sweep.heartbeat", "sweep.attempt"
 LOGGER_CLASS = "medrobust.experiments.tracking.mlflow_logger.MLflowRunLogger"
@@ -201,7 +202,7 @@ class SweepRunner:
 
     def command(self, config_path: Path, ckpt: Path | None) -> list[str]:
         launcher = shlex.split(self.spec.launcher) if self.spec.launcher else [sys.executable]
-        cmd = [*launcher, "-m", "experiments", "fit", "--config", str(config_path)]
+        cmd = [*launcher, "-m", "medrobust.experiments", "fit", "--config", str(config_path)]
         if ckpt is not None:
             cmd.append(f"--ckpt_path={ckpt}")
         return cmd + self.spec.args

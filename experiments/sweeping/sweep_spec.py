@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from medrobust.experiments.config_merge import merge_configs
 from medrobust.experiments.reporting.tradeoff import METRICS, display_value, short_key
 from medrobust.utilities.errors import InputError

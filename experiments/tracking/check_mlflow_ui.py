@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mlflow.tracking import MlflowClient
+
 from medrobust.experiments.sweeping.sweep_store import child_runs
 from medrobust.experiments.sweeping.sweep_store import find_parent as find_sweep_parent
 from medrobust.experiments.tracking.mlflow_logger import experiment_url, resolve_tracking_uri
 from medrobust.experiments.tracking.mlflow_server import LocalMlflowServer
-from mlflow.tracking import MlflowClient
 
 CHROMIUM_ARGS = [
     "--headless=new",

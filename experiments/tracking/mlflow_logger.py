@@ -9,9 +9,10 @@ from typing import Any, Literal
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
+
 from medrobust.utilities.errors import InputError
 from medrobust.utilities.tracking_uri import has_credentials, redact_uri
-from typing_extensions import override
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,11 @@ import yaml
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
+
 from medrobust.callbacks.helpers.mlflow_logger_lookup import mlflow_logger
 from medrobust.experiments.tracking.mlflow_logger import MLflowRunLogger
 from medrobust.utilities.tracking_uri import redact_uri
-from typing_extensions import override
 
 #: settings that say how to run, not what is run: a resume may change them without a new config version
 RUN_CONTROL = ("ckpt_path", "trainer.logger.init_args.run_id")

@@ -6,12 +6,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
 from medrobust.lightning_modules.attacks.pgd import PGD
 from medrobust.lightning_modules.attacks.threat_model import threat_label, threat_model
 from medrobust.lightning_modules.losses import attack_loss
 from medrobust.lightning_modules.nets.modes import attack_mode
 from medrobust.utilities.errors import InputError
-from torch import nn
 
 AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 ATTACKS = ("fgsm", "pgd", "autoattack", "square")

@@ -17,9 +17,10 @@ eval mode, where samples do not interact). Two ways to overshoot the boundary by
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from medrobust.lightning_modules.nets.modes import attack_mode
 from medrobust.utilities.errors import InputError
-from torch import nn
 
 
 def class_jacobian(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
+
 from medrobust.lightning_modules.attacks.deepfool import class_jacobian
 from medrobust.lightning_modules.nets.modes import attack_mode
 from medrobust.utilities.errors import InputError
-from torch import nn
 
 PAIR_BUDGET = 2**26  # floats per chunk of the pair search (256 MiB)
 

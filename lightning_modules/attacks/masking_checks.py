@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
+
 from medrobust.lightning_modules.attacks.attack_suite import AttackSpec, build_attack
 from medrobust.lightning_modules.losses import attack_loss
 from medrobust.lightning_modules.metrics.confusion import errors
 from medrobust.lightning_modules.nets.modes import attack_mode, eval_mode
-from torch import nn
 
 
 def white_box_checks(net: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str) -> dict[str, Any]:

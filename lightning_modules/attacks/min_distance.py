@@ -19,13 +19,14 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
 from medrobust.lightning_modules.attacks.deepfool import deepfool
 from medrobust.lightning_modules.attacks.jsma import jsma
 from medrobust.lightning_modules.attacks.pgd import PGD
 from medrobust.lightning_modules.attacks.threat_model import LinfThreat
 from medrobust.lightning_modules.losses import cross_entropy_sum
 from medrobust.lightning_modules.nets.modes import eval_mode
-from torch import nn
 
 #: attack -> the norm its distance is measured in
 DISTANCE_ATTACKS = {"deepfool": "l2", "jsma": "l0", "min_linf": "linf"}

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import nn
+
 from medrobust.lightning_modules.attacks.threat_model import ThreatModel
 from medrobust.lightning_modules.losses import LossFn, cross_entropy_sum
 from medrobust.lightning_modules.metrics.confusion import errors
 from medrobust.lightning_modules.nets.modes import attack_mode
 from medrobust.utilities.errors import InputError
-from torch import nn
 
 
 class PGD:

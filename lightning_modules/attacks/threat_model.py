@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import torch
+
 from medrobust.utilities.errors import InputError
 
 NORMS = ("linf", "l2")

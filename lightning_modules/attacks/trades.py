@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from medrobust.lightning_modules.attacks.pgd import PGD
 from medrobust.lightning_modules.attacks.threat_model import ThreatModel
 from medrobust.lightning_modules.losses import kl_sum
 from medrobust.lightning_modules.nets.modes import eval_mode
-from torch import nn
 
 
 class TradesAttack:

@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import nn
+
 from medrobust.lightning_modules.detection.ensemble import FeatureEnsemble
 from medrobust.lightning_modules.losses import cross_entropy_sum
-from torch import nn
 
 
 def adaptive_objective(

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from medrobust.lightning_modules.nets.modes import eval_mode
 from torch import nn
+
+from medrobust.lightning_modules.nets.modes import eval_mode
 
 
 class MaxSoftmax:

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
+
 from medrobust.lightning_modules.detection.ensemble import FeatureEnsemble
 from medrobust.lightning_modules.detection.mahalanobis import Mahalanobis
-from tqdm.auto import tqdm
 
 
 def batched_layer_scores(

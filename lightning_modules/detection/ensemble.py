@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
+
 from medrobust.lightning_modules.detection.mahalanobis import Mahalanobis
 from medrobust.utilities.errors import InputError
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
 from medrobust.utilities.errors import InputError
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
+from torch import nn
+from tqdm.auto import tqdm
+
 from medrobust.lightning_modules.detection.gaussians import ClassGaussians, Reduce
 from medrobust.lightning_modules.features.feature_taps import capture, pooled, resolve_tap
 from medrobust.lightning_modules.nets.modes import attack_mode, eval_mode
 from medrobust.utilities.errors import InputError
-from torch import nn
-from tqdm.auto import tqdm
 
 
 class Mahalanobis:

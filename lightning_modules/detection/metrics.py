@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from medrobust.utilities.errors import InputError
 
 METRICS = ("auroc", "tnr_at_tpr95", "fpr_at_tpr95_ood", "detection_acc", "aupr_in", "aupr_out")

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
 from medrobust.utilities.errors import InputError
 
 LOSSES = ("mse", "cosine", "attention", "probe_kl")

@@ -17,11 +17,12 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from medrobust.lightning_modules.attacks.pgd import PGD
 from medrobust.lightning_modules.attacks.threat_model import ThreatModel
 from medrobust.lightning_modules.nets.modes import attack_mode
 from medrobust.utilities.errors import InputError
-from torch import nn
 
 #: the kinds of constructed dataset, and whether each one is made by a targeted attack (else representation matching)
 KINDS: dict[str, bool] = {"det": True, "rand": True, "robust": False, "nonrobust": False}

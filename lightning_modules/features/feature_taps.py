@@ -16,8 +16,9 @@ import difflib
 from collections.abc import Iterator, Sequence
 
 import torch
-from medrobust.utilities.errors import InputError
 from torch import nn
+
+from medrobust.utilities.errors import InputError
 
 
 def feature_names(backbone: nn.Module) -> list[str]:

@@ -7,10 +7,11 @@ every callback uses; AUROC is torchmetrics', fed the probabilities.
 from __future__ import annotations
 
 import torch
-from medrobust.lightning_modules.metrics.confusion import accuracy, balanced_accuracy, confusion_counts, empty_counts
-from medrobust.utilities.errors import InputError
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAUROC, MultilabelAUROC
+
+from medrobust.lightning_modules.metrics.confusion import accuracy, balanced_accuracy, confusion_counts, empty_counts
+from medrobust.utilities.errors import InputError
 
 TASKS = ("multiclass", "multilabel")
 

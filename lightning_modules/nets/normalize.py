@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from medrobust.utilities.errors import InputError
 from torch import nn
+
+from medrobust.utilities.errors import InputError
 
 
 class Normalize(nn.Module):

@@ -8,10 +8,11 @@ from typing import Any
 
 import timm
 import torch
+from torch import nn
+
 from medrobust.lightning_modules.nets.normalize import Normalize
 from medrobust.lightning_modules.nets.small_input import adapt_small_input, small_input_kwargs
 from medrobust.utilities.errors import InputError
-from torch import nn
 
 
 class NormalizedClassifier(nn.Module):

@@ -27,8 +27,9 @@ from __future__ import annotations
 import warnings
 
 import timm
-from medrobust.utilities.errors import InputError
 from torch import nn
+
+from medrobust.utilities.errors import InputError
 
 #: family -> the timm module its models are defined in
 FAMILIES = {

@@ -27,11 +27,12 @@ from typing import Any
 import torch
 from captum.attr import DeepLift, IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion, Saliency
 from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
+from torch import nn
+
 from medrobust.lightning_modules.features.feature_taps import capture, feature_names, resolve_tap
 from medrobust.lightning_modules.nets.modes import attack_mode
 from medrobust.lightning_modules.nets.normalized_classifier import NormalizedClassifier
 from medrobust.utilities.errors import InputError
-from torch import nn
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable
 
 import torch
+
 from medrobust.utilities.errors import InputError
 
 #: per-image score columns (SaliencyEvaluation gathers them across processes), in this order
