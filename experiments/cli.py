@@ -43,6 +43,20 @@ DESCRIPTION = (
 )
 
 
+#: the settings every run starts from (trainer, model and data defaults, the checkpoint rule); a run's config holds
+#: only what differs. Logged into every run like the rest of the resolved config.
+BASE_CONFIG = Path(__file__).resolve().parent / "configs" / "base.yaml"
+SUBCOMMANDS = ("fit", "validate", "test")
+
+
+def _parser_kwargs(run: bool) -> dict[str, Any]:
+    """``BASE_CONFIG`` as the parser's default config file: each subcommand's parser when there are subcommands."""
+    defaults = {"default_config_files": [str(BASE_CONFIG)]}
+    if not run:
+        return {"description": DESCRIPTION, **defaults}
+    return {"description": DESCRIPTION, **{name: defaults for name in SUBCOMMANDS}}
+
+
 class MedRobustCLI(LightningCLI):
     """``medrobust {fit,validate,test}`` for a :class:`ClassifierModule` on a :class:`MedMNISTDataModule`.
 
@@ -74,7 +88,7 @@ class MedRobustCLI(LightningCLI):
                 "default_root_dir": "runs",
             },
             auto_configure_optimizers=False,
-            parser_kwargs={"description": DESCRIPTION},
+            parser_kwargs=_parser_kwargs(run),
             parser_class=MedRobustParser,
             args=args,
             run=run,

@@ -28,6 +28,10 @@ sys.path.insert(0, str(HELPERS))
 from medrobust.datamodules.files import absolutize_env_paths  # noqa: E402
 
 absolutize_env_paths()
+# The real files, where ../shared is beside the checkout, for the tests that read MEDMNIST_ROOT (README command 2
+# sets nothing); a MEDMNIST_ROOT given outside wins.
+if SHARED_MEDMNIST.is_dir():
+    os.environ.setdefault("MEDMNIST_ROOT", str(SHARED_MEDMNIST))
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="medrobust-tests-"))
 os.environ.setdefault("MEDROBUST_CACHE", str(_SESSION_TMP / "cache"))
 os.environ.setdefault("MPLCONFIGDIR", str(_SESSION_TMP / "matplotlib"))

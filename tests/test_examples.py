@@ -10,6 +10,23 @@ from pathlib import Path
 from test_cli import QUICKSTART, TINY, medrobust, runs
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "gradient_penalty.py"
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_callback() -> str:
+    """The code block of the README's "Write your own callback", as written there."""
+    section = README.read_text().split("## Write your own callback", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_callback_runs_as_written(tmp_path, pneumonia_data_args) -> None:
+    (tmp_path / "my_defence.py").write_text(readme_callback())
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["fit", "--config", QUICKSTART, *TINY, *pneumonia_data_args, "--system_metrics.enabled=false"]
+    result = medrobust(*args, "--trainer.callbacks+=my_defence.InputNoise", cwd=tmp_path, MLFLOW_TRACKING_URI=uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = runs(uri)
+    assert run.data.tags["seams.input_transforms"] == "noise" and run.data.params["callbacks.InputNoise.std"] == "0.02"
 
 
 def test_example_callback_runs_from_the_working_directory(tmp_path, pneumonia_data_args) -> None:
@@ -49,6 +66,6 @@ def test_example_callback_runs_from_the_working_directory(tmp_path, pneumonia_da
         MLFLOW_TRACKING_URI=uri,
     )
     assert typo.returncode == 2
-    assert 'trainer.callbacks: callbacks.AdversarialTraining: Parser key "steps"' in typo.stderr
+    assert 'trainer.callbacks: medrobust.callbacks.AdversarialTraining: Parser key "steps"' in typo.stderr
     assert "Subtypes" not in typo.stderr
     assert len(runs(uri)) == 1  # bad input left no run

@@ -77,7 +77,8 @@ def _source_copy(tmp: Path) -> Path:
     """A clean copy: setuptools builds in the source tree, where a stale build/ or *.egg-info would hide a missing
     package-data entry (and tests write nothing outside tmp_path)."""
     source = tmp / "source"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".*", "build", "runs", "mlruns", "*.egg-info", "*.db"))
+    ignore = shutil.ignore_patterns(".*", "build", "runs", "mlruns", "*.egg-info", "*.db")
+    shutil.copytree(REPO, source, symlinks=True, ignore=ignore)
     return source
 
 
