@@ -14,7 +14,7 @@ from typing_extensions import override
 
 from medrobust.callbacks.helpers.training_progress import batch_index
 from medrobust.lightning_modules.attacks.pgd import PGD
-from medrobust.lightning_modules.attacks.threat_model import parse_eps, threat_model
+from medrobust.lightning_modules.attacks.threat import Threat, parse_eps
 from medrobust.lightning_modules.attacks.trades import TradesAttack
 from medrobust.lightning_modules.classifier import TrainingStep, TrainingThreat
 from medrobust.lightning_modules.losses import attack_loss
@@ -88,10 +88,9 @@ class AdversarialTraining(Callback):
             raise InputError(f"Unknown adversarial training method {method!r}; valid: pgd, trades, fgsm_rs")
         if not 0.0 < mix_ratio <= 1.0:
             raise InputError(f"mix_ratio must be in (0, 1], got {mix_ratio}")
-        threat_model(norm, eps)  # validates norm and eps
+        self.threat = Threat.parse(norm, eps)  # validates norm and eps
         self.method = method
-        self.eps = parse_eps(eps)
-        self.norm = norm
+        self.eps, self.norm = self.threat.eps, self.threat.norm
         self.steps = 1 if method == "fgsm_rs" else steps
         self.alpha = parse_eps(alpha) if alpha is not None else None
         self.beta = beta
@@ -163,7 +162,7 @@ class AdversarialTraining(Callback):
         module.log(metric_name("train", "adv", "eps"), eps, on_step=True, on_epoch=False)
         n_adv = max(1, round(self.mix_ratio * len(x)))
         attack = PGD(
-            threat_model(self.norm, eps),
+            Threat(self.norm, eps).ball(),
             self.steps,
             self._step_size(eps),
             loss_fn=attack_loss(module.task),
@@ -179,7 +178,9 @@ class AdversarialTraining(Callback):
         eps = self.current_eps()
         module.log(metric_name("train", "adv", "eps"), eps, on_step=True, on_epoch=False)
         # The input the network was trained on, after every other input transform.
-        x_adv = TradesAttack(threat_model(self.norm, eps), self.steps, self._step_size(eps)).perturb(module.net, step.x)
+        x_adv = TradesAttack(Threat(self.norm, eps).ball(), self.steps, self._step_size(eps)).perturb(
+            module.net, step.x
+        )
         # The outer KL runs in the module's training mode against the training forward's logits, as in the reference.
         log_adv = F.log_softmax(module.net(x_adv), dim=1)
         return self.beta * F.kl_div(log_adv, F.softmax(step.logits, dim=1), reduction="batchmean")
@@ -206,7 +207,7 @@ class AdversarialTraining(Callback):
         counts = empty_counts(task, c, pl_module.device)
         if self._guard_batch is not None:
             x, y = self._guard_batch
-            attack = PGD(threat_model(self.norm, self.eps), 10, self.eps / 4, loss_fn=attack_loss(task), task=task)
+            attack = PGD(self.threat.ball(), 10, self.eps / 4, loss_fn=attack_loss(task), task=task)
             x_adv = attack.perturb(pl_module.net, x, y)
             with eval_mode(pl_module.net) as net:
                 counts += confusion_counts(net(x_adv), y, task, c)

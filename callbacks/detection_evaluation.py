@@ -5,17 +5,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
 from medrobust.callbacks.evaluation.outputs import gather_rows
+from medrobust.callbacks.evaluation.reporting import report
+from medrobust.callbacks.evaluation.sample_ids import SampleIds, within
 from medrobust.callbacks.helpers.detection_figures import roc_figure, score_histograms
-from medrobust.callbacks.helpers.mlflow_logger_lookup import log_params_once, mlflow_logger
 from medrobust.lightning_modules.attacks.pgd import PGD
-from medrobust.lightning_modules.attacks.threat_model import LinfThreat, parse_eps
+from medrobust.lightning_modules.attacks.threat import parse_eps
+from medrobust.lightning_modules.attacks.threat_model import LinfThreat
 from medrobust.lightning_modules.detection import (
     DETECTORS,
     Energy,
@@ -28,7 +29,7 @@ from medrobust.lightning_modules.detection import (
     parse_targets,
 )
 from medrobust.lightning_modules.features.feature_taps import feature_names, resolve_tap
-from medrobust.lightning_modules.metrics.metric_names import metric_name
+from medrobust.lightning_modules.metrics.metric_names import build_name
 from medrobust.lightning_modules.nets.modes import eval_mode
 from medrobust.utilities.errors import InputError
 
@@ -74,7 +75,8 @@ class DetectionEvaluation(Callback):
         adversarial_pairs: ``"successful"`` or ``"all"``.
         shrinkage: covariance shrinkage (0: pseudo-inverse); see :class:`ClassGaussians`.
         energy_temperature: temperature of the energy score.
-        max_samples: score at most this many samples per test split and process (``None``: all).
+        max_samples: score the first this many samples of each test split, by index: the same images on any number
+            of processes (``None``: all).
         seed: seed of the attacks' randomness.
     """
 
@@ -145,6 +147,7 @@ class DetectionEvaluation(Callback):
             if target.kind == "split" and len(datamodule.shifted[target.split]) == 0:
                 raise InputError(f"Detection target {target.spec!r} has no samples")
         self._names, self._seen, self._report = names, {}, None
+        self._ids = SampleIds()
         net, device = pl_module.net, pl_module.device
         self._net = net
         baselines = {"msp": MaxSoftmax(net), "energy": Energy(net, self.energy_temperature)}
@@ -231,11 +234,11 @@ class DetectionEvaluation(Callback):
         split_targets = [t for t in self.targets if t.split == split]
         if split != "id" and not split_targets:
             return
-        seen = self._seen.get(split, 0)
-        limit = len(batch[0]) if self.max_samples is None else max(0, min(len(batch[0]), self.max_samples - seen))
+        ids = self._ids.take(trainer, "test", dataloader_idx, len(batch[0]))
+        limit = within(ids, self.max_samples)
         if limit == 0:
             return
-        self._seen[split] = seen + limit
+        self._seen[split] = self._seen.get(split, 0) + limit
         with torch.inference_mode(False):
             x, y = batch[0][:limit].clone(), batch[1][:limit].clone().flatten()
             scores, pred = self._score(x)
@@ -289,27 +292,24 @@ class DetectionEvaluation(Callback):
                     continue
                 metrics = detection_metrics(reference, values)
                 table.setdefault(key, {})[target.label] = metrics
-                for name, value in metrics.items():
-                    pl_module.log(metric_name("test", "detect", key, target.label, name), float(value), sync_dist=False)
+                for stat, value in metrics.items():
+                    name = build_name("detect", detector=key, target=target.label, stat=stat)
+                    pl_module.log(name, float(value), sync_dist=False)
         self._scores = scores
         self._report = {"settings": self.settings(), "calibration": self._calibration, "table": table}
 
     @override
     @rank_zero_only
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        logger = mlflow_logger(trainer)
-        if self._report is None or logger is None:
+        if self._report is None or not trainer.loggers:
             return
-        client, run_id = logger.experiment, logger.run_id
-        client.log_dict(run_id, self._report, "detection.json")
         main = [k for k in DETECTORS if k in self._keys()]
-        for figure, path in (
-            (roc_figure(self._scores, main), "plots/detection_roc.png"),
-            (score_histograms(self._scores, main), "plots/detection_scores.png"),
-        ):
-            client.log_figure(run_id, figure, path)
-            plt.close(figure)
-        log_params_once(logger, {f"detection.{k}": v for k, v in self.settings().items()})
+        figures = {
+            "plots/detection_roc.png": roc_figure(self._scores, main),
+            "plots/detection_scores.png": score_histograms(self._scores, main),
+        }
+        params = {f"detection.{k}": v for k, v in self.settings().items()}
+        report(trainer, json_files={"detection.json": self._report}, figures=figures, params=params)
 
     def settings(self) -> dict[str, Any]:
         settings = {

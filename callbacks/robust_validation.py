@@ -8,8 +8,9 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
+from medrobust.callbacks.evaluation.sample_ids import SampleIds, within
 from medrobust.lightning_modules.attacks.pgd import PGD
-from medrobust.lightning_modules.attacks.threat_model import NORMS, parse_eps, threat_model
+from medrobust.lightning_modules.attacks.threat import Threat
 from medrobust.lightning_modules.losses import attack_loss
 from medrobust.lightning_modules.metrics.confusion import accuracy, balanced_accuracy, confusion_counts, empty_counts
 from medrobust.lightning_modules.metrics.metric_names import metric_name
@@ -34,7 +35,8 @@ class RobustValidation(Callback):
         eps: budget (a float or a string such as ``"8/255"``); default: the training budget.
         norm: ``"linf"`` or ``"l2"``; default: the training norm.
         steps: PGD steps (step size ``2.5 * eps / steps``).
-        max_samples: attack only the first ``max_samples`` validation samples of each process (``None``: all).
+        max_samples: attack only the first ``max_samples`` validation samples, by index: the same images on any
+            number of processes (``None``: all).
     """
 
     def __init__(
@@ -46,25 +48,24 @@ class RobustValidation(Callback):
     ) -> None:
         if (eps is None) != (norm is None):
             raise InputError("RobustValidation: give both eps and norm, or neither (then the training budget is used)")
-        if norm is not None and norm not in NORMS:
-            raise InputError(f"Unknown norm {norm!r}; valid: {NORMS}")
-        self.eps = parse_eps(eps) if eps is not None else None
-        self.norm = norm
+        self.threat = Threat.parse(norm, eps) if norm is not None else None
         self.steps = steps
         self.max_samples = max_samples
         self._counts: torch.Tensor | None = None
         self._seen = 0
+        self._ids = SampleIds()
 
-    def budget(self, pl_module: LightningModule) -> tuple[str, float]:
-        """``(norm, eps)`` this callback attacks at."""
-        if self.eps is not None:
-            return self.norm, self.eps
+    def budget(self, pl_module: LightningModule) -> Threat:
+        """The threat this callback attacks at: its own, else the training threat, else none (L-inf 0)."""
+        if self.threat is not None:
+            return self.threat
         threat = getattr(pl_module, "training_threat", None)
-        return (threat.norm, threat.eps) if threat is not None else ("linf", 0.0)
+        return threat if threat is not None else Threat("linf", 0.0)
 
     @override
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._counts, self._seen = empty_counts(pl_module.task, pl_module.num_classes, pl_module.device), 0
+        self._ids.reset()
 
     @override
     def on_validation_batch_end(
@@ -79,14 +80,15 @@ class RobustValidation(Callback):
         if trainer.sanity_checking or self._counts is None:
             return
         x, y = batch
-        if self.max_samples is not None:
-            x, y = x[: self.max_samples - self._seen], y[: self.max_samples - self._seen]
+        limit = within(self._ids.take(trainer, "val", dataloader_idx, len(x)), self.max_samples)
+        x, y = x[:limit], y[:limit]
         if len(x) == 0:
             return
         self._seen += len(x)
-        norm, eps = self.budget(pl_module)
         task = pl_module.task
-        attack = PGD(threat_model(norm, eps), self.steps, random_start=False, loss_fn=attack_loss(task), task=task)
+        attack = PGD(
+            self.budget(pl_module).ball(), self.steps, random_start=False, loss_fn=attack_loss(task), task=task
+        )
         with trainer.precision_plugin.forward_context():  # bf16-mixed attacks in bf16, as training does
             with torch.inference_mode(False):
                 x_adv = attack.perturb(pl_module.net, x.clone(), y.clone())

@@ -7,15 +7,15 @@ import logging
 import time
 from typing import Any
 
-import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
 from medrobust.callbacks.evaluation.distance_tracker import DistanceTracker
+from medrobust.callbacks.evaluation.reporting import report
+from medrobust.callbacks.evaluation.sample_ids import SampleIds, within
 from medrobust.callbacks.helpers.figures import distance_figure, robustness_figure
-from medrobust.callbacks.helpers.mlflow_logger_lookup import log_params_once, mlflow_logger
 from medrobust.lightning_modules.attacks.attack_suite import (
     SOFTMAX_ONLY,
     AttackSpec,
@@ -25,7 +25,7 @@ from medrobust.lightning_modules.attacks.attack_suite import (
 )
 from medrobust.lightning_modules.attacks.masking_checks import black_box_check, white_box_checks
 from medrobust.lightning_modules.attacks.min_distance import DistanceSettings
-from medrobust.lightning_modules.attacks.threat_model import parse_eps
+from medrobust.lightning_modules.attacks.threat import Threat
 from medrobust.lightning_modules.metrics.confusion import (
     accuracy,
     balanced_accuracy,
@@ -35,7 +35,7 @@ from medrobust.lightning_modules.metrics.confusion import (
     top_prediction_share,
     worst_case_predictions,
 )
-from medrobust.lightning_modules.metrics.metric_names import metric_name
+from medrobust.lightning_modules.metrics.metric_names import build_name
 from medrobust.lightning_modules.nets.modes import eval_mode
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,9 @@ class RobustnessEvaluation(Callback):
         pgd_restarts: PGD random restarts; per sample, a restart that fools the model is kept.
         autoattack_steps: APGD/FAB iterations in AutoAttack (Croce & Hein use 100).
         square_queries: Square's query budget (5000 in AutoAttack).
-        max_samples: attack only the first ``max_samples`` test samples seen by each process (``None``: all).
-        autoattack_max_samples: a smaller limit for AutoAttack and Square, the expensive ones.
+        max_samples: attack only the first ``max_samples`` test samples of the split, by index: the same images
+            on any number of processes (``None``: all).
+        autoattack_max_samples: a smaller limit for AutoAttack and Square, the expensive ones (the first samples too).
         constant_share: flag a result whose most predicted class gets at least this share of the predictions.
         sanity_checks: run the gradient-masking checks.
         sanity_square_queries: query budget of the black-box check.
@@ -94,7 +95,7 @@ class RobustnessEvaluation(Callback):
             steps per sample), none for a multi-label task (they assume a softmax classifier).
         distance: their settings (:class:`DistanceSettings`: DeepFool's steps and overshoot, JSMA's theta and gamma,
             the bisection's ``linf_max``, ``linf_bisections`` and ``linf_pgd_steps``).
-        distance_max_samples: measure distances on at most this many test samples per process (JSMA's pair search is
+        distance_max_samples: measure distances on the first this many test samples (JSMA's pair search is
             the costly one); ``None``: as ``max_samples``.
     """
 
@@ -123,7 +124,7 @@ class RobustnessEvaluation(Callback):
         self.attacks = attacks
         linf = linf_eps if linf_eps is not None else ["1/255", "2/255", "4/255", "8/255"]
         l2 = l2_eps if l2_eps is not None else [0.25, 0.5]
-        self.grid = [("linf", parse_eps(e)) for e in linf] + [("l2", parse_eps(e)) for e in l2]
+        self.grid = [Threat.parse("linf", e) for e in linf] + [Threat.parse("l2", e) for e in l2]
         self.pgd_steps, self.pgd_restarts = pgd_steps, pgd_restarts
         self.autoattack_steps, self.square_queries = autoattack_steps, square_queries
         self.max_samples = max_samples
@@ -135,6 +136,7 @@ class RobustnessEvaluation(Callback):
         self._counts: dict[str, torch.Tensor] = {}
         self._seconds: dict[str, float] = {}
         self._seen = 0
+        self._ids = SampleIds()
         self._checks: dict[str, Any] = {}
         self._report: dict[str, Any] | None = None
 
@@ -144,27 +146,28 @@ class RobustnessEvaluation(Callback):
         check_attacks(attacks, pl_module.task)  # before training, not after it
         self.distances.setup(pl_module.task)
         self.specs = [
-            AttackSpec(attack, norm, eps, self.pgd_steps if attack == "pgd" else 0, self.pgd_restarts)
+            AttackSpec(attack, threat, self.pgd_steps if attack == "pgd" else 0, self.pgd_restarts)
             for attack in attacks
-            for norm, eps in self.grid
-            if eps > 0
+            for threat in self.grid
+            if threat.eps > 0
         ]
 
     # ------------------------------------------------------------------------------------------------ test
     @override
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._seen, self._checks, self._seconds, self._report = 0, {}, {}, None
+        self._ids.reset()
         self.distances.reset()
         task, c = pl_module.task, pl_module.num_classes
         self._fns = {
             spec.label: build_attack(spec, task, c, self.autoattack_steps, self.square_queries, self.seed)
             for spec in self.specs
         }
-        self._threats: dict[str, list[str]] = {}
+        self._threats: dict[Threat, list[str]] = {}
         for spec in self.specs:
             self._threats.setdefault(spec.threat, []).append(spec.label)
         # Every key exists on every rank from the start, so every rank takes part in every reduction.
-        keys = ["clean", *self._fns, *(f"{WORST}/{t}" for t in self._threats)]
+        keys = ["clean", *self._fns, *(f"{WORST}/{t.label}" for t in self._threats)]
         self._counts = {key: empty_counts(task, c) for key in keys}
 
     @override
@@ -178,13 +181,15 @@ class RobustnessEvaluation(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         x, y = batch
-        limit = len(x) if self.max_samples is None else max(0, min(len(x), self.max_samples - self._seen))
-        if dataloader_idx != 0 or limit == 0:
+        if dataloader_idx != 0:
             return
-        x, y, first = x[:limit], y[:limit], self._seen
+        ids = self._ids.take(trainer, "test", dataloader_idx, len(x))
+        limit = within(ids, self.max_samples)
+        if limit == 0:
+            return
+        x, y, ids = x[:limit], y[:limit], ids[:limit]
         self._seen += limit
-        cap = self.autoattack_max_samples
-        expensive = limit if cap is None else max(0, min(limit, cap - first))
+        expensive = within(ids, self.autoattack_max_samples)
         net, task = pl_module.net, pl_module.task
         with torch.inference_mode(False), trainer.precision_plugin.forward_context():
             x, y = x.clone(), y.clone()
@@ -203,10 +208,10 @@ class RobustnessEvaluation(Callback):
                 k = min(len(preds.get(label, ())) for label in labels)
                 if k > 0:
                     worst = worst_case_predictions([preds["clean"][:k], *(preds[lb][:k] for lb in labels)], y[:k], task)
-                    self._add(f"{WORST}/{threat}", worst, y[:k], pl_module)
+                    self._add(f"{WORST}/{threat.label}", worst, y[:k], pl_module)
             if self.sanity_checks and batch_idx == 0 and task != "multilabel":
                 self._checks |= self._black_box_check(net, x, y, pl_module.num_classes)
-            for attack, seconds in self.distances.measure(net, x, y, first, pl_module.num_classes).items():
+            for attack, seconds in self.distances.measure(net, x, y, ids, pl_module.num_classes).items():
                 self._seconds[attack] = self._seconds.get(attack, 0.0) + seconds
         if trainer.is_global_zero:
             total = trainer.num_test_batches[0] if trainer.num_test_batches else "?"
@@ -228,7 +233,7 @@ class RobustnessEvaluation(Callback):
         )
 
     def _black_box_check(self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
-        linf = [eps for norm, eps in self.grid if norm == "linf" and eps > 0]
+        linf = [t.eps for t in self.grid if t.norm == "linf" and t.eps > 0]
         if not linf:
             return {}
         return black_box_check(net, x, y, num_classes, max(linf), self.pgd_steps, self.sanity_square_queries, self.seed)
@@ -238,6 +243,7 @@ class RobustnessEvaluation(Callback):
         if not self._counts:
             return
         by_key = {spec.label: spec for spec in self.specs}
+        worst_keys = {f"{WORST}/{threat.label}": threat for threat in self._threats}
         results = []
         for key, counts in self._counts.items():
             total = trainer.strategy.reduce(counts.to(pl_module.device), reduce_op="sum").cpu()
@@ -248,11 +254,11 @@ class RobustnessEvaluation(Callback):
             row = {"key": key, "acc": accuracy(total), "bal_acc": float(balanced_accuracy(total)), "n": n}
             row |= {"top_pred_share": share, "near_constant": share >= self.constant_share}
             spec = by_key.get(key)
-            if key.startswith(f"{WORST}/"):
-                norm, eps = next((s.norm, s.eps) for s in self.specs if s.threat == key.split("/", 1)[1])
-                row |= {"attack": WORST, "norm": norm, "eps": eps}
+            threat = worst_keys.get(key, spec.threat if spec is not None else None)
+            if key in worst_keys:
+                row |= {"attack": WORST, "norm": threat.norm, "eps": threat.eps}
             elif spec is not None:
-                row |= {"attack": spec.name, "norm": spec.norm, "eps": spec.eps}
+                row |= {"attack": spec.name, "norm": threat.norm, "eps": threat.eps}
             else:
                 row |= {"attack": "clean", "norm": None, "eps": 0.0}
             results.append(row)
@@ -260,8 +266,12 @@ class RobustnessEvaluation(Callback):
                 metrics = {"acc": row["acc"], "bal_acc": row["bal_acc"]}
                 if row["attack"] == WORST:
                     metrics |= {"n": n, "top_pred_share": share}
-                for name, value in metrics.items():
-                    pl_module.log(metric_name("test", "adv", key, name), float(value), sync_dist=False)
+                for stat, value in metrics.items():
+                    if row["attack"] == WORST:
+                        name = build_name("adv_worst", threat=threat.label, stat=stat)
+                    else:
+                        name = build_name("adv_attack", attack=row["attack"], threat=threat.label, stat=stat)
+                    pl_module.log(name, float(value), sync_dist=False)
         distances = self.distances.finish(trainer, pl_module)
         self._report = {"settings": self.settings(), "results": results, "checks": self._checks, "distances": distances}
 
@@ -279,27 +289,20 @@ class RobustnessEvaluation(Callback):
                 f"Near-constant predictions (one class gets >= {self.constant_share:.0%} of them) in {constant}: "
                 "accuracy there measures the class balance of the test set, not robustness."
             )
-        logger = mlflow_logger(trainer)
-        if logger is None:
+        if not trainer.loggers:
             return
-        client, run_id = logger.experiment, logger.run_id
-        client.log_dict(run_id, self._report, "robustness.json")
-        fig = robustness_figure(self._report["results"])
-        client.log_figure(run_id, fig, "plots/robustness.png")
-        plt.close(fig)
+        figures = {"plots/robustness.png": robustness_figure(self._report["results"])}
         if self._report["distances"]:
-            fig = distance_figure(self._report["distances"])
-            client.log_figure(run_id, fig, "plots/min_distance.png")
-            plt.close(fig)
-        for name, value in self._checks.items():
-            client.set_tag(run_id, f"robustness.check.{name}", str(value))
-        client.set_tag(run_id, "robustness.near_constant", ",".join(constant) or "none")
-        log_params_once(logger, {f"robustness.{k}": v for k, v in self.settings().items()})
+            figures["plots/min_distance.png"] = distance_figure(self._report["distances"])
+        tags = {f"robustness.check.{name}": value for name, value in self._checks.items()}
+        tags["robustness.near_constant"] = ",".join(constant) or "none"
+        params = {f"robustness.{k}": v for k, v in self.settings().items()}
+        report(trainer, json_files={"robustness.json": self._report}, figures=figures, tags=tags, params=params)
 
     def settings(self) -> dict[str, Any]:
         return {
             "attacks": sorted({spec.attack for spec in self.specs}),
-            "grid": [f"{n}:{e:.6g}" for n, e in self.grid],
+            "grid": [f"{t.norm}:{t.eps:.6g}" for t in self.grid],
             "pgd_steps": self.pgd_steps,
             "pgd_restarts": self.pgd_restarts,
             "autoattack_steps": self.autoattack_steps,

@@ -13,10 +13,10 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
 from medrobust.callbacks.evaluation.outputs import gather_rows
-from medrobust.callbacks.helpers.mlflow_logger_lookup import log_params_once, mlflow_logger
+from medrobust.callbacks.evaluation.reporting import report
 from medrobust.callbacks.helpers.saliency_figures import saliency_grid
-from medrobust.lightning_modules.attacks.threat_model import parse_eps
-from medrobust.lightning_modules.metrics.metric_names import metric_name
+from medrobust.lightning_modules.attacks.threat import parse_eps
+from medrobust.lightning_modules.metrics.metric_names import build_name
 from medrobust.lightning_modules.nets.modes import eval_mode
 from medrobust.lightning_modules.saliency.attributions import (
     METHODS,
@@ -173,11 +173,9 @@ class SaliencyEvaluation(Callback):
             for method, values in split["methods"].items():
                 for metric, value in values.items():
                     if isinstance(value, float) and not math.isnan(value):
-                        pl_module.log(metric_name(*self.prefix(name), method, metric), value, sync_dist=False)
-
-    @staticmethod
-    def prefix(split: str) -> tuple[str, ...]:
-        return ("test", "saliency") if split == "id" else ("test", split, "saliency")
+                        where = "" if name == "id" else f"{name}/"
+                        key = build_name("saliency", where=where, method=method, stat=metric)
+                        pl_module.log(key, value, sync_dist=False)
 
     def _evaluate(self, trainer: Trainer, pl_module: LightningModule, name: str, dataset: Any) -> dict[str, Any]:
         chosen = self.choose(dataset.masks)
@@ -278,20 +276,14 @@ class SaliencyEvaluation(Callback):
     @override
     @rank_zero_only
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        logger = mlflow_logger(trainer)
-        if self._report is None or logger is None:
-            for fig in self._grids.values():
-                plt.close(fig)
+        figures = {f"plots/saliency_{name.replace('/', '_')}.png": fig for name, fig in self._grids.items()}
+        if self._report is None:
+            report(trainer, figures=figures)  # nothing to write; the figures are closed
             return
-        client, run_id = logger.experiment, logger.run_id
-        client.log_dict(run_id, self._report, "saliency.json")
-        for name, fig in self._grids.items():
-            client.log_figure(run_id, fig, f"plots/saliency_{name.replace('/', '_')}.png")
-            plt.close(fig)
         gradcam = self.explainers.get("gradcam")
-        if gradcam is not None:
-            client.set_tag(run_id, "saliency.gradcam_layer", gradcam.layer)
-        log_params_once(logger, {f"saliency.{k}": v for k, v in self.settings().items()})
+        tags = {"saliency.gradcam_layer": gradcam.layer} if gradcam is not None else {}
+        params = {f"saliency.{k}": v for k, v in self.settings().items()}
+        report(trainer, json_files={"saliency.json": self._report}, figures=figures, tags=tags, params=params)
 
     def settings(self) -> dict[str, Any]:
         return {

@@ -6,18 +6,17 @@ import logging
 import statistics
 from typing import Any
 
-import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from medrobust.callbacks.evaluation.outputs import auroc, gather_rows
+from medrobust.callbacks.evaluation.reporting import report
 from medrobust.callbacks.helpers.figures import corruption_examples, shift_heatmap
-from medrobust.callbacks.helpers.mlflow_logger_lookup import mlflow_logger
 from medrobust.datamodules.corruptions import ALEXNET_BASELINE
 from medrobust.lightning_modules.metrics.confusion import accuracy, balanced_accuracy, confusion_counts, empty_counts
-from medrobust.lightning_modules.metrics.metric_names import metric_name
+from medrobust.lightning_modules.metrics.metric_names import build_name, metric_name
 from medrobust.lightning_modules.metrics.task_metrics import scores
 from medrobust.utilities.errors import InputError
 
@@ -118,8 +117,8 @@ class ShiftEvaluation(Callback):
             severities = entry["severities"].values()
             entry["mean_bal_acc"] = statistics.mean(v["bal_acc"] for v in severities)
             entry["mean_auroc"] = statistics.mean(v["auroc"] for v in severities)
-            metrics[metric_name("test", "shift", name, "mean", "bal_acc")] = entry["mean_bal_acc"]
-            metrics[metric_name("test", "shift", name, "mean", "auroc")] = entry["mean_auroc"]
+            metrics[build_name("shift_corruption_mean", corruption=name, stat="bal_acc")] = entry["mean_bal_acc"]
+            metrics[build_name("shift_corruption_mean", corruption=name, stat="auroc")] = entry["mean_auroc"]
             if baseline and name in baseline[1] and clean_error is not None and len(entry["severities"]) == 5:
                 error = 1 - entry["mean_bal_acc"]
                 entry["be"] = error / baseline[1][name]
@@ -146,23 +145,18 @@ class ShiftEvaluation(Callback):
     @override
     @rank_zero_only
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        logger = mlflow_logger(trainer)
-        if self._report is None or logger is None:
+        if self._report is None or not trainer.loggers:
             return
-        client, run_id = logger.experiment, logger.run_id
-        client.log_dict(run_id, self._report, "shift.json")
+        figures = {}
         if self._report["corruptions"]:
-            fig = shift_heatmap(self._report)
-            client.log_figure(run_id, fig, "plots/shift_heatmap.png")
-            plt.close(fig)
+            figures["plots/shift_heatmap.png"] = shift_heatmap(self._report)
             datamodule = trainer.datamodule
             examples = {"clean": datamodule.datasets["test"].images[0].numpy()}
             for split, dataset in getattr(datamodule, "shifted", {}).items():
                 if split.startswith("shift/") and split.count("/") == 2:
                     examples[split.removeprefix("shift/")] = dataset.images[0].numpy()
-            fig = corruption_examples(examples)
-            client.log_figure(run_id, fig, "plots/shift_examples.png")
-            plt.close(fig)
+            figures["plots/shift_examples.png"] = corruption_examples(examples)
+        report(trainer, json_files={"shift.json": self._report}, figures=figures)
 
     @property
     def report(self) -> dict[str, Any] | None:

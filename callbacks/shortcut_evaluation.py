@@ -12,9 +12,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from medrobust.callbacks.evaluation.outputs import auroc, gather_rows
-from medrobust.callbacks.helpers.mlflow_logger_lookup import mlflow_logger
+from medrobust.callbacks.evaluation.reporting import report
 from medrobust.lightning_modules.metrics.confusion import accuracy, balanced_accuracy, confusion_from_predictions
-from medrobust.lightning_modules.metrics.metric_names import metric_name
+from medrobust.lightning_modules.metrics.metric_names import build_name
 from medrobust.lightning_modules.metrics.task_metrics import scores
 from medrobust.utilities.errors import InputError
 
@@ -76,7 +76,7 @@ class ShortcutEvaluation(Callback):
             probs, labels, groups = (gather_rows(trainer, torch.cat(rows[k]), pl_module.device) for k in rows)
             splits[split] = shortcut_metrics(probs, labels, groups, self._target, c)
         metrics = {
-            metric_name("test", split, key): value
+            build_name("shortcut", split=split.removeprefix("shortcut/"), stat=key): value
             for split, values in splits.items()
             for key, value in values.items()
             if key != "n" and not math.isnan(value)
@@ -88,14 +88,10 @@ class ShortcutEvaluation(Callback):
     @override
     @rank_zero_only
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        logger = mlflow_logger(trainer)
-        if self._report is None or logger is None:
+        if self._report is None or not trainer.loggers:
             return
-        client, run_id = logger.experiment, logger.run_id
-        client.log_dict(run_id, self._report, "shortcut.json")
-        fig = shortcut_examples(trainer.datamodule.shifted)
-        client.log_figure(run_id, fig, "plots/shortcut_examples.png")
-        plt.close(fig)
+        figures = {"plots/shortcut_examples.png": shortcut_examples(trainer.datamodule.shifted)}
+        report(trainer, json_files={"shortcut.json": self._report}, figures=figures)
 
     @property
     def report(self) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from medrobust.lightning_modules.attacks.threat import Threat
 from medrobust.lightning_modules.features.feature_taps import resolve_tap
 from medrobust.lightning_modules.metrics.metric_names import metric_name
 from medrobust.utilities.errors import InputError
@@ -64,9 +65,9 @@ class TrainingStep:
 LossTerm = Callable[[TrainingStep], torch.Tensor]
 
 
-@dataclass(frozen=True)
-class TrainingThreat:
-    """The threat model a callback trains against, announced on the module for the callbacks that judge training.
+@dataclass(frozen=True, order=True)
+class TrainingThreat(Threat):
+    """The threat a callback trains against, announced on the module for the callbacks that judge training.
 
     Attributes:
         norm: ``"linf"`` or ``"l2"``.
@@ -75,8 +76,6 @@ class TrainingThreat:
             model selection never picks an earlier epoch.
     """
 
-    norm: str
-    eps: float
     full_from_epoch: int = 0
 
 

@@ -10,14 +10,8 @@ from torch import nn
 
 from medrobust.lightning_modules.attacks.attack_suite import AttackSpec, autoattack_components, build_attack
 from medrobust.lightning_modules.attacks.pgd import PGD
-from medrobust.lightning_modules.attacks.threat_model import (
-    L2Threat,
-    LinfThreat,
-    parse_eps,
-    parse_threat_label,
-    threat_label,
-    threat_model,
-)
+from medrobust.lightning_modules.attacks.threat import Threat, parse_eps
+from medrobust.lightning_modules.attacks.threat_model import L2Threat, LinfThreat
 from medrobust.lightning_modules.attacks.trades import TradesAttack
 from medrobust.lightning_modules.nets.modes import attack_mode
 
@@ -69,10 +63,10 @@ def test_attack_properties(attack: str, norm: str, in_chans: int) -> None:
     modes = {name: m.training for name, m in net.named_modules()}
     x = torch.rand(8, in_chans, 16, 16)
     y = torch.arange(8) % num_classes
-    spec = AttackSpec(attack, norm, EPS[norm], steps=5)
+    spec = AttackSpec(attack, Threat(norm, EPS[norm]), steps=5)
     fn = build_attack(spec, "multiclass", num_classes, autoattack_steps=5, square_queries=20)
     x_adv = fn(net, x, y)
-    dist = threat_model(norm, EPS[norm]).distance(x_adv, x)
+    dist = Threat(norm, EPS[norm]).ball().distance(x_adv, x)
     assert (dist <= EPS[norm] + 1e-5).all()
     assert x_adv.min() >= 0 and x_adv.max() <= 1 and x_adv.shape == x.shape
     assert {name: m.training for name, m in net.named_modules()} == modes  # train stays train, eval stays eval
@@ -108,11 +102,17 @@ def test_attacks_work_inside_inference_mode() -> None:
 
 def test_parse_and_label_eps() -> None:
     assert parse_eps("8/255") == pytest.approx(8 / 255) and parse_eps(0.5) == 0.5 and parse_eps("0.25") == 0.25
-    assert threat_label("linf", 8 / 255) == "linf_8_255" and threat_label("l2", 0.5) == "l2_0.5"
-    with pytest.raises(ValueError, match="fraction like"):
-        parse_eps("8//255")
+    assert Threat("linf", 8 / 255).label == "linf_8_255" and Threat("l2", 0.5).label == "l2_0.5"
+    assert (
+        Threat.parse("linf", "8/255") == Threat("linf", 8 / 255) and str(Threat.parse("linf", "8/255")) == "L-inf 8/255"
+    )
+    for bad, match in [("8//255", "fraction like"), ("-1/255", ">= 0"), ("nan", ">= 0"), (True, "not a number")]:
+        with pytest.raises(ValueError, match=match):
+            parse_eps(bad)
     with pytest.raises(ValueError, match="Unknown norm"):
-        threat_model("l1", 0.1)
+        Threat("l1", 0.1)
+    with pytest.raises(ValueError, match="not a threat label"):
+        Threat.from_label("linf")
 
 
 def test_autoattack_components_follow_class_count() -> None:
@@ -124,7 +124,9 @@ def test_autoattack_components_follow_class_count() -> None:
 def test_autoattack_on_three_classes() -> None:
     net = trained_net(1, 3)
     x, y = torch.rand(6, 1, 16, 16), torch.arange(6) % 3
-    fn = build_attack(AttackSpec("autoattack", "linf", 8 / 255), "multiclass", 3, autoattack_steps=3, square_queries=5)
+    fn = build_attack(
+        AttackSpec("autoattack", Threat("linf", 8 / 255)), "multiclass", 3, autoattack_steps=3, square_queries=5
+    )
     assert (fn(net, x, y) - x).abs().max() <= 8 / 255 + 1e-6
 
 
@@ -132,11 +134,11 @@ def test_multilabel_pgd_uses_bce() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(16 * 16, 5))
     x, y = torch.rand(4, 1, 16, 16), (torch.rand(4, 5) > 0.5).float()
-    x_adv = build_attack(AttackSpec("pgd", "linf", 8 / 255, 5), "multilabel", 5)(net, x, y)
+    x_adv = build_attack(AttackSpec("pgd", Threat("linf", 8 / 255), 5), "multilabel", 5)(net, x, y)
     bce = lambda z: F.binary_cross_entropy_with_logits(net(z), y)  # noqa: E731
     assert bce(x_adv) > bce(x)
     with pytest.raises(ValueError, match="multi-label task can be attacked with fgsm and pgd"):
-        build_attack(AttackSpec("autoattack", "linf", 8 / 255), "multilabel", 5)
+        build_attack(AttackSpec("autoattack", Threat("linf", 8 / 255)), "multilabel", 5)
 
 
 # ------------------------------------------------------------------------------ agreement with torchattacks
@@ -167,7 +169,7 @@ def test_pgd_l2_matches_torchattacks() -> None:
 def test_fgsm_matches_torchattacks() -> None:
     net = trained_net(1, 2).eval()
     x, y = torch.rand(16, 1, 16, 16), torch.arange(16) % 2
-    ours = build_attack(AttackSpec("fgsm", "linf", 4 / 255), "multiclass", 2)
+    ours = build_attack(AttackSpec("fgsm", Threat("linf", 4 / 255)), "multiclass", 2)
     _same_start(ours, torchattacks.FGSM(net, eps=4 / 255), net, x, y)
 
 
@@ -207,12 +209,14 @@ def test_trades_inner_loss_is_zero_at_the_clean_input_on_a_batchnorm_network() -
 
 def test_threat_labels_say_what_the_budget_is() -> None:
     """Issue 9.13: L2 budgets are plain lengths, never /255 fractions; labels round-trip."""
-    assert threat_label("l2", 1.0) == "l2_1" and threat_label("l2", 2 / 255) == f"l2_{2 / 255:g}"
-    assert threat_label("linf", 1.0) == "linf_255_255" and threat_label("linf", 0.1) == "linf_0.1"
+    assert Threat("l2", 1.0).label == "l2_1" and Threat("l2", 2 / 255).label == f"l2_{2 / 255:g}"
+    assert Threat("linf", 1.0).label == "linf_255_255" and Threat("linf", 0.1).label == "linf_0.1"
     for norm, eps in [("linf", 8 / 255), ("linf", 0.1), ("l2", 0.5), ("l2", 1.0)]:
-        assert parse_threat_label(threat_label(norm, eps)) == pytest.approx((norm, eps))
-    assert AttackSpec("pgd", "l2", 1.0, 20).label == "pgd20/l2_1"
-    assert AttackSpec("pgd", "linf", 8 / 255, 20, restarts=5).label == "pgd20_r5/linf_8_255"
+        back = Threat.from_label(Threat(norm, eps).label)
+        assert back.norm == norm and back.eps == pytest.approx(eps)
+    assert sorted([Threat("linf", 8 / 255), Threat("l2", 0.5), Threat("linf", 1 / 255)])[0] == Threat("l2", 0.5)
+    assert AttackSpec("pgd", Threat("l2", 1.0), 20).label == "pgd20/l2_1"
+    assert AttackSpec("pgd", Threat("linf", 8 / 255), 20, restarts=5).label == "pgd20_r5/linf_8_255"
 
 
 class BucketNet(nn.Module):

@@ -8,7 +8,8 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from medrobust.lightning_modules.metrics.confusion import balanced_accuracy, confusion_counts
-from medrobust.lightning_modules.metrics.metric_names import metric_name
+from medrobust.lightning_modules.metrics.metric_names import SCHEMA, build_name, metric_name, parse_name
+from medrobust.lightning_modules.metrics.summary import summary_metrics
 from medrobust.lightning_modules.metrics.task_metrics import BalancedAccuracy, classification_metrics
 from medrobust.lightning_modules.nets.normalize import Normalize
 from medrobust.lightning_modules.nets.normalized_classifier import NormalizedClassifier
@@ -106,3 +107,59 @@ def test_metric_names_survive_mlflow() -> None:
     assert metric_name("test", "adv", "linf_0.0078", "acc") == "test/adv/linf_0.0078/acc"
     with pytest.raises(ValueError, match="MLflow would strip"):
         metric_name("test", "eps=8/255")
+
+
+def test_every_schema_family_builds_and_parses_back() -> None:
+    """Issue 23.4: one template per family of names that are read back; build and parse are inverses."""
+    examples = {
+        "adv_worst": {"threat": "linf_8_255", "stat": "acc"},
+        "adv_distance": {"attack": "jsma", "norm": "l0", "stat": "median"},
+        "adv_attack": {"attack": "pgd20_r5", "threat": "l2_0.5", "stat": "bal_acc"},
+        "shortcut": {"split": "flipped", "stat": "dtpr"},
+        "detect": {"detector": "mahalanobis", "target": "pgd_linf_8_255", "stat": "tnr_at_tpr95"},
+        "shift_corruption_mean": {"corruption": "gaussian_noise", "stat": "auroc"},
+        "saliency": {"where": "shortcut/aligned/", "method": "integrated_gradients", "stat": "iou"},
+        "summary_adv": {"stat": "top_pred_share", "threat": "linf_1_255"},
+        "summary_adv_distance": {"norm": "l2", "attack": "deepfool"},
+        "summary_shortcut": {"stat": "auroc", "split": "absent"},
+        "summary_detect": {"stat": "auroc", "detector": "msp", "target": "ood_breastmnist"},
+        "summary_saliency": {"stat": "energy", "method": "gradient", "split": "/shortcut_aligned"},
+    }
+    assert set(examples) == set(SCHEMA)
+    for family, fields in examples.items():
+        assert parse_name(build_name(family, **fields)) == (family, fields)
+    assert parse_name("test/adv/worst/linf_8_255/acc")[0] == "adv_worst"  # not an attack named "worst"
+    assert parse_name("val/auroc") is None
+    with pytest.raises(ValueError, match="would not parse back"):
+        build_name("adv_attack", attack="worst", threat="linf_8_255", stat="acc")
+
+
+def test_summary_names_are_derived_through_the_schema() -> None:
+    metrics = {
+        "test/acc": 0.9,
+        "test/adv/worst/linf_8_255/acc": 0.5,
+        "test/adv/worst/linf_8_255/n": 64,
+        "test/adv/pgd20/linf_8_255/acc": 0.6,
+        "test/adv/deepfool/l2_dist/median": 0.3,
+        "test/adv/jsma/l0_dist/median": 0.02,
+        "test/shortcut/flipped/auroc": 0.7,
+        "test/saliency/gradient/energy": 0.4,
+        "test/shortcut/aligned/saliency/gradient/iou": 0.1,
+        "test/detect/msp/ood_breastmnist/auroc": 0.8,
+        "test/shift/gaussian_noise/mean/auroc": 0.6,
+        "test/shift/blur/mean/auroc": 0.8,
+    }
+    assert summary_metrics(metrics) == pytest.approx(
+        {
+            "summary/adv_acc/linf_8_255": 0.5,
+            "summary/adv_n/linf_8_255": 64.0,
+            "summary/adv_dist/l2/deepfool": 0.3,
+            "summary/adv_dist/l0/jsma": 0.02,
+            "summary/clean_acc": 0.9,
+            "summary/detect_auroc/msp/ood_breastmnist": 0.8,
+            "summary/saliency_energy/gradient": 0.4,
+            "summary/saliency_iou/gradient/shortcut_aligned": 0.1,
+            "summary/shift_auroc": 0.7,
+            "summary/shortcut_auroc/flipped": 0.7,
+        }
+    )

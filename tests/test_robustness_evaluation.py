@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 from conftest import quiet_trainer, write_medmnist_npz
+from lightning.pytorch.loggers import CSVLogger
 from mlflow import MlflowClient
 from test_cli import QUICKSTART, TINY, medrobust, runs
 
@@ -88,9 +89,19 @@ def test_max_samples(tmp_path, trained) -> None:
         autoattack_max_samples=10,
         sanity_checks=False,
     )
-    quiet_trainer(tmp_path, callbacks=[callback]).test(model, dm, verbose=False)
+    logger = CSVLogger(tmp_path / "csv", name="robust")
+    quiet_trainer(tmp_path, callbacks=[callback], logger=logger).test(model, dm, verbose=False)
     n = {r["key"]: r["n"] for r in callback.report["results"]}
     assert n == {"clean": 20, "pgd2/linf_8_255": 20, "autoattack/linf_8_255": 10, "worst/linf_8_255": 10}
+    # Issue 23.3: under a logger other than MLflow, the report and figures land in its log dir, tags and settings too.
+    folder = Path(logger.log_dir)
+    assert json.loads((folder / "robustness.json").read_text())["results"] == json.loads(
+        json.dumps(callback.report["results"])
+    )
+    assert (folder / "plots" / "robustness.png").stat().st_size > 1000
+    assert json.loads((folder / "tags.json").read_text())["robustness.near_constant"]
+    assert "robustness.max_samples" in (folder / "hparams.yaml").read_text()
+    assert "test/adv/worst/linf_8_255/acc" in (folder / "metrics.csv").read_text()
 
 
 def test_worst_case_is_per_sample_over_the_same_samples() -> None:
@@ -157,6 +168,9 @@ ROBUST = {
                     "l2_eps": [0.5],
                     "pgd_steps": 5,
                     "sanity_checks": False,
+                    # one global budget: the first 37 and 21 test images by index, on 1 process and on 2
+                    "max_samples": 37,
+                    "distance_max_samples": 21,
                 },
             }
         ]
@@ -165,10 +179,10 @@ ROBUST = {
 
 
 def test_medrobust_test_on_a_checkpoint_single_and_ddp(tmp_path, monkeypatch) -> None:
-    """`medrobust test --ckpt_path` runs the report; 2 DDP processes (gloo) give exactly the single-process numbers.
-
-    61 test samples do not split evenly over 2 processes: a padding sampler would count one twice.
-    """
+    """`medrobust test --ckpt_path` runs the report; 2 DDP processes (gloo) give exactly the single-process numbers,
+    on the same images: the sample budgets are global (the first 37 of 61 test images by index; 21 for distances),
+    where a per-process budget would attack 37 on each process. 61 test samples do not split evenly over 2 processes:
+    a padding sampler would count one twice."""
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -210,7 +224,7 @@ def test_medrobust_test_on_a_checkpoint_single_and_ddp(tmp_path, monkeypatch) ->
     reports = [
         json.loads(Path(client.download_artifacts(r.info.run_id, "robustness.json")).read_text()) for r in test_runs
     ]
-    assert all(r["n"] == 61 for report in reports for r in report["results"])  # every sample once, none twice
+    assert all(r["n"] == 37 for report in reports for r in report["results"])  # the budget's samples, each once
     deepfool = [report["distances"]["deepfool"] for report in reports]
-    assert all(len(d["values"]) + d["misclassified"] == 61 for d in deepfool)
+    assert all(len(d["values"]) + d["misclassified"] == 21 for d in deepfool)
     assert deepfool[0]["values"] == pytest.approx(deepfool[1]["values"])

@@ -500,7 +500,7 @@ def test_report_on_an_experiment_of_runs_made_without_a_sweep(tmp_path) -> None:
     """`medrobust report <experiment>`: runs named alike are one point, their seeds averaged; parents are left out.
     Issue 9.23: the report reads the runs and writes only into its own report run."""
     from medrobust.experiments.reporting.report import report_target
-    from medrobust.experiments.reporting.tradeoff import log_report
+    from medrobust.experiments.reporting.tradeoff_record import log_report
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.create_experiment("study", artifact_location=str(tmp_path / "artifacts"))

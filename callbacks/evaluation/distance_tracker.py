@@ -9,13 +9,14 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 
 from medrobust.callbacks.evaluation.outputs import gather_rows
+from medrobust.callbacks.evaluation.sample_ids import within
 from medrobust.lightning_modules.attacks.min_distance import (
     DISTANCE_ATTACKS,
     DistanceSettings,
     distance_summary,
     minimal_distances,
 )
-from medrobust.lightning_modules.metrics.metric_names import metric_name
+from medrobust.lightning_modules.metrics.metric_names import build_name
 from medrobust.utilities.errors import InputError
 
 STATS = ("median", "q25", "q75", "fooled", "n")
@@ -27,7 +28,8 @@ class DistanceTracker:
     Args:
         attacks: any of :data:`DISTANCE_ATTACKS`; ``None``: ``deepfool`` for single-label tasks, none for multi-label.
         settings: the searches' settings.
-        max_samples: measure at most this many test samples per process (``None``: every sample the caller passes).
+        max_samples: measure the first this many test samples of the split, by index (``None``: every sample the
+            caller passes).
     """
 
     def __init__(self, attacks: list[str] | None, settings: DistanceSettings | None, max_samples: int | None) -> None:
@@ -51,10 +53,10 @@ class DistanceTracker:
         self._values = {attack: [] for attack in self.attacks}
 
     def measure(
-        self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, first: int, num_classes: int
+        self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, num_classes: int
     ) -> dict[str, float]:
-        """Distances of the batch ``x`` whose first sample is the process's ``first``-th; seconds spent per attack."""
-        k = len(x) if self.max_samples is None else max(0, min(len(x), self.max_samples - first))
+        """Distances of the batch ``x``, whose samples have the global ``ids``; seconds spent per attack."""
+        k = within(ids, self.max_samples)
         seconds = {}
         for attack in self._values if k > 0 else ():
             start = time.perf_counter()
@@ -70,7 +72,7 @@ class DistanceTracker:
             norm = DISTANCE_ATTACKS[attack]
             stats = distance_summary(values)
             for name in STATS:
-                pl_module.log(metric_name("test", "adv", attack, f"{norm}_dist", name), float(stats[name]))
+                pl_module.log(build_name("adv_distance", attack=attack, norm=norm, stat=name), float(stats[name]))
             kept = values[~values.isnan()]
             report[attack] = {"norm": norm, **stats, "values": sorted(kept.tolist())}
             report[attack]["misclassified"] = len(values) - len(kept)

@@ -69,7 +69,7 @@ def robustness_figure(results: list[dict]) -> Figure:
             rows = sorted((r for r in results if r["norm"] == norm and r["attack"] == attack), key=lambda r: r["eps"])
             eps = [0.0] + [r["eps"] for r in rows] if clean is not None else [r["eps"] for r in rows]
             acc = [clean] + [r["acc"] for r in rows] if clean is not None else [r["acc"] for r in rows]
-            label = rows[0]["key"].split("/")[0]
+            label = attack
             counts = {r.get("n") for r in rows} - {None}
             if counts:  # an attack run on fewer samples (AutoAttack under max_samples) is not on the same footing
                 label += f" (n={'/'.join(str(c) for c in sorted(counts))})"

@@ -29,7 +29,7 @@ from medrobust.datamodules.remote import fetch_dataset
 from medrobust.datamodules.tensor_dataset import TensorImageDataset
 from medrobust.experiments.construction.construct_chunks import ChunkStore
 from medrobust.experiments.construction.construct_record import record
-from medrobust.lightning_modules.attacks.threat_model import NORMS, threat_model
+from medrobust.lightning_modules.attacks.threat import NORMS, Threat
 from medrobust.lightning_modules.features import feature_datasets as fd
 from medrobust.lightning_modules.features.teacher import Teacher, load_teacher
 from medrobust.utilities.errors import InputError
@@ -123,7 +123,7 @@ def build_chunk(net: torch.nn.Module, settings: Settings, images: torch.Tensor, 
     index, targets = todo["index"][sl], todo["targets"][sl]
     x = images[index]
     if fd.is_attack(settings.kind):
-        threat = threat_model(settings.norm, settings.eps or 0.0)
+        threat = Threat(settings.norm, settings.eps or 0.0).ball()
         x_new = fd.targeted_pgd(net, x, targets, threat, settings.steps, settings.step)
         out = fd.quantize_within(x, x_new, threat)
     else:

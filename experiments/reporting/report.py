@@ -12,7 +12,8 @@ import json
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from medrobust.experiments.reporting.tradeoff import METRICS, TAG_AXES, RunRow, format_table, log_report, row_from_run
+from medrobust.experiments.reporting.tradeoff import METRICS, TAG_AXES, RunRow, format_table, row_from_run
+from medrobust.experiments.reporting.tradeoff_record import log_report
 from medrobust.experiments.sweeping.sweep_spec import SweepError
 from medrobust.experiments.sweeping.sweep_store import child_runs, report_run, tested_runs
 from medrobust.experiments.tracking.mlflow_logger import resolve_tracking_uri

@@ -1,7 +1,8 @@
 """Accuracy-robustness trade-off across MLflow runs: seed aggregation, Pareto fronts and the ``tradeoff.json`` table,
 rebuilt from what runs recorded (their ``summary/*`` metrics, :mod:`medrobust.lightning_modules.metrics.summary`).
 
-Reading only: nothing here writes into the runs it aggregates; :func:`log_report` writes into the one run given.
+Reading only: nothing here writes into any run; :mod:`~medrobust.experiments.reporting.tradeoff_record` writes a
+report into the one run given, with the figures of :mod:`~medrobust.experiments.reporting.tradeoff_figures`.
 
 The trade-off compares a metric chosen by name: ``acc``, ``bal_acc``, or ``auto``, which is balanced accuracy when a
 run's test labels are imbalanced (largest class over smallest of at least :data:`IMBALANCE_RATIO`) and accuracy
@@ -18,14 +19,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
-
-from medrobust.lightning_modules.attacks.threat_model import parse_eps, parse_threat_label
+from medrobust.lightning_modules.attacks.threat import Threat, parse_eps
+from medrobust.lightning_modules.metrics.metric_names import parse_name
 from medrobust.lightning_modules.metrics.summary import SUMMARY, summary_metrics
 from medrobust.utilities.errors import InputError
 
@@ -93,9 +88,10 @@ class RunRow:
     def near_constant(self) -> list[str]:
         """Where one class gets at least :data:`CONSTANT_SHARE` of the predictions: ``clean``, or a threat."""
         shares = {"clean": self.summary.get(SUMMARY + "clean_top_pred_share")}
-        shares |= {
-            k.split("/", 2)[2]: v for k, v in self.summary.items() if k.startswith(f"{SUMMARY}adv_top_pred_share/")
-        }
+        for key, value in self.summary.items():
+            parsed = parse_name(key)
+            if parsed and parsed[0] == "summary_adv" and parsed[1]["stat"] == "top_pred_share":
+                shares[parsed[1]["threat"]] = value
         return [where for where, share in shares.items() if share is not None and share >= CONSTANT_SHARE]
 
     @property
@@ -190,8 +186,13 @@ def paired_stats(groups: Sequence[Group], xkey: str, ykey: str) -> list[tuple[Gr
 
 def adv_threats(rows: Sequence[RunRow], kind: str = "acc") -> list[str]:
     """The threats (``linf_8_255``) some run has a worst-case ``kind`` summary for, ordered by norm and eps."""
-    threats = {k.split("/", 2)[2] for r in rows for k in r.summary if k.startswith(f"{SUMMARY}adv_{kind}/")}
-    return sorted(threats, key=parse_threat_label)
+    threats = set()
+    for row in rows:
+        for key in row.summary:
+            parsed = parse_name(key)
+            if parsed and parsed[0] == "summary_adv" and parsed[1]["stat"] == kind:
+                threats.add(parsed[1]["threat"])
+    return sorted(threats, key=Threat.from_label)
 
 
 # --------------------------------------------------------------------------------------------------- report
@@ -227,55 +228,17 @@ def build_report(rows: Sequence[RunRow], axes: Sequence[str] = (), metric: str =
     }
 
 
-def log_report(
-    client: MlflowClient, run_id: str, rows: Sequence[RunRow], axes: Sequence[str] = (), metric: str = "auto"
-) -> dict:
-    """Write ``tradeoff.json``, the ``tradeoff_table.json`` MLflow table and the figures into ``run_id`` (only)."""
-    import pandas as pd
-
-    from medrobust.experiments.reporting.tradeoff_figures import shift_figure, sweep_curves_figure, tradeoff_figure
-
-    report = build_report(rows, axes, metric)
-    chosen = report["metric"]
-    client.log_dict(run_id, report, "tradeoff.json")
-    client.set_tag(run_id, "tradeoff.metric", chosen)
-    if report["runs"]:
-        # MLflow's table format, written whole: client.log_table would append to the previous report's rows.
-        table = pd.DataFrame([{k: v for k, v in r.items() if k != "values"} for r in report["runs"]])
-        client.log_text(run_id, table.to_json(orient="split", index=False), TABLE)
-        logged = json.loads(client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
-        if {"path": TABLE, "type": "table"} not in logged:
-            logged.append({"path": TABLE, "type": "table"})
-            client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps(logged))
-    groups = group_rows(rows)
-    threats = adv_threats(rows, chosen)
-    figures = {}
-    if threats:
-        figures["plots/tradeoff_adversarial.png"] = tradeoff_figure(groups, threats, chosen)
-    if any(SUMMARY + "shift_bal_acc" in r.summary for r in rows):
-        figures["plots/tradeoff_shift.png"] = shift_figure(groups)
-    numeric_axes = [
-        a for a in axes if not is_seed_key(a) and all(numeric_value(g.values.get(a)) is not None for g in groups)
-    ]
-    if numeric_axes:
-        fig = sweep_curves_figure(groups, numeric_axes[0], threats, chosen)
-        if fig is not None:
-            figures["plots/sweep_curves.png"] = fig
-    for path, fig in figures.items():
-        client.log_figure(run_id, fig, path)
-        plt.close(fig)
-    return report
-
-
 def format_table(report: dict[str, Any]) -> str:
     """The groups as a Markdown table: mean +- std over seeds for the headline metrics, and the flags."""
     metric = report.get("metric", "acc")
     cols = ["clean_acc", "clean_bal_acc", "clean_auroc"]
-    prefix = f"adv_{metric}/"
-    threats = {
-        k.removesuffix("/mean") for g in report["groups"] for k in g if k.startswith(prefix) and k.endswith("/mean")
-    }
-    cols += sorted(threats, key=lambda k: parse_threat_label(k.split("/")[1])[::-1])
+    threats = set()
+    for group in report["groups"]:
+        for key in group:
+            parsed = parse_name(SUMMARY + key.removesuffix("/mean")) if key.endswith("/mean") else None
+            if parsed and parsed[0] == "summary_adv" and parsed[1]["stat"] == metric:
+                threats.add(Threat.from_label(parsed[1]["threat"]))
+    cols += [f"adv_{metric}/{t.label}" for t in sorted(threats, key=lambda t: (t.eps, t.norm))]
     cols += ["shift_bal_acc"]
     cols = [c for c in cols if any(f"{c}/mean" in g for g in report["groups"])]
     lines = ["| point | n | " + " | ".join(cols) + " | flags |", "|---|---|" + "---|" * (len(cols) + 1)]

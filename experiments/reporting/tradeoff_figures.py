@@ -19,7 +19,7 @@ from medrobust.experiments.reporting.tradeoff import (
     paired_stats,
     pareto_front,
 )
-from medrobust.lightning_modules.attacks.threat_model import parse_threat_label
+from medrobust.lightning_modules.attacks.threat import Threat
 from medrobust.lightning_modules.metrics.summary import SUMMARY
 
 
@@ -62,8 +62,6 @@ def tradeoff_figure(groups: Sequence[Group], threats: Sequence[str], metric: str
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.0 * rows), squeeze=False)
     name = METRIC_NAMES[metric]
     for ax, threat in zip(axes.flat, threats, strict=False):
-        norm, eps = parse_threat_label(threat)
-        budget = f"{round(eps * 255)}/255" if threat.endswith("_255") else f"{eps:g}"
         _scatter_panel(
             ax,
             groups,
@@ -72,7 +70,7 @@ def tradeoff_figure(groups: Sequence[Group], threats: Sequence[str], metric: str
             f"clean {name}",
             f"worst-case adversarial {name}",
         )
-        ax.set_title(f"{norm.upper()} eps = {budget}", fontsize=10)
+        ax.set_title(f"eps: {Threat.from_label(threat)}", fontsize=10)
     for ax in list(axes.flat)[len(threats) :]:
         ax.set_visible(False)
     fig.suptitle(f"Accuracy-robustness trade-off by {name} (worst case over attacks per sample; bars: std over seeds)")

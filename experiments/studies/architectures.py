@@ -31,14 +31,21 @@ from mlflow import MlflowClient
 from medrobust.experiments.studies.study_runs import open_store, parent_run, publish, study_parser
 from medrobust.experiments.sweeping.sweep import sweep_main
 from medrobust.experiments.sweeping.sweep_store import child_runs
+from medrobust.lightning_modules.attacks.threat import Threat
+from medrobust.lightning_modules.metrics.metric_names import build_name
+
+
+def _linf(k: int) -> str:
+    return Threat("linf", k / 255).label
+
 
 SWEEP = Path(__file__).resolve().parents[1] / "sweeps" / "architectures_cpu.yaml"
 COLUMNS = {
     "acc": "test/acc",
     "auroc": "test/auroc",
-    **{f"fgsm_{k}": f"test/adv/fgsm/linf_{k}_255/acc" for k in (1, 2, 4)},
-    **{f"pgd_{k}": f"test/adv/pgd10/linf_{k}_255/acc" for k in (1, 2, 4)},
-    **{f"worst_{k}": f"summary/adv_acc/linf_{k}_255" for k in (1, 2, 4)},
+    **{f"fgsm_{k}": build_name("adv_attack", attack="fgsm", threat=_linf(k), stat="acc") for k in (1, 2, 4)},
+    **{f"pgd_{k}": build_name("adv_attack", attack="pgd10", threat=_linf(k), stat="acc") for k in (1, 2, 4)},
+    **{f"worst_{k}": build_name("summary_adv", stat="acc", threat=_linf(k)) for k in (1, 2, 4)},
     "deepfool_l2": "test/adv/deepfool/l2_dist/median",
     "deepfool_fooled": "test/adv/deepfool/l2_dist/fooled",
     "jsma_l0": "test/adv/jsma/l0_dist/median",

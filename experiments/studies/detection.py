@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from medrobust.experiments.studies.study_runs import open_store, parent_run, publish, study_parser
 from medrobust.experiments.sweeping.sweep import sweep_main
 from medrobust.experiments.sweeping.sweep_store import child_runs
-from medrobust.lightning_modules.attacks.threat_model import parse_eps
+from medrobust.lightning_modules.attacks.threat import parse_eps
 from medrobust.lightning_modules.detection import DETECTORS
 
 ROOT = Path(__file__).resolve().parents[1]

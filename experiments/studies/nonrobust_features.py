@@ -33,7 +33,7 @@ from medrobust.experiments.construction.construct import run_construct
 from medrobust.experiments.studies.study_runs import open_store, parent_run, publish, study_parser
 from medrobust.experiments.sweeping.sweep import sweep_main
 from medrobust.experiments.sweeping.sweep_store import child_runs, find_parent
-from medrobust.lightning_modules.attacks.threat_model import parse_eps
+from medrobust.lightning_modules.attacks.threat import parse_eps
 from medrobust.utilities.mlflow_source import newest_finished
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,6 +15,8 @@ from collections import defaultdict
 from mlflow import MlflowClient
 
 from medrobust.experiments.tracking.mlflow_logger import resolve_tracking_uri
+from medrobust.lightning_modules.attacks.threat import Threat
+from medrobust.lightning_modules.metrics.metric_names import parse_name
 
 
 def main() -> None:
@@ -32,15 +34,13 @@ def main() -> None:
     for run in runs:
         groups[re.sub(r"_seed\d+$", "", run.info.run_name)].append(run)
     attacks = args.attacks.split(",")
-    adv_keys = sorted(
-        {
-            k
-            for run in runs
-            for k in run.data.metrics
-            if k.startswith("test/adv/") and k.endswith("/acc") and k.split("/")[2] in attacks
-        },
-        key=lambda k: (k.split("/")[2], float(k.split("/")[3].split("_")[1]) / 255 if "_255" in k else 0.0),
-    )
+    adv = {}
+    for run in runs:
+        for key in run.data.metrics:
+            parsed = parse_name(key)
+            if parsed and parsed[0] == "adv_attack" and parsed[1]["stat"] == "acc" and parsed[1]["attack"] in attacks:
+                adv[key] = (parsed[1]["attack"], Threat.from_label(parsed[1]["threat"]))
+    adv_keys = sorted(adv, key=adv.get)
     columns = ["test/acc", "test/bal_acc", "test/auroc", *adv_keys]
     short = [c.replace("test/adv/", "").replace("/acc", "").replace("test/", "") for c in columns]
     print("| run | seeds | " + " | ".join(short) + " |")

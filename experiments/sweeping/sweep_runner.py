@@ -36,9 +36,9 @@ from medrobust.experiments.reporting.tradeoff import (
     TAG_VALUES,
     display_value,
     format_table,
-    log_report,
     row_from_run,
 )
+from medrobust.experiments.reporting.tradeoff_record import log_report
 from medrobust.experiments.sweeping.sweep_spec import Point, SweepError, SweepSpec
 from medrobust.experiments.sweeping.sweep_store import child_runs, find_parent
 from medrobust.experiments.tracking.mlflow_logger import ensure_experiment, experiment_url, resolve_tracking_uri

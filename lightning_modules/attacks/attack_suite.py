@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from medrobust.lightning_modules.attacks.pgd import PGD
-from medrobust.lightning_modules.attacks.threat_model import threat_label, threat_model
+from medrobust.lightning_modules.attacks.threat import Threat
 from medrobust.lightning_modules.losses import attack_loss
 from medrobust.lightning_modules.nets.modes import attack_mode
 from medrobust.utilities.errors import InputError
@@ -39,13 +39,20 @@ def check_attacks(attacks: list[str], task: str) -> None:
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """One point of a robustness curve: an attack at a norm and budget."""
+    """One point of a robustness curve: an attack at a threat (norm and budget)."""
 
     attack: str
-    norm: str
-    eps: float
+    threat: Threat
     steps: int = 0
     restarts: int = 1
+
+    @property
+    def norm(self) -> str:
+        return self.threat.norm
+
+    @property
+    def eps(self) -> float:
+        return self.threat.eps
 
     @property
     def name(self) -> str:
@@ -55,14 +62,9 @@ class AttackSpec:
         return f"pgd{self.steps}" + (f"_r{self.restarts}" if self.restarts > 1 else "")
 
     @property
-    def threat(self) -> str:
-        """``linf_8_255``, ``l2_0.5``: see :func:`threat_label`."""
-        return threat_label(self.norm, self.eps)
-
-    @property
     def label(self) -> str:
         """``pgd20/linf_8_255``: used in metric names and the report."""
-        return f"{self.name}/{self.threat}"
+        return f"{self.name}/{self.threat.label}"
 
 
 def autoattack_components(num_classes: int) -> list[str]:
@@ -95,7 +97,7 @@ def build_attack(
     """
     check_attacks([spec.attack], task)
     loss_fn = attack_loss(task)
-    threat = threat_model(spec.norm, spec.eps)
+    threat = spec.threat.ball()
     if spec.attack == "fgsm":
         pgd = PGD(threat, steps=1, alpha=spec.eps, random_start=False, loss_fn=loss_fn, task=task)
         return lambda net, x, y: pgd.perturb(net, x, y)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from medrobust.lightning_modules.attacks.attack_suite import AttackSpec, build_attack
+from medrobust.lightning_modules.attacks.threat import Threat
 from medrobust.lightning_modules.losses import attack_loss
 from medrobust.lightning_modules.metrics.confusion import errors
 from medrobust.lightning_modules.nets.modes import attack_mode, eval_mode
@@ -45,7 +46,7 @@ def black_box_check(
 ) -> dict[str, Any]:
     """A black-box Square attack must not beat white-box PGD at L-inf ``eps`` (by more than 5 points of accuracy)."""
     acc = {}
-    for spec in (AttackSpec("pgd", "linf", eps, pgd_steps), AttackSpec("square", "linf", eps)):
+    for spec in (AttackSpec("pgd", Threat("linf", eps), pgd_steps), AttackSpec("square", Threat("linf", eps))):
         x_adv = build_attack(spec, "multiclass", num_classes, square_queries=queries, seed=seed)(net, x, y)
         with eval_mode(net):
             acc[spec.attack] = 1 - float(errors(net(x_adv), y, "multiclass").float().mean())

@@ -1,4 +1,6 @@
-"""Threat models: the set of allowed perturbations, as objects with ``random_init``, ``step`` and ``project``.
+"""Norm balls: the set of allowed perturbations, as objects with ``random_init``, ``step`` and ``project``.
+
+A budget itself is a :class:`~medrobust.lightning_modules.attacks.threat.Threat`; ``threat.ball()`` builds its ball.
 
 Budgets are in pixel units of images in [0, 1] (normalisation lives inside the model). Following MadryLab's
 robustness library, each norm owns how to start, how to take a gradient step and how to project back.
@@ -10,50 +12,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from medrobust.utilities.errors import InputError
-
-NORMS = ("linf", "l2")
-
-
-def parse_eps(eps: float | str) -> float:
-    """A budget as a float: ``0.0313``, ``"8/255"`` or ``"0.5"`` (no ``eval``)."""
-    if isinstance(eps, int | float):
-        value = float(eps)
-    else:
-        text = eps.strip()
-        try:
-            if "/" in text:
-                num, den = text.split("/")
-                value = float(num) / float(den)
-            else:
-                value = float(text)
-        except (ValueError, ZeroDivisionError) as err:
-            raise InputError(f"eps {eps!r} is neither a number nor a fraction like '8/255'") from err
-    if value < 0:
-        raise InputError(f"eps must be >= 0, got {eps!r}")
-    return value
-
-
-def threat_label(norm: str, eps: float) -> str:
-    """A metric-name-safe name that says what the budget is: ``linf_8_255`` (8/255), ``linf_0.1``, ``l2_0.5``, ``l2_1``.
-
-    Only L-inf budgets are written as fractions of 255, and only when they are a whole number of grey levels; an L2
-    budget is a length in pixel units and is always written as the number itself.
-    """
-    if norm not in NORMS:
-        raise InputError(f"Unknown norm {norm!r}; valid: {NORMS}")
-    k = eps * 255
-    if norm == "linf" and eps > 0 and abs(k - round(k)) < 1e-6:
-        return f"linf_{round(k)}_255"
-    return f"{norm}_{eps:g}"
-
-
-def parse_threat_label(label: str) -> tuple[str, float]:
-    """The inverse of :func:`threat_label`: ``"linf_8_255"`` -> ``("linf", 8/255)``, ``"l2_0.5"`` -> ``("l2", 0.5)``."""
-    norm, _, eps = label.partition("_")
-    if norm not in NORMS:
-        raise InputError(f"{label!r} is not a threat label such as 'linf_8_255' or 'l2_0.5'")
-    return norm, parse_eps(eps.replace("_", "/"))
+from medrobust.lightning_modules.attacks.threat import parse_eps
 
 
 class ThreatModel(ABC):
@@ -131,12 +90,3 @@ class L2Threat(ThreatModel):
 
     def distance(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return (x_adv - x).flatten(1).norm(dim=1)
-
-
-def threat_model(norm: str, eps: float | str) -> ThreatModel:
-    """``"linf"`` or ``"l2"`` ball of radius ``eps``."""
-    if norm == "linf":
-        return LinfThreat(eps)
-    if norm == "l2":
-        return L2Threat(eps)
-    raise InputError(f"Unknown norm {norm!r}; valid: {NORMS}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medrobust.lightning_modules.attacks.threat_model import parse_eps, threat_label
+from medrobust.lightning_modules.attacks.threat import Threat, parse_eps
 from medrobust.utilities.errors import InputError
 
 ATTACK_KINDS = ("fgsm", "pgd", "adaptive")
@@ -37,7 +37,7 @@ class Target:
         if self.kind == "split":
             return self.split.removeprefix("shift/").replace("/", "_")
         name = self.kind if self.kind == "fgsm" else f"{self.kind}{self.steps}"
-        return f"{name}_{threat_label('linf', self.eps)}"
+        return f"{name}_{Threat('linf', self.eps).label}"
 
     @property
     def adversarial(self) -> bool:

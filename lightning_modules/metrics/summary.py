@@ -29,6 +29,7 @@ from __future__ import annotations
 import statistics
 
 from medrobust.lightning_modules.detection.metrics import DETECTORS
+from medrobust.lightning_modules.metrics.metric_names import build_name, parse_name
 
 SUMMARY = "summary/"
 CLEAN = {
@@ -39,10 +40,10 @@ CLEAN = {
     "test/class_ratio": "test_class_ratio",
 }
 SHIFT = {"test/shift/mean/bal_acc": "shift_bal_acc", "test/shift/be": "shift_be", "test/shift/rbe": "shift_rbe"}
-SHORTCUT = {"auroc": "shortcut_auroc", "bal_acc": "shortcut_bal_acc", "dtpr": "shortcut_dtpr"}
-DETECT = {"auroc": "detect_auroc", "tnr_at_tpr95": "detect_tnr_at_tpr95"}
+SHORTCUT = ("auroc", "bal_acc", "dtpr")
+DETECT = ("auroc", "tnr_at_tpr95")
 SALIENCY = ("energy", "pointing", "iou", "sensitivity", "rank_corr")
-WORST = {"acc": "adv_acc", "bal_acc": "adv_bal_acc", "n": "adv_n", "top_pred_share": "adv_top_pred_share"}
+WORST = ("acc", "bal_acc", "n", "top_pred_share")
 
 
 def summary_metrics(metrics: dict[str, float]) -> dict[str, float]:
@@ -50,25 +51,22 @@ def summary_metrics(metrics: dict[str, float]) -> dict[str, float]:
     out = {SUMMARY + name: float(metrics[key]) for key, name in CLEAN.items() if key in metrics}
     shift_auroc = []
     for key, value in metrics.items():
-        parts = key.split("/")
-        # test/adv/worst/<threat>/<acc|bal_acc|n|top_pred_share>
-        if len(parts) == 5 and parts[:3] == ["test", "adv", "worst"] and parts[4] in WORST:
-            out[f"{SUMMARY}{WORST[parts[4]]}/{parts[3]}"] = float(value)
-        # test/adv/<attack>/<norm>_dist/median
-        if len(parts) == 5 and parts[:2] == ["test", "adv"] and parts[3].endswith("_dist") and parts[4] == "median":
-            out[f"{SUMMARY}adv_dist/{parts[3].removesuffix('_dist')}/{parts[2]}"] = float(value)
-        # test/shortcut/<split>/<auroc|bal_acc|dtpr>
-        if len(parts) == 4 and parts[:2] == ["test", "shortcut"] and parts[3] in SHORTCUT:
-            out[f"{SUMMARY}{SHORTCUT[parts[3]]}/{parts[2]}"] = float(value)
-        # test/saliency/<method>/<metric> and test/<split...>/saliency/<method>/<metric>
-        if len(parts) >= 4 and parts[0] == "test" and parts[-3] == "saliency" and parts[-1] in SALIENCY:
-            where = "_".join(parts[1:-3])
-            out[f"{SUMMARY}saliency_{parts[-1]}/{parts[-2]}{'/' + where if where else ''}"] = float(value)
-        # test/detect/<detector>/<target>/<auroc|tnr_at_tpr95>
-        if len(parts) == 5 and parts[:2] == ["test", "detect"] and parts[2] in DETECTORS and parts[4] in DETECT:
-            out[f"{SUMMARY}{DETECT[parts[4]]}/{parts[2]}/{parts[3]}"] = float(value)
-        # test/shift/<corruption>/mean/auroc
-        if len(parts) == 5 and parts[:2] == ["test", "shift"] and parts[3:] == ["mean", "auroc"]:
+        parsed = parse_name(key)
+        if parsed is None:
+            continue
+        family, f = parsed
+        if family == "adv_worst" and f["stat"] in WORST:
+            out[build_name("summary_adv", stat=f["stat"], threat=f["threat"])] = float(value)
+        elif family == "adv_distance" and f["stat"] == "median":
+            out[build_name("summary_adv_distance", norm=f["norm"], attack=f["attack"])] = float(value)
+        elif family == "shortcut" and f["stat"] in SHORTCUT:
+            out[build_name("summary_shortcut", stat=f["stat"], split=f["split"])] = float(value)
+        elif family == "saliency" and f["stat"] in SALIENCY:
+            split = "/" + f["where"].strip("/").replace("/", "_") if f["where"] else ""
+            out[build_name("summary_saliency", stat=f["stat"], method=f["method"], split=split)] = float(value)
+        elif family == "detect" and f["detector"] in DETECTORS and f["stat"] in DETECT:
+            out[build_name("summary_detect", stat=f["stat"], detector=f["detector"], target=f["target"])] = float(value)
+        elif family == "shift_corruption_mean" and f["stat"] == "auroc":
             shift_auroc.append(float(value))
     out |= {SUMMARY + name: float(metrics[key]) for key, name in SHIFT.items() if key in metrics}
     if shift_auroc:
