@@ -6,13 +6,12 @@ import logging
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
+from medrobust.callbacks.evaluation.evaluation_callback import EvaluationCallback, within
 from medrobust.callbacks.evaluation.outputs import gather_rows
-from medrobust.callbacks.evaluation.reporting import report
-from medrobust.callbacks.evaluation.sample_ids import SampleIds, within
 from medrobust.callbacks.helpers.detection_figures import roc_figure, score_histograms
 from medrobust.lightning_modules.attacks.pgd import PGD
 from medrobust.lightning_modules.attacks.threat import parse_eps
@@ -38,7 +37,7 @@ log = logging.getLogger(__name__)
 NOISE = [0.0, 0.0005, 0.001, 0.002, 0.005, 0.01]
 
 
-class DetectionEvaluation(Callback):
+class DetectionEvaluation(EvaluationCallback):
     """At test, fit OOD/adversarial detectors on the training split and score the in-distribution test split against
     every target.
 
@@ -95,6 +94,7 @@ class DetectionEvaluation(Callback):
         max_samples: int | None = None,
         seed: int = 0,
     ) -> None:
+        super().__init__()
         self.detectors = list(detectors) if detectors is not None else list(DETECTORS)
         unknown = [d for d in self.detectors if d not in DETECTORS]
         if unknown or not self.detectors:
@@ -117,7 +117,6 @@ class DetectionEvaluation(Callback):
         self.needs_mahalanobis = bool({"mahalanobis", "ensemble"} & set(self.detectors)) or any(
             t.kind == "adaptive" for t in self.targets
         )
-        self._report: dict[str, Any] | None = None
         self._scores: dict[str, Any] = {}
         self._mahalanobis: Mahalanobis | None = None
         self._ensemble: FeatureEnsemble | None = None
@@ -135,9 +134,9 @@ class DetectionEvaluation(Callback):
             resolve_tap(backbone, name)  # before training, not after it
 
     @override
-    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         datamodule = trainer.datamodule
-        names = list(getattr(datamodule, "test_split_names", ["id"]))
+        names = self.splits
         for target in self.targets:
             if target.kind == "split" and target.split not in names:
                 raise InputError(
@@ -146,8 +145,7 @@ class DetectionEvaluation(Callback):
                 )
             if target.kind == "split" and len(datamodule.shifted[target.split]) == 0:
                 raise InputError(f"Detection target {target.spec!r} has no samples")
-        self._names, self._seen, self._report = names, {}, None
-        self._ids = SampleIds()
+        self._seen = {}
         net, device = pl_module.net, pl_module.device
         self._net = net
         baselines = {"msp": MaxSoftmax(net), "energy": Energy(net, self.energy_temperature)}
@@ -221,20 +219,19 @@ class DetectionEvaluation(Callback):
         return {k: v.detach().float().cpu() for k, v in scores.items()}, logits.argmax(dim=1).cpu()
 
     @override
-    def on_test_batch_end(
+    def evaluate(
         self,
         trainer: Trainer,
         pl_module: LightningModule,
-        outputs: Any,
+        split: str,
         batch: Any,
+        ids: torch.Tensor,
+        outputs: Any,
         batch_idx: int,
-        dataloader_idx: int = 0,
     ) -> None:
-        split = self._names[dataloader_idx]
         split_targets = [t for t in self.targets if t.split == split]
         if split != "id" and not split_targets:
             return
-        ids = self._ids.take(trainer, "test", dataloader_idx, len(batch[0]))
         limit = within(ids, self.max_samples)
         if limit == 0:
             return
@@ -265,9 +262,9 @@ class DetectionEvaluation(Callback):
             into[key].append(value if keep is None else value[keep])
 
     @override
-    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def finish(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any] | None:
         if not hasattr(self, "_in"):
-            return
+            return None
         device = pl_module.device
 
         def gathered(rows: list[torch.Tensor]) -> torch.Tensor:
@@ -296,20 +293,17 @@ class DetectionEvaluation(Callback):
                     name = build_name("detect", detector=key, target=target.label, stat=stat)
                     pl_module.log(name, float(value), sync_dist=False)
         self._scores = scores
-        self._report = {"settings": self.settings(), "calibration": self._calibration, "table": table}
+        return {"settings": self.settings(), "calibration": self._calibration, "table": table}
 
     @override
-    @rank_zero_only
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._report is None or not trainer.loggers:
-            return
+    def artifacts(self, trainer: Trainer, report: dict[str, Any]) -> dict[str, Any]:
         main = [k for k in DETECTORS if k in self._keys()]
         figures = {
             "plots/detection_roc.png": roc_figure(self._scores, main),
             "plots/detection_scores.png": score_histograms(self._scores, main),
         }
         params = {f"detection.{k}": v for k, v in self.settings().items()}
-        report(trainer, json_files={"detection.json": self._report}, figures=figures, params=params)
+        return {"json_files": {"detection.json": report}, "figures": figures, "params": params}
 
     def settings(self) -> dict[str, Any]:
         settings = {
@@ -328,8 +322,3 @@ class DetectionEvaluation(Callback):
         if self._mahalanobis is not None:
             settings |= {"noise": self._mahalanobis.noise, "best_layer": self._mahalanobis.layer}
         return settings
-
-    @property
-    def report(self) -> dict[str, Any] | None:
-        """The last test's report (as logged to ``detection.json``)."""
-        return self._report

@@ -8,13 +8,12 @@ import time
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from medrobust.callbacks.evaluation.distance_tracker import DistanceTracker
-from medrobust.callbacks.evaluation.reporting import report
-from medrobust.callbacks.evaluation.sample_ids import SampleIds, within
+from medrobust.callbacks.evaluation.evaluation_callback import EvaluationCallback, within
 from medrobust.callbacks.helpers.figures import distance_figure, robustness_figure
 from medrobust.lightning_modules.attacks.attack_suite import (
     SOFTMAX_ONLY,
@@ -43,7 +42,7 @@ log = logging.getLogger(__name__)
 WORST = "worst"
 
 
-class RobustnessEvaluation(Callback):
+class RobustnessEvaluation(EvaluationCallback):
     """Attack the test split at every budget of a grid and report accuracy and balanced accuracy.
 
     Per attack, ``test/adv/<attack>/<threat>/{acc,bal_acc}`` (e.g. ``test/adv/pgd20/linf_8_255/acc``). Per budget, the
@@ -118,6 +117,7 @@ class RobustnessEvaluation(Callback):
         distance: DistanceSettings | None = None,
         distance_max_samples: int | None = None,
     ) -> None:
+        super().__init__()
         if attacks is not None:
             check_attacks(attacks, "multiclass")
         self.distances = DistanceTracker(distance_attacks, distance, distance_max_samples)
@@ -136,9 +136,7 @@ class RobustnessEvaluation(Callback):
         self._counts: dict[str, torch.Tensor] = {}
         self._seconds: dict[str, float] = {}
         self._seen = 0
-        self._ids = SampleIds()
         self._checks: dict[str, Any] = {}
-        self._report: dict[str, Any] | None = None
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -154,9 +152,8 @@ class RobustnessEvaluation(Callback):
 
     # ------------------------------------------------------------------------------------------------ test
     @override
-    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._seen, self._checks, self._seconds, self._report = 0, {}, {}, None
-        self._ids.reset()
+    def start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._seen, self._checks, self._seconds = 0, {}, {}
         self.distances.reset()
         task, c = pl_module.task, pl_module.num_classes
         self._fns = {
@@ -171,19 +168,19 @@ class RobustnessEvaluation(Callback):
         self._counts = {key: empty_counts(task, c) for key in keys}
 
     @override
-    def on_test_batch_end(
+    def evaluate(
         self,
         trainer: Trainer,
         pl_module: LightningModule,
-        outputs: Any,
+        split: str,
         batch: Any,
+        ids: torch.Tensor,
+        outputs: Any,
         batch_idx: int,
-        dataloader_idx: int = 0,
     ) -> None:
-        x, y = batch
-        if dataloader_idx != 0:
+        if split != self.splits[0]:  # the in-distribution test split only
             return
-        ids = self._ids.take(trainer, "test", dataloader_idx, len(x))
+        x, y = batch[0], batch[1]
         limit = within(ids, self.max_samples)
         if limit == 0:
             return
@@ -239,9 +236,9 @@ class RobustnessEvaluation(Callback):
         return black_box_check(net, x, y, num_classes, max(linf), self.pgd_steps, self.sanity_square_queries, self.seed)
 
     @override
-    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def finish(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any] | None:
         if not self._counts:
-            return
+            return None
         by_key = {spec.label: spec for spec in self.specs}
         worst_keys = {f"{WORST}/{threat.label}": threat for threat in self._threats}
         results = []
@@ -273,31 +270,27 @@ class RobustnessEvaluation(Callback):
                         name = build_name("adv_attack", attack=row["attack"], threat=threat.label, stat=stat)
                     pl_module.log(name, float(value), sync_dist=False)
         distances = self.distances.finish(trainer, pl_module)
-        self._report = {"settings": self.settings(), "results": results, "checks": self._checks, "distances": distances}
-
-    @override
-    @rank_zero_only
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._report is None:
-            return
         failed = [name for name, ok in self._checks.items() if isinstance(ok, bool) and not ok]
         if failed:
             rank_zero_warn(f"Gradient-masking checks failed: {failed}; robust accuracy may be overestimated.")
-        constant = [r["key"] for r in self._report["results"] if r["near_constant"]]
+        constant = [r["key"] for r in results if r["near_constant"]]
         if constant:
             rank_zero_warn(
                 f"Near-constant predictions (one class gets >= {self.constant_share:.0%} of them) in {constant}: "
                 "accuracy there measures the class balance of the test set, not robustness."
             )
-        if not trainer.loggers:
-            return
-        figures = {"plots/robustness.png": robustness_figure(self._report["results"])}
-        if self._report["distances"]:
-            figures["plots/min_distance.png"] = distance_figure(self._report["distances"])
-        tags = {f"robustness.check.{name}": value for name, value in self._checks.items()}
+        return {"settings": self.settings(), "results": results, "checks": self._checks, "distances": distances}
+
+    @override
+    def artifacts(self, trainer: Trainer, report: dict[str, Any]) -> dict[str, Any]:
+        figures = {"plots/robustness.png": robustness_figure(report["results"])}
+        if report["distances"]:
+            figures["plots/min_distance.png"] = distance_figure(report["distances"])
+        constant = [r["key"] for r in report["results"] if r["near_constant"]]
+        tags = {f"robustness.check.{name}": value for name, value in report["checks"].items()}
         tags["robustness.near_constant"] = ",".join(constant) or "none"
         params = {f"robustness.{k}": v for k, v in self.settings().items()}
-        report(trainer, json_files={"robustness.json": self._report}, figures=figures, tags=tags, params=params)
+        return {"json_files": {"robustness.json": report}, "figures": figures, "tags": tags, "params": params}
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -311,8 +304,3 @@ class RobustnessEvaluation(Callback):
             "autoattack_max_samples": self.autoattack_max_samples,
             "seed": self.seed,
         } | self.distances.describe()
-
-    @property
-    def report(self) -> dict[str, Any] | None:
-        """The last test's report (as logged to ``robustness.json``)."""
-        return self._report

@@ -7,12 +7,11 @@ import statistics
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch import LightningModule, Trainer
 from typing_extensions import override
 
+from medrobust.callbacks.evaluation.evaluation_callback import EvaluationCallback
 from medrobust.callbacks.evaluation.outputs import auroc, gather_rows
-from medrobust.callbacks.evaluation.reporting import report
 from medrobust.callbacks.helpers.figures import corruption_examples, shift_heatmap
 from medrobust.datamodules.corruptions import ALEXNET_BASELINE
 from medrobust.lightning_modules.metrics.confusion import accuracy, balanced_accuracy, confusion_counts, empty_counts
@@ -23,7 +22,7 @@ from medrobust.utilities.errors import InputError
 log = logging.getLogger(__name__)
 
 
-class ShiftEvaluation(Callback):
+class ShiftEvaluation(EvaluationCallback):
     """Evaluate the shifted test splits a datamodule serves after its in-distribution one.
 
     Needs a datamodule with ``test_split_names`` (:class:`MedMNISTDataModule` with ``shifts``). Logs, per split,
@@ -40,39 +39,35 @@ class ShiftEvaluation(Callback):
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self._counts: dict[str, torch.Tensor] = {}
         self._scores: dict[str, list[torch.Tensor]] = {}
         self._labels: dict[str, list[torch.Tensor]] = {}
-        self._report: dict[str, Any] | None = None
 
     @override
-    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._counts, self._scores, self._labels, self._report = {}, {}, {}, None
-        names = getattr(trainer.datamodule, "test_split_names", None)
-        if names is None:
+    def start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if getattr(trainer.datamodule, "test_split_names", None) is None:
             raise InputError(
                 "ShiftEvaluation needs a datamodule with test_split_names (MedMNISTDataModule(shifts=...))"
             )
-        self._names = names
-        # Every labelled split starts empty on every rank, so a rank that receives no batch of a split still takes
-        # part in its reductions (under DDP a small split can leave a rank with nothing).
+        self._counts, self._scores, self._labels = {}, {}, {}
         c, task = pl_module.num_classes, pl_module.task
-        for split in (name for name in names if name == "id" or name.startswith("shift/")):
+        for split in (name for name in self.splits if name == "id" or name.startswith("shift/")):
             self._counts[split] = empty_counts(task, c)
             self._scores[split] = [torch.zeros(0, c)]
             self._labels[split] = [torch.zeros((0, c) if task == "multilabel" else (0,), dtype=torch.long)]
 
     @override
-    def on_test_batch_end(
+    def evaluate(
         self,
         trainer: Trainer,
         pl_module: LightningModule,
-        outputs: Any,
+        split: str,
         batch: Any,
+        ids: torch.Tensor,
+        outputs: Any,
         batch_idx: int,
-        dataloader_idx: int = 0,
     ) -> None:
-        split = self._names[dataloader_idx]
         if split not in self._counts or outputs is None:
             return
         logits, y = outputs.detach(), batch[1]
@@ -81,9 +76,9 @@ class ShiftEvaluation(Callback):
         self._labels[split].append(y.long().cpu())
 
     @override
-    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def finish(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any] | None:
         if not any(name.startswith("shift/") for name in self._counts):
-            return
+            return None
         splits = {}
         for split in self._counts:
             counts = trainer.strategy.reduce(self._counts[split].to(pl_module.device), reduce_op="sum").cpu()
@@ -98,7 +93,7 @@ class ShiftEvaluation(Callback):
         report = self._summarise(splits, trainer.datamodule.spec.flag)
         for name, value in report["metrics"].items():
             pl_module.log(name, value, sync_dist=False, add_dataloader_idx=False)
-        self._report = report
+        return report
 
     def _summarise(self, splits: dict[str, dict], flag: str) -> dict[str, Any]:
         metrics: dict[str, float] = {}
@@ -143,21 +138,14 @@ class ShiftEvaluation(Callback):
         }
 
     @override
-    @rank_zero_only
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._report is None or not trainer.loggers:
-            return
+    def artifacts(self, trainer: Trainer, report: dict[str, Any]) -> dict[str, Any]:
         figures = {}
-        if self._report["corruptions"]:
-            figures["plots/shift_heatmap.png"] = shift_heatmap(self._report)
+        if report["corruptions"]:
+            figures["plots/shift_heatmap.png"] = shift_heatmap(report)
             datamodule = trainer.datamodule
             examples = {"clean": datamodule.datasets["test"].images[0].numpy()}
             for split, dataset in getattr(datamodule, "shifted", {}).items():
                 if split.startswith("shift/") and split.count("/") == 2:
                     examples[split.removeprefix("shift/")] = dataset.images[0].numpy()
             figures["plots/shift_examples.png"] = corruption_examples(examples)
-        report(trainer, json_files={"shift.json": self._report}, figures=figures)
-
-    @property
-    def report(self) -> dict[str, Any] | None:
-        return self._report
+        return {"json_files": {"shift.json": report}, "figures": figures}

@@ -7,19 +7,18 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch import LightningModule, Trainer
 from typing_extensions import override
 
+from medrobust.callbacks.evaluation.evaluation_callback import EvaluationCallback
 from medrobust.callbacks.evaluation.outputs import auroc, gather_rows
-from medrobust.callbacks.evaluation.reporting import report
 from medrobust.lightning_modules.metrics.confusion import accuracy, balanced_accuracy, confusion_from_predictions
 from medrobust.lightning_modules.metrics.metric_names import build_name
 from medrobust.lightning_modules.metrics.task_metrics import scores
 from medrobust.utilities.errors import InputError
 
 
-class ShortcutEvaluation(Callback):
+class ShortcutEvaluation(EvaluationCallback):
     """Evaluate the ``shortcut/aligned``, ``shortcut/flipped`` and ``shortcut/absent`` test splits.
 
     Needs a :class:`~medrobust.datamodules.medmnist.MedMNISTDataModule` with ``shortcut``; its shortcut splits' batches
@@ -33,34 +32,33 @@ class ShortcutEvaluation(Callback):
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self._rows: dict[str, dict[str, list[torch.Tensor]]] = {}
-        self._report: dict[str, Any] | None = None
 
     @override
-    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         datamodule = trainer.datamodule
         if getattr(datamodule, "shortcut", None) is None:
             raise InputError("ShortcutEvaluation needs a datamodule with a shortcut (--data.shortcut)")
-        self._names = datamodule.test_split_names
         self._target = datamodule.shortcut.target_class
         c = pl_module.num_classes
         # Every split starts with an empty row on every rank, so a rank without batches still joins the gathers.
         empty = {"scores": torch.zeros(0, c), "labels": torch.zeros(0, dtype=torch.long)}
         empty["groups"] = torch.zeros(0, dtype=torch.long)
-        self._rows = {n: {k: [v] for k, v in empty.items()} for n in self._names if n.startswith("shortcut/")}
-        self._report = None
+        self._rows = {n: {k: [v] for k, v in empty.items()} for n in self.splits if n.startswith("shortcut/")}
 
     @override
-    def on_test_batch_end(
+    def evaluate(
         self,
         trainer: Trainer,
         pl_module: LightningModule,
-        outputs: Any,
+        split: str,
         batch: Any,
+        ids: torch.Tensor,
+        outputs: Any,
         batch_idx: int,
-        dataloader_idx: int = 0,
     ) -> None:
-        rows = self._rows.get(self._names[dataloader_idx])
+        rows = self._rows.get(split)
         if rows is None or outputs is None:
             return
         rows["scores"].append(scores(pl_module.task, outputs.detach()).float().cpu())
@@ -68,9 +66,9 @@ class ShortcutEvaluation(Callback):
         rows["groups"].append(batch[2].long().cpu())
 
     @override
-    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def finish(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any] | None:
         if not self._rows:
-            return
+            return None
         c, splits = pl_module.num_classes, {}
         for split, rows in self._rows.items():
             probs, labels, groups = (gather_rows(trainer, torch.cat(rows[k]), pl_module.device) for k in rows)
@@ -83,19 +81,12 @@ class ShortcutEvaluation(Callback):
         }
         for name, value in metrics.items():
             pl_module.log(name, value, sync_dist=False, add_dataloader_idx=False)
-        self._report = {"target_class": self._target, "splits": splits}
+        return {"target_class": self._target, "splits": splits}
 
     @override
-    @rank_zero_only
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._report is None or not trainer.loggers:
-            return
+    def artifacts(self, trainer: Trainer, report: dict[str, Any]) -> dict[str, Any]:
         figures = {"plots/shortcut_examples.png": shortcut_examples(trainer.datamodule.shifted)}
-        report(trainer, json_files={"shortcut.json": self._report}, figures=figures)
-
-    @property
-    def report(self) -> dict[str, Any] | None:
-        return self._report
+        return {"json_files": {"shortcut.json": report}, "figures": figures}
 
 
 def shortcut_metrics(
