@@ -10,7 +10,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from medrobust.callbacks.evaluation.evaluation_callback import EvaluationCallback, within
+from medrobust.callbacks.evaluation.evaluation_callback import EvaluationCallback, TestBatch, within
 from medrobust.callbacks.evaluation.outputs import gather_rows
 from medrobust.callbacks.helpers.detection_figures import roc_figure, score_histograms
 from medrobust.lightning_modules.attacks.pgd import PGD
@@ -219,16 +219,8 @@ class DetectionEvaluation(EvaluationCallback):
         return {k: v.detach().float().cpu() for k, v in scores.items()}, logits.argmax(dim=1).cpu()
 
     @override
-    def evaluate(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        split: str,
-        batch: Any,
-        ids: torch.Tensor,
-        outputs: Any,
-        batch_idx: int,
-    ) -> None:
+    def evaluate(self, trainer: Trainer, pl_module: LightningModule, batch: TestBatch) -> None:
+        split, ids, batch_idx = batch.split, batch.ids, batch.index
         split_targets = [t for t in self.targets if t.split == split]
         if split != "id" and not split_targets:
             return
@@ -237,7 +229,7 @@ class DetectionEvaluation(EvaluationCallback):
             return
         self._seen[split] = self._seen.get(split, 0) + limit
         with torch.inference_mode(False):
-            x, y = batch[0][:limit].clone(), batch[1][:limit].clone().flatten()
+            x, y = batch.x[:limit].clone(), batch.y[:limit].clone().flatten()
             scores, pred = self._score(x)
             for target in split_targets:
                 self._add(self._out[target.label], scores)

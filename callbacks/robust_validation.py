@@ -103,7 +103,7 @@ class RobustValidation(Callback):
         values = {
             "acc": accuracy(counts),
             "bal_acc": float(balanced_accuracy(counts)),
-            "eps": self.budget(pl_module)[1],
+            "eps": self.budget(pl_module).eps,
         }
         for key, value in values.items():
             pl_module.log(metric_name("val", "robust", key), value, sync_dist=False, prog_bar=key == "bal_acc")

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from medrobust.callbacks.evaluation.distance_tracker import DistanceTracker
-from medrobust.callbacks.evaluation.evaluation_callback import EvaluationCallback, within
+from medrobust.callbacks.evaluation.evaluation_callback import EvaluationCallback, TestBatch, within
 from medrobust.callbacks.helpers.figures import distance_figure, robustness_figure
 from medrobust.lightning_modules.attacks.attack_suite import (
     SOFTMAX_ONLY,
@@ -168,19 +168,10 @@ class RobustnessEvaluation(EvaluationCallback):
         self._counts = {key: empty_counts(task, c) for key in keys}
 
     @override
-    def evaluate(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        split: str,
-        batch: Any,
-        ids: torch.Tensor,
-        outputs: Any,
-        batch_idx: int,
-    ) -> None:
-        if split != self.splits[0]:  # the in-distribution test split only
+    def evaluate(self, trainer: Trainer, pl_module: LightningModule, batch: TestBatch) -> None:
+        if batch.split != self.splits[0]:  # the in-distribution test split only
             return
-        x, y = batch[0], batch[1]
+        x, y, ids, batch_idx = batch.x, batch.y, batch.ids, batch.index
         limit = within(ids, self.max_samples)
         if limit == 0:
             return

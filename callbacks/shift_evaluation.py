@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from typing_extensions import override
 
-from medrobust.callbacks.evaluation.evaluation_callback import EvaluationCallback
+from medrobust.callbacks.evaluation.evaluation_callback import EvaluationCallback, TestBatch
 from medrobust.callbacks.evaluation.outputs import auroc, gather_rows
 from medrobust.callbacks.helpers.figures import corruption_examples, shift_heatmap
 from medrobust.datamodules.corruptions import ALEXNET_BASELINE
@@ -58,19 +58,11 @@ class ShiftEvaluation(EvaluationCallback):
             self._labels[split] = [torch.zeros((0, c) if task == "multilabel" else (0,), dtype=torch.long)]
 
     @override
-    def evaluate(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        split: str,
-        batch: Any,
-        ids: torch.Tensor,
-        outputs: Any,
-        batch_idx: int,
-    ) -> None:
-        if split not in self._counts or outputs is None:
+    def evaluate(self, trainer: Trainer, pl_module: LightningModule, batch: TestBatch) -> None:
+        split = batch.split
+        if split not in self._counts or batch.outputs is None:
             return
-        logits, y = outputs.detach(), batch[1]
+        logits, y = batch.outputs.detach(), batch.y
         self._counts[split] += confusion_counts(logits, y, pl_module.task, pl_module.num_classes).cpu()
         self._scores[split].append(scores(pl_module.task, logits).float().cpu())
         self._labels[split].append(y.long().cpu())

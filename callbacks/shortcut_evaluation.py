@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from typing_extensions import override
 
-from medrobust.callbacks.evaluation.evaluation_callback import EvaluationCallback
+from medrobust.callbacks.evaluation.evaluation_callback import EvaluationCallback, TestBatch
 from medrobust.callbacks.evaluation.outputs import auroc, gather_rows
 from medrobust.lightning_modules.metrics.confusion import accuracy, balanced_accuracy, confusion_from_predictions
 from medrobust.lightning_modules.metrics.metric_names import build_name
@@ -48,22 +48,13 @@ class ShortcutEvaluation(EvaluationCallback):
         self._rows = {n: {k: [v] for k, v in empty.items()} for n in self.splits if n.startswith("shortcut/")}
 
     @override
-    def evaluate(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        split: str,
-        batch: Any,
-        ids: torch.Tensor,
-        outputs: Any,
-        batch_idx: int,
-    ) -> None:
-        rows = self._rows.get(split)
-        if rows is None or outputs is None:
+    def evaluate(self, trainer: Trainer, pl_module: LightningModule, batch: TestBatch) -> None:
+        rows = self._rows.get(batch.split)
+        if rows is None or batch.outputs is None:
             return
-        rows["scores"].append(scores(pl_module.task, outputs.detach()).float().cpu())
-        rows["labels"].append(batch[1].long().cpu())
-        rows["groups"].append(batch[2].long().cpu())
+        rows["scores"].append(scores(pl_module.task, batch.outputs.detach()).float().cpu())
+        rows["labels"].append(batch.y.long().cpu())
+        rows["groups"].append(batch.extra[0].long().cpu())
 
     @override
     def finish(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any] | None:

@@ -5,9 +5,9 @@ A subclass says what it does with the test pass; the skeleton does the rest, the
 * :meth:`start` runs on every rank at the start of the test epoch, with the datamodule's test split names; it is
   where per-split accumulators are created, each on every rank (a rank that receives no batch of a small split
   still takes part in that split's reductions and gathers);
-* :meth:`evaluate` gets each test batch with its split name and the global dataset ids of its samples
-  (:class:`~medrobust.callbacks.evaluation.sample_ids.SampleIds`), so that a sample budget (:func:`within`) chooses
-  the same images on 1 or N processes;
+* :meth:`evaluate` gets each test batch as a :class:`TestBatch`: its split name and the global dataset ids of its
+  samples (:class:`~medrobust.callbacks.evaluation.sample_ids.SampleIds`), so that a sample budget
+  (:func:`within`) chooses the same images on 1 or N processes;
 * :meth:`finish` reduces or gathers (``gather_rows``, ``trainer.strategy.reduce``), logs metrics through
   ``pl_module.log`` and returns the JSON report, kept as :attr:`report`;
 * :meth:`artifacts` says what rank zero writes at the end of the test: the JSON report, figures, tags and settings,
@@ -18,15 +18,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from medrobust.callbacks.evaluation.reporting import report
 from medrobust.callbacks.evaluation.sample_ids import SampleIds, within
+from medrobust.callbacks.evaluation.test_batch import TestBatch
 
-__all__ = ["EvaluationCallback", "within"]
+__all__ = ["EvaluationCallback", "TestBatch", "within"]
 
 
 class EvaluationCallback(Callback):
@@ -41,17 +41,8 @@ class EvaluationCallback(Callback):
     def start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Create the per-split state, on every rank; :attr:`splits` holds the test split names."""
 
-    def evaluate(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        split: str,
-        batch: Any,
-        ids: torch.Tensor,
-        outputs: Any,
-        batch_idx: int,
-    ) -> None:
-        """One test batch of ``split`` whose samples have the global dataset ``ids``."""
+    def evaluate(self, trainer: Trainer, pl_module: LightningModule, batch: TestBatch) -> None:
+        """One test batch, with its split and the global dataset ids of its samples."""
 
     def finish(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any] | None:
         """Reduce over processes, log the metrics, and return the report (``None``: nothing to report)."""
@@ -85,7 +76,10 @@ class EvaluationCallback(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         ids = self._ids.take(trainer, "test", dataloader_idx, len(batch[0]))
-        self.evaluate(trainer, pl_module, self.splits[dataloader_idx], batch, ids, outputs, batch_idx)
+        split = self.splits[dataloader_idx]
+        self.evaluate(
+            trainer, pl_module, TestBatch(split, batch[0], batch[1], tuple(batch[2:]), ids, outputs, batch_idx)
+        )
 
     @override
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
