@@ -183,3 +183,67 @@ def test_runs_from_a_project_with_its_own_callbacks_and_experiments(tmp_path: Pa
     ours, theirs = where.stdout.splitlines()
     assert Path(ours).is_relative_to(tmp_path / "install"), ours  # ours from the new install, not this checkout
     assert "the user's own callbacks package was imported" in theirs  # and theirs is theirs
+
+
+#: the floors, lowest first: a package may import its own floor and the floors below it, never one above
+FLOORS = ("utilities", "lightning_modules", "datamodules", "callbacks", "experiments")
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Our modules and the modules of ours each imports (at any depth: inside functions too)."""
+    modules = {}
+    for folder in FOLDERS:
+        for path in (REPO / folder).rglob("*.py"):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            name = ".".join(("medrobust", *(parts[:-1] if parts[-1] == "__init__" else parts)))
+            modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            imported |= {t for t in targets if t in modules and t != name}
+        graph[name] = imported
+    return graph
+
+
+def test_no_import_circle_and_no_upward_import() -> None:
+    """Issue 23.4: the trade-off modules' circle is gone and no other forms; the floors hold."""
+    graph = _module_graph()
+    index, low, stack, on_stack, circles = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            # a package importing its own submodules (through __init__) is not a circle of code
+            if len(component) > 1 and not all(
+                c.startswith(min(component, key=len) + ".") or c == min(component, key=len) for c in component
+            ):
+                circles.append(sorted(component))
+
+    for node in graph:
+        if node not in index:
+            visit(node)
+    assert not circles, circles
+    floor = {name: FLOORS.index(name.split(".")[1]) for name in graph}
+    upward = [f"{a} -> {b}" for a, targets in graph.items() for b in targets if floor[b] > floor[a]]
+    assert not upward, upward

@@ -9,35 +9,12 @@ this one value, so a budget is never spelled two ways.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from medrobust.lightning_modules.attacks.threat_model import L2Threat, LinfThreat, ThreatModel, parse_eps
 from medrobust.utilities.errors import InputError
 
-if TYPE_CHECKING:
-    from medrobust.lightning_modules.attacks.threat_model import ThreatModel
-
 NORMS = ("linf", "l2")
-
-
-def parse_eps(eps: float | str) -> float:
-    """A budget as a float: ``0.0313``, ``"8/255"`` or ``"0.5"`` (no ``eval``); negative budgets are refused."""
-    if isinstance(eps, bool):
-        raise InputError(f"eps {eps!r} is not a number")
-    if isinstance(eps, int | float):
-        value = float(eps)
-    else:
-        text = str(eps).strip()
-        try:
-            if "/" in text:
-                num, den = text.split("/")
-                value = float(num) / float(den)
-            else:
-                value = float(text)
-        except (ValueError, ZeroDivisionError) as err:
-            raise InputError(f"eps {eps!r} is neither a number nor a fraction like '8/255'") from err
-    if not value >= 0:  # also NaN
-        raise InputError(f"eps must be >= 0, got {eps!r}")
-    return value
+__all__ = ["NORMS", "Threat", "parse_eps"]
 
 
 @dataclass(frozen=True, order=True)
@@ -84,8 +61,6 @@ class Threat:
 
     def ball(self) -> ThreatModel:
         """The set of allowed perturbations, which attacks step and project in."""
-        from medrobust.lightning_modules.attacks.threat_model import L2Threat, LinfThreat
-
         return (LinfThreat if self.norm == "linf" else L2Threat)(self.eps)
 
     def __str__(self) -> str:

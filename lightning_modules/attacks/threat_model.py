@@ -12,7 +12,28 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from medrobust.lightning_modules.attacks.threat import parse_eps
+from medrobust.utilities.errors import InputError
+
+
+def parse_eps(eps: float | str) -> float:
+    """A budget as a float: ``0.0313``, ``"8/255"`` or ``"0.5"`` (no ``eval``); negative budgets are refused."""
+    if isinstance(eps, bool):
+        raise InputError(f"eps {eps!r} is not a number")
+    if isinstance(eps, int | float):
+        value = float(eps)
+    else:
+        text = str(eps).strip()
+        try:
+            if "/" in text:
+                num, den = text.split("/")
+                value = float(num) / float(den)
+            else:
+                value = float(text)
+        except (ValueError, ZeroDivisionError) as err:
+            raise InputError(f"eps {eps!r} is neither a number nor a fraction like '8/255'") from err
+    if not value >= 0:  # also NaN
+        raise InputError(f"eps must be >= 0, got {eps!r}")
+    return value
 
 
 class ThreatModel(ABC):
