@@ -3,13 +3,14 @@ module has its API section, and the README is a front page whose links resolve."
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+from conftest import REPO, quiet_trainer
 
 FOLDERS = ("callbacks", "datamodules", "experiments", "lightning_modules", "utilities")
 
@@ -49,3 +50,22 @@ def test_the_readme_is_a_front_page_whose_links_resolve() -> None:
     links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme)
     missing = [link for link in links if not link.startswith("http") and not (REPO / link).exists()]
     assert links and not missing, missing
+
+
+def test_the_evaluation_callback_example_runs_as_written(tmp_path: Path, synthetic_npz) -> None:
+    """docs/extending.md's evaluation callback, as written there, under a CSVLogger: the first 20 test images."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from medrobust.datamodules.medmnist import MedMNISTDataModule
+    from medrobust.lightning_modules.classifier import ClassifierModule
+
+    page = (REPO / "docs" / "extending.md").read_text().split("## Write your own evaluation callback", 1)[1]
+    namespace: dict = {}
+    exec(page.split("```python\n", 1)[1].split("```", 1)[0], namespace)
+    dm = MedMNISTDataModule("pneumoniamnist", path=str(synthetic_npz("pneumoniamnist", n=(32, 16, 48))), batch_size=16)
+    model = ClassifierModule("test_resnet", dm.num_classes, dm.in_chans, dm.task)
+    logger = CSVLogger(tmp_path / "csv", name="docs")
+    callback = namespace["FirstImagesAccuracy"](max_samples=20)
+    quiet_trainer(tmp_path, logger=logger, callbacks=[callback]).test(model, dm, verbose=False)
+    written = json.loads((Path(logger.log_dir) / "first_images.json").read_text())
+    assert written == callback.report and written["n"] == 20

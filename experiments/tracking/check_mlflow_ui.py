@@ -1,5 +1,6 @@
 """Check, in a real headless Chromium, that the MLflow UI shows a sweep: the experiment opens on its runs table (not
-the GenAI traces overview), the parent run's trade-off figures, and the children's ``summary/*`` metrics.
+the GenAI traces overview), the compare view of the children, the parent run's trade-off figures, and the children's
+``summary/*`` metrics.
 Screenshots go to ``--out``.
 
     sudo apt-get install chromium            # Debian's Chromium; the script drives it with Playwright
@@ -14,6 +15,7 @@ Exit status 0 when every check passes; each check prints PASS or FAIL.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -70,6 +72,21 @@ def _experiment_opens_on_runs(browser: object, url: str, exp: str, parent: str, 
     return "experiment link opens its runs table", ok, f"{detail}; {shot}"
 
 
+def _compare_view(browser: object, url: str, exp: str, children: list, out: Path) -> tuple[str, bool, str]:
+    """MLflow's compare view of the sweep's children lines them up by their ``summary/*`` metrics."""
+    ids = [child.info.run_id for child in children]
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    page.goto(f"{url}/#/compare-runs?runs={json.dumps(ids)}&experiments={json.dumps([exp])}")
+    try:
+        page.get_by_text("summary/clean_acc", exact=True).first.wait_for(timeout=60_000)
+        ok, detail = True, f"{len(ids)} runs compared"
+    except Exception as err:  # a timeout is a failed check
+        ok, detail = False, f"summary metrics not shown ({type(err).__name__})"
+    shot = out / "compare.png"
+    page.screenshot(path=str(shot), full_page=True)
+    return "compare view lines the children up by summary/*", ok, f"{detail}; {shot}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m medrobust.experiments.tracking.check_mlflow_ui", description=__doc__.split("\n")[0]
@@ -105,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=ns.chromium, args=CHROMIUM_ARGS)
             results.append(_experiment_opens_on_runs(browser, url, exp, pid, out))
+            if children:
+                results.append(_compare_view(browser, url, exp, children, out))
             tag = client.get_experiment(exp).tags.get("mlflow.experimentKind")
             results.append(("experiment tagged as model training", tag == "custom_model_development", f"tag {tag!r}"))
             for figure in (f for f in FIGURES if f in logged):
