@@ -43,14 +43,12 @@ class AdversarialTraining(Callback):
       ``beta * KL(f(x) || f(x'))`` is added, with ``x'`` maximising that KL by PGD from ``x + 0.001 * N(0, 1)``
       (Zhang et al. 2019). As in the reference code, the inner maximisation compares ``f(x')`` with ``f(x)`` both in
       eval mode on the same ``x`` (:class:`~medrobust.lightning_modules.attacks.trades.TradesAttack`); the outer KL
-      uses the
-      training forward's logits, in training mode.
+      uses the training forward's logits, in training mode.
 
     Attacks run on the bare network (``pl_module.net``) in eval mode, so BatchNorm statistics are not updated by the
     inner maximisation, and every submodule's mode is restored afterwards. Budgets are in pixel units. The budget is
     announced on the module (:meth:`~medrobust.lightning_modules.classifier.ClassifierModule.set_training_threat`), so
-    robust
-    validation attacks at it and model selection skips the warm-up epochs.
+    robust validation attacks at it and model selection skips the warm-up epochs.
 
     Args:
         method: ``"pgd"``, ``"trades"`` or ``"fgsm_rs"``.

@@ -224,7 +224,7 @@ class DetectionEvaluation(EvaluationCallback):
         split_targets = [t for t in self.targets if t.split == split]
         if split != "id" and not split_targets:
             return
-        limit = within(ids, self.max_samples)
+        limit = within(ids, self.max_samples, len(batch.x))
         if limit == 0:
             return
         self._seen[split] = self._seen.get(split, 0) + limit

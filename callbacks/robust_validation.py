@@ -26,10 +26,10 @@ class RobustValidation(Callback):
     The budget is the training budget the module announces
     (:class:`~medrobust.lightning_modules.classifier.TrainingThreat`,
     set by :class:`~medrobust.callbacks.AdversarialTraining`) at its full eps, warm-up or not, unless ``eps`` and
-    ``norm`` are
-    given. Without either (standard training), the budget is 0 and the numbers are clean validation accuracies, so an
-    eps sweep's baseline is selected by the same rule as its other points. PGD starts at the clean image, so the
-    numbers are deterministic. ``val/robust/eps`` records the budget. Counts are summed over processes exactly.
+    ``norm`` are given. Without either (standard training), the budget is 0 and the numbers are clean validation
+    accuracies, so an eps sweep's baseline is selected by the same rule as its other points. PGD starts at the clean
+    image, so the numbers are deterministic. ``val/robust/eps`` records the budget. Counts are summed over processes
+    exactly.
 
     Args:
         eps: budget (a float or a string such as ``"8/255"``); default: the training budget.
@@ -80,7 +80,7 @@ class RobustValidation(Callback):
         if trainer.sanity_checking or self._counts is None:
             return
         x, y = batch
-        limit = within(self._ids.take(trainer, "val", dataloader_idx, len(x)), self.max_samples)
+        limit = within(self._ids.take(trainer, "val", dataloader_idx, len(x)), self.max_samples, len(x))
         x, y = x[:limit], y[:limit]
         if len(x) == 0:
             return

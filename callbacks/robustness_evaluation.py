@@ -60,12 +60,12 @@ class RobustnessEvaluation(EvaluationCallback):
     each sample counts once because the test loader does not pad (MedMNISTDataModule's does not).
 
     **Minimal distances** (``distance_attacks``; :mod:`~medrobust.lightning_modules.attacks.min_distance`): per
-    correctly
-    classified sample, the smallest perturbation DeepFool (L2), JSMA (L0, share of values changed) or a bisection over
-    eps with PGD (L-inf) needed to change its prediction. Logged as ``test/adv/<attack>/<norm>_dist/{median,q25,q75,
-    fooled,n}`` (``fooled``: the share flipped; a median of ``inf`` means fewer than half were), summarised as
-    ``summary/adv_dist/<norm>/<attack>`` (the median), drawn in ``plots/min_distance.png`` as accuracy against the
-    distance, with every value in ``robustness.json``. They need no budget, so runs compare without picking one.
+    correctly classified sample, the smallest perturbation DeepFool (L2), JSMA (L0, share of values changed) or a
+    bisection over eps with PGD (L-inf) needed to change its prediction. Logged as
+    ``test/adv/<attack>/<norm>_dist/{median,q25,q75, fooled,n}`` (``fooled``: the share flipped; a median of ``inf``
+    means fewer than half were), summarised as ``summary/adv_dist/<norm>/<attack>`` (the median), drawn in
+    ``plots/min_distance.png`` as accuracy against the distance, with every value in ``robustness.json``. They need no
+    budget, so runs compare without picking one.
 
     Attacks run inside the trainer's precision context (``precision: bf16-mixed`` attacks in bf16 autocast, as the
     clean test forward is), so a fast-path run is evaluated as it runs.
@@ -172,12 +172,12 @@ class RobustnessEvaluation(EvaluationCallback):
         if batch.split != self.splits[0]:  # the in-distribution test split only
             return
         x, y, ids, batch_idx = batch.x, batch.y, batch.ids, batch.index
-        limit = within(ids, self.max_samples)
+        limit = within(ids, self.max_samples, len(x))
         if limit == 0:
             return
-        x, y, ids = x[:limit], y[:limit], ids[:limit]
+        x, y, ids = x[:limit], y[:limit], ids[:limit] if ids is not None else None
         self._seen += limit
-        expensive = within(ids, self.autoattack_max_samples)
+        expensive = within(ids, self.autoattack_max_samples, limit)
         net, task = pl_module.net, pl_module.task
         with torch.inference_mode(False), trainer.precision_plugin.forward_context():
             x, y = x.clone(), y.clone()

@@ -32,8 +32,7 @@ class SelectionCheckpoint(ModelCheckpoint):
     * ``clean_bal_acc``: the highest validation balanced accuracy;
     * ``robust_acc`` / ``robust_bal_acc``: the highest accuracy / balanced accuracy on validation images under PGD at
       the training budget (:class:`~medrobust.callbacks.RobustValidation` logs them; needed in ``trainer.callbacks``).
-      The
-      balanced one does not reward predicting the majority class of an imbalanced split;
+      The balanced one does not reward predicting the majority class of an imbalanced split;
     * ``last``: the last epoch.
 
     Whatever the rule, an epoch still inside an adversarial warm-up (before the module's

@@ -22,13 +22,12 @@ class ShortcutEvaluation(EvaluationCallback):
     """Evaluate the ``shortcut/aligned``, ``shortcut/flipped`` and ``shortcut/absent`` test splits.
 
     Needs a :class:`~medrobust.datamodules.medmnist.MedMNISTDataModule` with ``shortcut``; its shortcut splits' batches
-    carry
-    per-sample group labels (1: the sample carries the feature). Logs per split ``test/shortcut/<split>/<metric>``:
-    ``auroc``, ``bal_acc``, ``acc``, ``tpr_carrier`` and ``tpr_clean`` (the true-positive rate of the shortcut's
-    target class among samples with and without the feature), and the bias gap ``dtpr`` = ``tpr_carrier -
-    tpr_clean`` where both groups have positives (not on ``absent``, where nobody carries it). ``summary/*`` gets
-    ``shortcut_auroc/<split>``, ``shortcut_bal_acc/<split>`` and ``shortcut_dtpr/<split>``. Also ``shortcut.json``
-    and ``plots/shortcut_examples.png``.
+    carry per-sample group labels (1: the sample carries the feature). Logs per split
+    ``test/shortcut/<split>/<metric>``: ``auroc``, ``bal_acc``, ``acc``, ``tpr_carrier`` and ``tpr_clean`` (the
+    true-positive rate of the shortcut's target class among samples with and without the feature), and the bias gap
+    ``dtpr`` = ``tpr_carrier - tpr_clean`` where both groups have positives (not on ``absent``, where nobody carries
+    it). ``summary/*`` gets ``shortcut_auroc/<split>``, ``shortcut_bal_acc/<split>`` and ``shortcut_dtpr/<split>``. Also
+    ``shortcut.json`` and ``plots/shortcut_examples.png``.
     """
 
     def __init__(self) -> None:

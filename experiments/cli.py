@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import glob
 import logging
 import os
 import sys
@@ -50,8 +51,13 @@ SUBCOMMANDS = ("fit", "validate", "test")
 
 
 def _parser_kwargs(run: bool) -> dict[str, Any]:
-    """``BASE_CONFIG`` as the parser's default config file: each subcommand's parser when there are subcommands."""
-    defaults = {"default_config_files": [str(BASE_CONFIG)]}
+    """``BASE_CONFIG`` as the parser's default config file: each subcommand's parser when there are subcommands.
+
+    jsonargparse reads default config files as glob patterns and skips one that matches nothing, so the path is
+    escaped and its absence is an error rather than a silent fall-back to Lightning's defaults."""
+    if not BASE_CONFIG.is_file():
+        raise FileNotFoundError(f"{BASE_CONFIG} is missing: the medrobust install is incomplete")
+    defaults = {"default_config_files": [glob.escape(str(BASE_CONFIG))]}
     if not run:
         return {"description": DESCRIPTION, **defaults}
     return {"description": DESCRIPTION, **{name: defaults for name in SUBCOMMANDS}}

@@ -1,6 +1,6 @@
 """Class paths written before the ``medrobust.`` namespace (a run's old ``config.yaml``, an old sweep file) still load.
 
-Until version 0.2 the folders installed as top-level packages (``callbacks.RobustnessEvaluation``,
+Up to version 0.1 the folders installed as top-level packages (``callbacks.RobustnessEvaluation``,
 ``experiments.mlflow_logger.MLflowRunLogger``). The ``medrobust`` parser reads every config and value through
 :func:`upgrade_legacy`, which rewrites such a class path to its ``medrobust.`` path and warns once per path, naming
 the new one; nothing else in a config is touched.
@@ -138,11 +138,13 @@ def _renamed(path: str) -> str | None:
 
 
 def _importable(path: str) -> bool:
+    """Whether ``path`` names a class (not a module or function: only classes are ``class_path`` values)."""
     import importlib
+    import inspect
 
     module, _, name = path.rpartition(".")
     try:
-        return hasattr(importlib.import_module(module), name)
+        return inspect.isclass(getattr(importlib.import_module(module), name, None))
     except ImportError:
         return False
 

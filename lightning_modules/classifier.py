@@ -26,8 +26,7 @@ class ClassifierModule(TrainingSeams, LightningModule):
     """Image classifier for MedMNIST tasks; images in [0, 1], so every attack budget is in pixel units.
 
     Seams for callbacks (:mod:`medrobust.lightning_modules.training_seams` documents their order within a step;
-    register in
-    ``setup``, remove in ``teardown``; names are unique):
+    register in ``setup``, remove in ``teardown``; names are unique):
 
     * :meth:`add_input_transform` -- ``fn(x, y) -> (x', y')`` replaces or augments the training batch before the
       forward pass (adversarial training: PGD-AT swaps in ``x_adv``; a mix ratio concatenates clean and adversarial).

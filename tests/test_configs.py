@@ -37,3 +37,29 @@ def test_config_instantiates(config: Path, tmp_path, tracking_uri) -> None:
     assert cli.trainer.max_epochs is None or cli.trainer.max_epochs >= 1  # evaluation-only configs set none
     assert cli.trainer.checkpoint_callback is not None
     assert type(cli.trainer.logger).__name__ == "MLflowRunLogger"
+
+
+def test_every_run_starts_from_the_base_config(tmp_path) -> None:
+    """experiments/configs/base.yaml is the default config file of every subcommand; it decides no result: its model,
+    data and checkpoint values are the code's defaults, and what decides a result stays in the run's own config."""
+    import inspect
+
+    import yaml
+
+    from medrobust.callbacks.selection_checkpoint import SelectionCheckpoint
+    from medrobust.datamodules.medmnist import MedMNISTDataModule
+    from medrobust.experiments.cli import BASE_CONFIG, MedRobustCLI
+    from medrobust.lightning_modules.classifier import ClassifierModule
+
+    base = yaml.safe_load(BASE_CONFIG.read_text())
+    assert set(base["trainer"]) == {"log_every_n_steps"}  # no max_epochs, devices or precision for everybody
+    for section, cls in (
+        ("model", ClassifierModule),
+        ("data", MedMNISTDataModule),
+        ("checkpoint", SelectionCheckpoint),
+    ):
+        defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
+        assert all(defaults[k] == v for k, v in base[section].items()), section
+    (tmp_path / "run.yaml").write_text("data:\n  flag: pneumoniamnist\n")
+    cli = MedRobustCLI(args=["--config", str(tmp_path / "run.yaml")], run=False)
+    assert cli.config["trainer"]["log_every_n_steps"] == 10 and cli.config["trainer"]["max_epochs"] is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from pathlib import Path
 
@@ -173,6 +174,7 @@ def test_occlusions_cover_the_same_fraction_at_every_size(rgb, flag, name) -> No
 @pytest.mark.parametrize(("flag", "name"), OCCLUSIONS)
 def test_occlusions_match_medmnist_c(golden, rgb, flag, name, severity) -> None:
     x = rgb_at(rgb.repeat(4, 1, 1, 1), 224)  # 64 images at MedMNIST-C's own size
+    assert hashlib.sha256(x.numpy().tobytes()).hexdigest() == str(golden["medmnistc/occlusion_inputs_sha256"])
     ours = strength(x, corrupt(x, flag, name, severity))
     ref = float(golden[f"medmnistc/{flag}/{name}/{severity}/strength"])
     # Random placement, counts and (for characters) glyphs and colours: compare the mean change per pixel.

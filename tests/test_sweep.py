@@ -542,3 +542,15 @@ def test_imbalanced_test_labels_compare_balanced_accuracy_and_flag_constant_clas
     assert report["near_constant"] == ["standard: clean"]
     table = format_table(report)
     assert "near-constant: standard: clean" in table and "by balanced accuracy" in table
+
+
+def test_a_child_keeps_the_logger_settings_of_its_base() -> None:
+    """A run file names its logger's settings without its class (the command's default), or by the pre-namespace
+    path; a sweep child keeps them either way, and drops those of another logger class."""
+    from medrobust.experiments.sweeping.sweep_runner import LOGGER_CLASS, logger_settings
+
+    settings = {"tags": {"team": "x"}, "artifact_location": "/a"}
+    for class_path in (None, LOGGER_CLASS, "experiments.mlflow_logger.MLflowRunLogger"):
+        logger = {"init_args": settings} | ({"class_path": class_path} if class_path else {})
+        assert logger_settings(logger) == settings
+    assert logger_settings({"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "x"}}) == {}

@@ -53,10 +53,10 @@ class DistanceTracker:
         self._values = {attack: [] for attack in self.attacks}
 
     def measure(
-        self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, num_classes: int
+        self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor | None, num_classes: int
     ) -> dict[str, float]:
         """Distances of the batch ``x``, whose samples have the global ``ids``; seconds spent per attack."""
-        k = within(ids, self.max_samples)
+        k = within(ids, self.max_samples, len(x))
         seconds = {}
         for attack in self._values if k > 0 else ():
             start = time.perf_counter()

@@ -76,7 +76,8 @@ class EvaluationCallback(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         ids = self._ids.take(trainer, "test", dataloader_idx, len(batch[0]))
-        split = self.splits[dataloader_idx]
+        # a datamodule names its test splits; loaders given to trainer.test directly are test_<k> after the first
+        split = self.splits[dataloader_idx] if dataloader_idx < len(self.splits) else f"test_{dataloader_idx}"
         self.evaluate(
             trainer, pl_module, TestBatch(split, batch[0], batch[1], tuple(batch[2:]), ids, outputs, batch_idx)
         )

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Trainer
+from torch.utils.data import DistributedSampler, SequentialSampler
 
 from medrobust.utilities.errors import InputError
 
@@ -31,37 +32,50 @@ class SampleIds:
     """The global dataset index of every sample an evaluation pass sees, per loader; :meth:`reset` at each epoch."""
 
     def __init__(self) -> None:
-        self._order: dict[tuple[str, int], torch.Tensor] = {}
+        self._order: dict[tuple[str, int], torch.Tensor | None] = {}
         self._position: dict[tuple[str, int], int] = {}
 
     def reset(self) -> None:
         self._order, self._position = {}, {}
 
-    def take(self, trainer: Trainer, stage: str, dataloader_idx: int, count: int) -> torch.Tensor:
-        """The global ids of the next ``count`` samples of loader ``dataloader_idx`` in ``stage`` (test or val)."""
+    def take(self, trainer: Trainer, stage: str, dataloader_idx: int, count: int) -> torch.Tensor | None:
+        """The global ids of the next ``count`` samples of loader ``dataloader_idx`` in ``stage`` (test or val);
+        ``None`` where the loader's order is not fixed (a shuffling sampler), which only a budget refuses."""
         key = (stage, dataloader_idx)
         if key not in self._order:
-            loader = _loader(trainer, stage, dataloader_idx)
-            sampler = getattr(loader, "sampler", None)
-            if sampler is None or getattr(sampler, "shuffle", False):
-                raise InputError(f"a sample budget needs an ordered {stage} loader; got sampler {sampler!r}")
-            self._order[key] = torch.as_tensor(list(iter(sampler)), dtype=torch.long)
+            sampler = getattr(_loader(trainer, stage, dataloader_idx), "sampler", None)
+            ordered = isinstance(sampler, SequentialSampler) or (
+                isinstance(sampler, DistributedSampler) and not sampler.shuffle
+            )
+            # iterating a sampler that shuffles would draw from the global RNG and give another order than the loop's
+            self._order[key] = torch.as_tensor(list(iter(sampler)), dtype=torch.long) if ordered else None
             self._position[key] = 0
         start = self._position[key]
         self._position[key] = start + count
+        if self._order[key] is None:
+            return None
         ids = self._order[key][start : start + count]
         if len(ids) != count:
             raise RuntimeError(f"{stage} loader {dataloader_idx}: batch of {count} past the sampler's {start} samples")
         return ids
 
 
-def within(ids: torch.Tensor, limit: int | None) -> int:
+def within(ids: torch.Tensor | None, limit: int | None, count: int | None = None) -> int:
     """How many leading samples of a batch with global ``ids`` fall inside a budget of the first ``limit`` samples
-    (``None``: all); the admitted samples of an ordered loader are always a prefix of its batch."""
+    (``None``: all ``count`` of them); the admitted samples of an ordered loader are always a prefix of its batch."""
     if limit is None:
-        return len(ids)
+        return len(ids) if ids is not None else int(count or 0)
+    if ids is None:
+        raise InputError(
+            "a sample budget (max_samples and the like) needs test and validation loaders in a fixed order "
+            "(SequentialSampler, or a DistributedSampler without shuffle); this loader shuffles"
+        )
     inside = ids < limit
     k = int(inside.sum())
     if not bool(inside[:k].all()):
-        raise RuntimeError("the samples inside the budget are not a prefix of the batch: the loader is not ordered")
+        raise InputError(
+            "the samples inside the sample budget are not the first of their batch: the loader repeats or reorders "
+            "samples (a padding DistributedSampler?); evaluate with UnrepeatedDistributedSampler, as "
+            "MedMNISTDataModule does"
+        )
     return k

@@ -18,7 +18,7 @@ class TestBatch:
         y: the labels.
         extra: the batch's further fields (a shortcut split's group labels).
         ids: the global dataset index of every sample (the same on 1 or N processes); a sample budget of the first
-            ``N`` samples admits ``within(ids, N)`` leading samples.
+            ``N`` samples admits ``within(ids, N)`` leading samples; ``None`` where the loader shuffles.
         outputs: what the module's ``test_step`` returned (its logits).
         index: the batch's index within its loader on this process.
     """
@@ -29,6 +29,6 @@ class TestBatch:
     x: torch.Tensor
     y: torch.Tensor
     extra: tuple[Any, ...]
-    ids: torch.Tensor
+    ids: torch.Tensor | None
     outputs: Any
     index: int

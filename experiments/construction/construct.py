@@ -5,8 +5,7 @@
         --data.path runs:/<run id>/dataset/d_det.npz
 
 The file's training split is constructed (:mod:`medrobust.lightning_modules.features.feature_datasets`); its val and
-test
-splits are the original ones. The work is done in chunks under ``<out>.parts`` (a killed construction continues
+test splits are the original ones. The work is done in chunks under ``<out>.parts`` (a killed construction continues
 where it stopped, with the same result), and the file is logged to MLflow with its lineage (:func:`record`).
 """
 

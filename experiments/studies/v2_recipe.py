@@ -5,9 +5,8 @@ time limit and the fast path), then reads the run's history from MLflow and logs
 AUROC and accuracy per epoch, the selected epoch's test numbers, and the paper's test AUC and ACC for the dataset as
 dashed lines) and ``v2_curve.json`` into the same run, and prints the table.
 
-    MEDMNIST_ROOT=../shared/data/medmnist python -m medrobust.experiments.studies.v2_recipe --data.flag pneumoniamnist
-    \\
-        --trainer.max_time 00:00:20:00 --trainer.precision bf16-mixed --model.channels_last true
+    MEDMNIST_ROOT=../shared/data/medmnist python -m medrobust.experiments.studies.v2_recipe \\
+        --data.flag pneumoniamnist --trainer.max_time 00:00:20:00 --trainer.precision bf16-mixed --model.channels_last true
     python -m medrobust.experiments.studies.v2_recipe --report-only <run id>     # redraw for a finished run
 """
 

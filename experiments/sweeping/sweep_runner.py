@@ -26,6 +26,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from medrobust.experiments.legacy_class_paths import new_class_path
 from medrobust.experiments.reporting.tradeoff import (
     PARENT_TAG,
     TAG_AXES,
@@ -46,6 +47,14 @@ from medrobust.utilities.tracking_uri import has_credentials, redact_uri
 
 TAG_HOST, TAG_PID, TAG_HEARTBEAT, TAG_ATTEMPT = "sweep.host", "sweep.pid", "sweep.heartbeat", "sweep.attempt"
 LOGGER_CLASS = "medrobust.experiments.tracking.mlflow_logger.MLflowRunLogger"
+
+
+def logger_settings(logger: dict[str, Any]) -> dict[str, Any]:
+    """The ``init_args`` of a config's logger that a sweep child keeps (tags, artifact location, ...): those of
+    MLflowRunLogger, named by its path, its pre-namespace path, or not at all (the command's default logger)."""
+    class_path = logger.get("class_path")
+    ours = class_path in (None, LOGGER_CLASS) or new_class_path(class_path) == LOGGER_CLASS
+    return dict(logger.get("init_args") or {}) if ours else {}
 
 
 def _pid_alive(pid: int) -> bool:
@@ -191,7 +200,7 @@ class SweepRunner:
         config = self.spec.compose(point)
         trainer = config.setdefault("trainer", {})
         logger = trainer.get("logger") if isinstance(trainer.get("logger"), dict) else {}
-        init_args = dict(logger.get("init_args") or {}) if logger.get("class_path") == LOGGER_CLASS else {}
+        init_args = logger_settings(logger)
         # A URI with credentials stays out of the file; the child reads it from $MLFLOW_TRACKING_URI.
         uri = None if has_credentials(self.tracking_uri) else self.tracking_uri
         init_args |= {"experiment_name": self.spec.experiment, "run_name": point.label, "run_id": run_id}
