@@ -6,7 +6,8 @@ AUROC and accuracy per epoch, the selected epoch's test numbers, and the paper's
 dashed lines) and ``v2_curve.json`` into the same run, and prints the table.
 
     MEDMNIST_ROOT=../shared/data/medmnist python -m medrobust.experiments.studies.v2_recipe \\
-        --data.flag pneumoniamnist --trainer.max_time 00:00:20:00 --trainer.precision bf16-mixed --model.channels_last true
+        --data.flag pneumoniamnist --trainer.max_time 00:00:20:00 --trainer.precision bf16-mixed \\
+        --model.channels_last true
     python -m medrobust.experiments.studies.v2_recipe --report-only <run id>     # redraw for a finished run
 """
 
