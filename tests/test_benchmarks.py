@@ -34,7 +34,12 @@ def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
             "adversarial_step.py",
             ["--model", "test_resnet", "--steps", "1", "--warmup", "1", "--rounds", "1", "--k", "2"],
         ),
-        ("distillation_step.py", ["--model", "resnet18", "--steps", "1", "--warmup", "1", "--rounds", "1"]),
+        # the two slowest (about a minute each on 2 cores) run with -m slow; the other eight stay in the default run
+        pytest.param(
+            "distillation_step.py",
+            ["--model", "resnet18", "--steps", "1", "--warmup", "1", "--rounds", "1"],
+            marks=pytest.mark.slow,
+        ),
         ("detection_fit.py", ["--model", "test_resnet", "--rounds", "1", "--max-train", "256"]),
         ("construction_cost.py", ["--model", "test_resnet", "--iters", "2", "--rounds", "1", "--batch-size", "32"]),
         ("saliency_cost.py", ["--model", "test_resnet", "--rounds", "1", "--ig-steps", "4", "--batch-size", "8"]),
@@ -42,7 +47,7 @@ def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
             "fast_path.py",
             ["--model", "test_resnet", "--steps", "1", "--warmup", "1", "--rounds", "1", "--pgd-steps", "1"],
         ),
-        ("peer_pipeline.py", ["--epochs", "1", "--rounds", "1", "--max-train", "128"]),
+        pytest.param("peer_pipeline.py", ["--epochs", "1", "--rounds", "1", "--max-train", "128"], marks=pytest.mark.slow),
     ],
 )
 def test_benchmark_runs_and_prints_a_ratio(script: str, args: list[str]) -> None:

@@ -149,7 +149,8 @@ def test_runs_from_a_project_with_its_own_callbacks_and_experiments(tmp_path: Pa
         data = [f"--data.root={SHARED_MEDMNIST}"]
     else:
         data = [f"--data.path={write_medmnist_npz(tmp_path / 'pneumonia.npz', 'pneumoniamnist')}"]
-    env = {**os.environ, "PYTHONPATH": str(project), "CUDA_VISIBLE_DEVICES": ""}
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    env = {**os.environ, "PYTHONPATH": str(project), "CUDA_VISIBLE_DEVICES": "", "MLFLOW_TRACKING_URI": uri}
     medrobust = python.parent / "medrobust"
     quickstart = REPO / "experiments" / "configs" / "quickstart.yaml"
     fit = subprocess.run(
@@ -168,7 +169,7 @@ def test_runs_from_a_project_with_its_own_callbacks_and_experiments(tmp_path: Pa
             "medrobust.experiments.studies.summarize",
             "foreign",
             "--tracking-uri",
-            "sqlite:///mlflow.db",
+            uri,
         ],
         capture_output=True,
         text=True,

@@ -415,6 +415,7 @@ def test_a_killed_sweep_relaunches_without_rerunning_or_duplicating(tmp_path) ->
     assert len(epochs) >= 3
 
 
+@pytest.mark.slow  # about a minute; test_sweep_with_a_ddp_child keeps a DDP child in the default run
 def test_a_failed_ddp_child_resumes_in_the_same_run(tmp_path) -> None:
     """Both processes of a DDP child fail at epoch 1; rerunning the sweep resumes that child, on 2 processes again,
     from its last checkpoint and into the same MLflow run (one run, FINISHED, every epoch's validation once)."""
