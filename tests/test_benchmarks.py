@@ -47,7 +47,9 @@ def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
             "fast_path.py",
             ["--model", "test_resnet", "--steps", "1", "--warmup", "1", "--rounds", "1", "--pgd-steps", "1"],
         ),
-        pytest.param("peer_pipeline.py", ["--epochs", "1", "--rounds", "1", "--max-train", "128"], marks=pytest.mark.slow),
+        pytest.param(
+            "peer_pipeline.py", ["--epochs", "1", "--rounds", "1", "--max-train", "128"], marks=pytest.mark.slow
+        ),
     ],
 )
 def test_benchmark_runs_and_prints_a_ratio(script: str, args: list[str]) -> None:

@@ -290,7 +290,7 @@ def _saliency_yaml(tmp_path) -> str:
                     "init_args": {"num_samples": 12, "batch_size": 5, "stability_samples": 4, "ig_steps": 4},
                 }
             ]
-        }
+        },
     }
     (tmp_path / "saliency.yaml").write_text(yaml.safe_dump(config))
     return str(tmp_path / "saliency.yaml")
