@@ -15,6 +15,7 @@ Exit status 0 when every check passes; each check prints PASS or FAIL.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 
@@ -72,18 +73,46 @@ def _experiment_opens_on_runs(browser: object, url: str, exp: str, parent: str, 
     return "experiment link opens its runs table", ok, f"{detail}; {shot}"
 
 
+#: what the compare view's parallel-coordinates plot shows: the swept budget and seed, clean and worst-case robust
+#: balanced accuracy, and balanced accuracy under shift
+COMPARE_PARAMS = ("callbacks.AdversarialTraining.eps", "seed_everything")
+COMPARE_METRICS = (
+    "summary/clean_bal_acc",
+    "summary/adv_bal_acc/linf_2_255",
+    "summary/adv_bal_acc/linf_8_255",
+    "summary/shift_bal_acc",
+)
+
+
 def _compare_view(browser: object, url: str, exp: str, children: list, out: Path) -> tuple[str, bool, str]:
-    """MLflow's compare view of the sweep's children lines them up by their ``summary/*`` metrics."""
-    ids = [child.info.run_id for child in children]
-    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    """MLflow's compare view of the sweep's finished children: its parallel-coordinates plot set to the swept values
+    and the ``summary/*`` trade-off metrics (the README's picture, ``compare.png``)."""
+    ids = [child.info.run_id for child in children if child.info.status == "FINISHED"]
+    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    page.goto(experiment_url(url, exp))  # the model-training pages (not the GenAI ones with their assistant panel)
+    page.wait_for_timeout(3_000)
     page.goto(f"{url}/#/compare-runs?runs={json.dumps(ids)}&experiments={json.dumps([exp])}")
     try:
-        page.get_by_text("summary/clean_acc", exact=True).first.wait_for(timeout=60_000)
-        ok, detail = True, f"{len(ids)} runs compared"
+        page.get_by_text(f"Comparing {len(ids)} Runs").first.wait_for(timeout=60_000)
+        page.wait_for_timeout(2_000)
+        with contextlib.suppress(Exception):  # MLflow 3.17's assistant panel, where it opens, hides half the plot
+            page.get_by_label("Close").first.click(timeout=3_000)
+        page.get_by_role("button", name="Clear All").click(timeout=10_000)
+        boxes = page.locator("input[role=combobox]")  # the plot's parameters, then its metrics
+        for index, names in ((0, COMPARE_PARAMS), (1, COMPARE_METRICS)):
+            for name in names:
+                boxes.nth(index).click()
+                boxes.nth(index).fill(name)
+                page.wait_for_timeout(400)
+                page.keyboard.press("Enter")
+            page.keyboard.press("Escape")
+        page.wait_for_timeout(1_500)
+        shown = [name for name in COMPARE_METRICS if name in page.inner_text("body")]
+        ok, detail = bool(shown), f"{len(ids)} runs compared on {len(shown)} summary metrics"
     except Exception as err:  # a timeout is a failed check
-        ok, detail = False, f"summary metrics not shown ({type(err).__name__})"
+        ok, detail = False, f"compare view incomplete ({type(err).__name__})"
     shot = out / "compare.png"
-    page.screenshot(path=str(shot), full_page=True)
+    page.screenshot(path=str(shot), clip={"x": 0, "y": 0, "width": 1500, "height": 720})
     return "compare view lines the children up by summary/*", ok, f"{detail}; {shot}"
 
 
