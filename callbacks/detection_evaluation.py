@@ -145,7 +145,6 @@ class DetectionEvaluation(EvaluationCallback):
                 )
             if target.kind == "split" and len(datamodule.shifted[target.split]) == 0:
                 raise InputError(f"Detection target {target.spec!r} has no samples")
-        self._seen = {}
         net, device = pl_module.net, pl_module.device
         self._net = net
         baselines = {"msp": MaxSoftmax(net), "energy": Energy(net, self.energy_temperature)}
@@ -227,7 +226,6 @@ class DetectionEvaluation(EvaluationCallback):
         limit = within(ids, self.max_samples, len(batch.x))
         if limit == 0:
             return
-        self._seen[split] = self._seen.get(split, 0) + limit
         with torch.inference_mode(False):
             x, y = batch.x[:limit].clone(), batch.y[:limit].clone().flatten()
             scores, pred = self._score(x)

@@ -52,7 +52,6 @@ class RobustValidation(Callback):
         self.steps = steps
         self.max_samples = max_samples
         self._counts: torch.Tensor | None = None
-        self._seen = 0
         self._ids = SampleIds()
 
     def budget(self, pl_module: LightningModule) -> Threat:
@@ -64,7 +63,7 @@ class RobustValidation(Callback):
 
     @override
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._counts, self._seen = empty_counts(pl_module.task, pl_module.num_classes, pl_module.device), 0
+        self._counts = empty_counts(pl_module.task, pl_module.num_classes, pl_module.device)
         self._ids.reset()
 
     @override
@@ -84,7 +83,6 @@ class RobustValidation(Callback):
         x, y = x[:limit], y[:limit]
         if len(x) == 0:
             return
-        self._seen += len(x)
         task = pl_module.task
         attack = PGD(
             self.budget(pl_module).ball(), self.steps, random_start=False, loss_fn=attack_loss(task), task=task

@@ -88,10 +88,7 @@ class RunRow:
     def near_constant(self) -> list[str]:
         """Where one class gets at least :data:`CONSTANT_SHARE` of the predictions: ``clean``, or a threat."""
         shares = {"clean": self.summary.get(SUMMARY + "clean_top_pred_share")}
-        for key, value in self.summary.items():
-            parsed = parse_name(key)
-            if parsed and parsed[0] == "summary_adv" and parsed[1]["stat"] == "top_pred_share":
-                shares[parsed[1]["threat"]] = value
+        shares |= {threat: self.summary[key] for threat, key in worst_case_keys(self.summary, "top_pred_share").items()}
         return [where for where, share in shares.items() if share is not None and share >= CONSTANT_SHARE]
 
     @property
@@ -184,14 +181,19 @@ def paired_stats(groups: Sequence[Group], xkey: str, ykey: str) -> list[tuple[Gr
     return [(group, sx, sy) for group, sx, sy in pairs if sx is not None and sy is not None]
 
 
+def worst_case_keys(keys: Iterable[str], stat: str) -> dict[str, str]:
+    """The ``summary/adv_<stat>/<threat>`` names among ``keys``, by their threat label (``linf_8_255``)."""
+    found = {}
+    for key in keys:
+        parsed = parse_name(key)
+        if parsed and parsed[0] == "summary_adv" and parsed[1]["stat"] == stat:
+            found[parsed[1]["threat"]] = key
+    return found
+
+
 def adv_threats(rows: Sequence[RunRow], kind: str = "acc") -> list[str]:
     """The threats (``linf_8_255``) some run has a worst-case ``kind`` summary for, ordered by norm and eps."""
-    threats = set()
-    for row in rows:
-        for key in row.summary:
-            parsed = parse_name(key)
-            if parsed and parsed[0] == "summary_adv" and parsed[1]["stat"] == kind:
-                threats.add(parsed[1]["threat"])
+    threats = {threat for row in rows for threat in worst_case_keys(row.summary, kind)}
     return sorted(threats, key=Threat.from_label)
 
 
@@ -232,12 +234,8 @@ def format_table(report: dict[str, Any]) -> str:
     """The groups as a Markdown table: mean +- std over seeds for the headline metrics, and the flags."""
     metric = report.get("metric", "acc")
     cols = ["clean_acc", "clean_bal_acc", "clean_auroc"]
-    threats = set()
-    for group in report["groups"]:
-        for key in group:
-            parsed = parse_name(SUMMARY + key.removesuffix("/mean")) if key.endswith("/mean") else None
-            if parsed and parsed[0] == "summary_adv" and parsed[1]["stat"] == metric:
-                threats.add(Threat.from_label(parsed[1]["threat"]))
+    means = [SUMMARY + k.removesuffix("/mean") for group in report["groups"] for k in group if k.endswith("/mean")]
+    threats = {Threat.from_label(threat) for threat in worst_case_keys(means, metric)}
     cols += [f"adv_{metric}/{t.label}" for t in sorted(threats, key=lambda t: (t.eps, t.norm))]
     cols += ["shift_bal_acc"]
     cols = [c for c in cols if any(f"{c}/mean" in g for g in report["groups"])]
