@@ -27,22 +27,35 @@ def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     "script, args",
     [
+        # Four run in the default test run (training step, data path, adversarial step, fast path); the others, whose
+        # code other tests cover, with -m slow (about 8 s each on 2 cores; distillation and peer pipeline a minute).
         ("train_step.py", ["--model", "test_resnet", "--steps", "2", "--warmup", "1", "--rounds", "1"]),
         ("data_path.py", ["--rounds", "1"]),
-        ("shift_suite.py", []),
+        pytest.param("shift_suite.py", [], marks=pytest.mark.slow),
         (
             "adversarial_step.py",
             ["--model", "test_resnet", "--steps", "1", "--warmup", "1", "--rounds", "1", "--k", "2"],
         ),
-        # the two slowest (about a minute each on 2 cores) run with -m slow; the other eight stay in the default run
         pytest.param(
             "distillation_step.py",
             ["--model", "resnet18", "--steps", "1", "--warmup", "1", "--rounds", "1"],
             marks=pytest.mark.slow,
         ),
-        ("detection_fit.py", ["--model", "test_resnet", "--rounds", "1", "--max-train", "256"]),
-        ("construction_cost.py", ["--model", "test_resnet", "--iters", "2", "--rounds", "1", "--batch-size", "32"]),
-        ("saliency_cost.py", ["--model", "test_resnet", "--rounds", "1", "--ig-steps", "4", "--batch-size", "8"]),
+        pytest.param(
+            "detection_fit.py",
+            ["--model", "test_resnet", "--rounds", "1", "--max-train", "256"],
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            "construction_cost.py",
+            ["--model", "test_resnet", "--iters", "2", "--rounds", "1", "--batch-size", "32"],
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            "saliency_cost.py",
+            ["--model", "test_resnet", "--rounds", "1", "--ig-steps", "4", "--batch-size", "8"],
+            marks=pytest.mark.slow,
+        ),
         (
             "fast_path.py",
             ["--model", "test_resnet", "--steps", "1", "--warmup", "1", "--rounds", "1", "--pgd-steps", "1"],

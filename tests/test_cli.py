@@ -110,6 +110,47 @@ def medrobust(*args: str, cwd: Path, timeout: float = 300, **env: str) -> subpro
     )
 
 
+def medrobust_in_process(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """``medrobust ARGS`` through the real entry point (:func:`~medrobust.experiments.cli.main`), in this process:
+    for commands that end before training (bad input), where a subprocess would spend most of its time importing
+    torch and Lightning. Exit status, stdout and stderr as a subprocess reports them (an uncaught exception: status 1
+    and its traceback on stderr). Environment, working directory, ``sys.path`` and modules imported from ``cwd``
+    are restored afterwards."""
+    import contextlib
+    import io
+    import os
+    import traceback
+
+    from medrobust.experiments.cli import main
+
+    saved_env, saved_path, saved_cwd, saved_argv = dict(os.environ), list(sys.path), os.getcwd(), sys.argv
+    saved_modules = set(sys.modules)
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.update(env)
+    os.chdir(cwd)
+    sys.argv = ["medrobust", *args]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            except Exception:  # reported as a subprocess would: status 1 and the traceback
+                code = 1
+                traceback.print_exc()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+        sys.path[:] = saved_path
+        sys.argv = saved_argv
+        for name in set(sys.modules) - saved_modules:  # a user's callback module from cwd, imported by name
+            if str(getattr(sys.modules[name], "__file__", "") or "").startswith(str(cwd)):
+                del sys.modules[name]
+    return subprocess.CompletedProcess(["medrobust", *args], code, out.getvalue(), err.getvalue())
+
+
 def test_resume_after_kill_continues_the_same_run(tmp_path, pneumonia_data_args) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     base = ["fit", "--config", QUICKSTART, *TINY, *pneumonia_data_args, "--trainer.max_epochs=3"]
@@ -144,7 +185,7 @@ def test_bad_data_leaves_no_run_behind(tmp_path, args, message) -> None:
     write_medmnist_npz(root / "pneumoniamnist.npz", "pneumoniamnist")  # right name, wrong bytes
     good = write_medmnist_npz(tmp_path / "good.npz", "pneumoniamnist")
     args = [a.format(root=root, good=good) for a in args]
-    result = medrobust("fit", "--config", QUICKSTART, *TINY, *args, cwd=tmp_path, MLFLOW_TRACKING_URI=uri)
+    result = medrobust_in_process("fit", "--config", QUICKSTART, *TINY, *args, cwd=tmp_path, MLFLOW_TRACKING_URI=uri)
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr and "Traceback" not in result.stderr
     assert runs(uri) == []
@@ -176,7 +217,7 @@ def test_a_checkpoint_with_a_pickle_payload_is_refused_and_runs_nothing(tmp_path
     torch.save({"state_dict": {}, "mlflow": {"run_id": "x"}, "evil": Payload()}, tmp_path / "evil.ckpt")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     for command in ("fit", "test"):
-        result = medrobust(
+        result = medrobust_in_process(
             command,
             "--config",
             QUICKSTART,
@@ -208,7 +249,7 @@ def test_bad_input_exits_nonzero_without_a_finished_run(tmp_path, args, message)
     good = write_medmnist_npz(tmp_path / "good.npz", "pneumoniamnist")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = [f"--data.path={good}", *(a.format(tmp=tmp_path) for a in args)]
-    result = medrobust("fit", "--config", QUICKSTART, *TINY, *args, cwd=tmp_path, MLFLOW_TRACKING_URI=uri)
+    result = medrobust_in_process("fit", "--config", QUICKSTART, *TINY, *args, cwd=tmp_path, MLFLOW_TRACKING_URI=uri)
     assert result.returncode == 2, result.stderr[-2000:]
     assert message.format(tmp=tmp_path) in result.stderr
     assert not (tmp_path / "mlflow.db").exists() or runs(uri) == []  # checked before any run was created

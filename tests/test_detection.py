@@ -16,6 +16,7 @@ from test_cli import TINY, medrobust, runs
 
 from medrobust.callbacks import DetectionEvaluation
 from medrobust.datamodules.medmnist import MedMNISTDataModule
+from medrobust.experiments.cli import MedRobustCLI
 from medrobust.lightning_modules.attacks.pgd import PGD
 from medrobust.lightning_modules.attacks.threat_model import LinfThreat
 from medrobust.lightning_modules.classifier import ClassifierModule
@@ -192,8 +193,9 @@ def test_bad_input_gets_a_clear_error(tmp_path, synthetic_npz) -> None:
         trainer.test(model, datamodule=dm)
 
 
-def test_detection_on_two_ddp_processes_equals_one_process(tmp_path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def _detection_args(tmp_path: Path) -> tuple[list[str], list[str]]:
+    """The detection study's config with a 4-target overlay (config arguments), and 256/64/64 images of
+    PneumoniaMNIST with BreastMNIST as OOD (data arguments)."""
     if (SHARED_MEDMNIST / "breastmnist.npz").is_file():
         data = [f"--data.root={SHARED_MEDMNIST}"]
     else:
@@ -227,6 +229,41 @@ def test_detection_on_two_ddp_processes_equals_one_process(tmp_path) -> None:
         "--config",
         str(tmp_path / "detection.yaml"),
     ]
+    return config, data
+
+
+def _check_detection_run(uri: str, run) -> list[str]:
+    """Every target and detector, each test image once, the report and the figures; the ``test/detect/`` keys."""
+    metrics = run.data.metrics
+    keys = [k for k in metrics if k.startswith("test/detect/")]
+    targets = {k.split("/")[3] for k in keys}
+    assert targets == {"ood_breastmnist", "gaussian_noise_s5", "pgd3_linf_8_255", "adaptive3_linf_8_255"}
+    assert {k.split("/")[2] for k in keys} >= {"msp", "energy", "mahalanobis", "mahalanobis_layer3", "ensemble"}
+    assert metrics["test/detect/msp/pgd3_linf_8_255/n_in"] == 64  # each test image once, on 1 process or 2
+    assert "summary/detect_auroc/ensemble/ood_breastmnist" in metrics
+    assert run.data.params["detection.fit_on"] == "fgsm:8/255"
+    client = MlflowClient(uri)
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} >= {
+        "plots/detection_roc.png",
+        "plots/detection_scores.png",
+    }
+    report = json.loads(Path(client.download_artifacts(run.info.run_id, "detection.json")).read_text())
+    assert report["calibration"]["noise"] in (0, 0.002) and report["settings"]["layers"] == ["layer3", "layer4"]
+    return keys
+
+
+def test_detection_end_to_end(tmp_path, tracking_uri) -> None:
+    """One process, in this one (the DDP test below, marked slow, checks that two processes give these numbers)."""
+    config, data = _detection_args(tmp_path)
+    MedRobustCLI(args=["fit", *config, *TINY, *data, "--trainer.max_epochs=1"])
+    (run,) = runs(tracking_uri)
+    _check_detection_run(tracking_uri, run)
+
+
+@pytest.mark.slow  # about 40 s on 2 cores; test_detection_end_to_end is its one-process sibling
+def test_detection_on_two_ddp_processes_equals_one_process(tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config, data = _detection_args(tmp_path)
     two = medrobust(
         "fit",
         *config,
@@ -243,20 +280,7 @@ def test_detection_on_two_ddp_processes_equals_one_process(tmp_path) -> None:
     assert two.returncode == 0, two.stderr[-3000:]
     (run,) = runs(uri)
     metrics = run.data.metrics
-    keys = [k for k in metrics if k.startswith("test/detect/")]
-    targets = {k.split("/")[3] for k in keys}
-    assert targets == {"ood_breastmnist", "gaussian_noise_s5", "pgd3_linf_8_255", "adaptive3_linf_8_255"}
-    assert {k.split("/")[2] for k in keys} >= {"msp", "energy", "mahalanobis", "mahalanobis_layer3", "ensemble"}
-    assert metrics["test/detect/msp/pgd3_linf_8_255/n_in"] == 64  # each test image once over both processes
-    assert "summary/detect_auroc/ensemble/ood_breastmnist" in metrics
-    assert run.data.params["detection.fit_on"] == "fgsm:8/255"
-    client = MlflowClient(uri)
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} >= {
-        "plots/detection_roc.png",
-        "plots/detection_scores.png",
-    }
-    report = json.loads(Path(client.download_artifacts(run.info.run_id, "detection.json")).read_text())
-    assert report["calibration"]["noise"] in (0, 0.002) and report["settings"]["layers"] == ["layer3", "layer4"]
+    keys = _check_detection_run(uri, run)
     one = medrobust(
         "test", *config, *TINY, *data, f"--ckpt_path={run.data.tags['best_checkpoint']}", cwd=tmp_path,
         MLFLOW_TRACKING_URI=uri,

@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from test_cli import QUICKSTART, TINY, medrobust, runs
+from test_cli import QUICKSTART, TINY, medrobust, medrobust_in_process, runs
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "gradient_penalty.py"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -50,7 +50,7 @@ def test_example_callback_runs_from_the_working_directory(tmp_path, pneumonia_da
     assert tags["seams.auxiliary_modules"] == "gradpen_head"
     assert params["callbacks.GradientPenalty.lam"] == "0.05"  # settings under the class name, not a list position
 
-    bad = medrobust(
+    bad = medrobust_in_process(
         *args,
         "--trainer.callbacks+=my_defence.GradientPenalty",
         "--trainer.callbacks.lam=-1",
@@ -58,7 +58,7 @@ def test_example_callback_runs_from_the_working_directory(tmp_path, pneumonia_da
         MLFLOW_TRACKING_URI=uri,
     )
     assert bad.returncode == 2 and "must be >= 0" in bad.stderr and "Traceback" not in bad.stderr
-    typo = medrobust(
+    typo = medrobust_in_process(
         *args,
         "--trainer.callbacks+=medrobust.callbacks.AdversarialTraining",
         "--trainer.callbacks.steps=abc",

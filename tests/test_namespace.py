@@ -135,7 +135,12 @@ TINY = [
 USERS_OWN = "raise ImportError('the user\\'s own {name} package was imported instead of medrobust.{name}')\n"
 
 
-@pytest.mark.parametrize("editable", [False, True], ids=["wheel", "editable"])
+@pytest.mark.parametrize(
+    "editable",
+    # the wheel (about 30 s) with -m slow; test_packaging installs a wheel in the default run
+    [pytest.param(False, marks=pytest.mark.slow), True],
+    ids=["wheel", "editable"],
+)
 def test_runs_from_a_project_with_its_own_callbacks_and_experiments(tmp_path: Path, editable: bool) -> None:
     """Installed as a wheel and editable, driven from a working directory (also on PYTHONPATH) that holds its own
     ``callbacks/``, ``experiments/``, ``datamodules/`` and ``lightning_modules/`` packages, which fail if imported:

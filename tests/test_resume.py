@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from mlflow import MlflowClient
 from test_cli import QUICKSTART, TINY, medrobust, runs
@@ -28,6 +29,7 @@ def by_experiment(tmp_path: Path) -> dict[str, list]:
     return {e.name: client.search_runs([e.experiment_id]) for e in client.search_experiments()}
 
 
+@pytest.mark.slow  # five runs, about 45 s; test_cli's test_resume_after_kill_continues_the_same_run is its sibling
 def test_last_resumes_the_run_this_config_names_and_refuses_ambiguity(tmp_path, pneumonia_data_args) -> None:
     """`--ckpt_path last` used to take the newest last.ckpt under runs/, whatever its experiment: here experiment b's,
     written after a's. It now resumes a's own run; with two unfinished runs of a and no run name, it refuses."""

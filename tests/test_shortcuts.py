@@ -88,6 +88,7 @@ def test_bias_gap_is_the_tpr_difference_between_groups() -> None:
     assert math.isnan(only_clean["dtpr"])
 
 
+@pytest.mark.slow  # about 45 s; test_feature_distillation distils from a teacher checkpoint in one process
 def test_teacher_run_then_distilled_student_on_two_ddp_processes(tmp_path, pneumonia_data_args) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     data = [*pneumonia_data_args, "--data.batch_size=32", "--system_metrics.enabled=false"]

@@ -235,6 +235,8 @@ def sweep_runs(client: MlflowClient, name: str = "tests") -> list:
     return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]) if exp else []
 
 
+@pytest.mark.slow  # about a minute; siblings: test_sweep_against_a_real_mlflow_server (a sweep) and
+# test_robustness_evaluation's test_medrobust_test_on_a_checkpoint_single_and_ddp (a DDP run against one process)
 def test_sweep_with_a_ddp_child(tmp_path) -> None:
     """Parent + 2 children, one of them 2 DDP processes (gloo): 3 runs, all FINISHED; the DDP child's best
     checkpoint, evaluated again on one process, gives exactly the test metrics the child logged."""
@@ -361,8 +363,8 @@ def test_sweep_against_a_real_mlflow_server(tmp_path, mlflow_server) -> None:
 
 
 def test_a_killed_sweep_relaunches_without_rerunning_or_duplicating(tmp_path) -> None:
-    """SIGKILL the whole sweep (driver and child) while its second child trains; rerunning the same command marks
-    that child KILLED, resumes it in the same run, leaves the finished one alone, and finishes the third."""
+    """SIGKILL the whole sweep (driver and child) while its second (last) child trains; rerunning the same command
+    marks that child KILLED, resumes it in the same run and leaves the finished one alone."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     path = write_sweep(
         tmp_path / "kill.yaml",
@@ -375,7 +377,7 @@ def test_a_killed_sweep_relaunches_without_rerunning_or_duplicating(tmp_path) ->
             **STANDARD_NO_SHIFT,
             "trainer.max_epochs": 3,
         },
-        grid={"seed_everything": [0, 1, 2]},
+        grid={"seed_everything": [0, 1]},
     )
     cmd = [sys.executable, "-m", "medrobust.experiments", "sweep", str(path), "--tracking-uri", uri]
     log = open(tmp_path / "first.log", "w")  # noqa: SIM115 (the sweep holds it until killed)
@@ -404,7 +406,7 @@ def test_a_killed_sweep_relaunches_without_rerunning_or_duplicating(tmp_path) ->
     assert second_try.returncode == 0, second_try.stdout[-3000:] + second_try.stderr[-3000:]
     assert "marked KILLED" in second_try.stdout
     runs = sweep_runs(client)
-    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)  # parent + 3, no duplicates
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)  # parent + 2, no duplicates
     after = {r.data.tags["sweep.label"]: r for r in runs if r.data.tags.get("sweep.role") == "child"}
     assert after["seed=0"].info.end_time == before["seed=0"].info.end_time  # not rerun
     assert after["seed=0"].data.tags["sweep.attempt"] == "1"
@@ -415,7 +417,7 @@ def test_a_killed_sweep_relaunches_without_rerunning_or_duplicating(tmp_path) ->
     assert len(epochs) >= 3
 
 
-@pytest.mark.slow  # about a minute; test_sweep_with_a_ddp_child keeps a DDP child in the default run
+@pytest.mark.slow  # about a minute; test_robustness_evaluation keeps a DDP run in the default run
 def test_a_failed_ddp_child_resumes_in_the_same_run(tmp_path) -> None:
     """Both processes of a DDP child fail at epoch 1; rerunning the sweep resumes that child, on 2 processes again,
     from its last checkpoint and into the same MLflow run (one run, FINISHED, every epoch's validation once)."""
