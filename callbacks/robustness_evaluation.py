@@ -4,6 +4,7 @@ budget-free minimal distances (DeepFool, JSMA, bisection with PGD)."""
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any
 
@@ -26,6 +27,7 @@ from medrobust.lightning_modules.attacks.masking_checks import black_box_check, 
 from medrobust.lightning_modules.attacks.min_distance import DistanceSettings
 from medrobust.lightning_modules.attacks.threat import Threat
 from medrobust.lightning_modules.metrics.confusion import (
+    CONSTANT_SHARE,
     accuracy,
     balanced_accuracy,
     confusion_from_predictions,
@@ -36,6 +38,7 @@ from medrobust.lightning_modules.metrics.confusion import (
 )
 from medrobust.lightning_modules.metrics.metric_names import build_name
 from medrobust.lightning_modules.nets.modes import eval_mode
+from medrobust.utilities.console import own_line
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +112,7 @@ class RobustnessEvaluation(EvaluationCallback):
         square_queries: int = 5000,
         max_samples: int | None = None,
         autoattack_max_samples: int | None = None,
-        constant_share: float = 0.95,
+        constant_share: float = CONSTANT_SHARE,
         sanity_checks: bool = True,
         sanity_square_queries: int = 300,
         seed: int = 0,
@@ -264,11 +267,13 @@ class RobustnessEvaluation(EvaluationCallback):
         failed = [name for name, ok in self._checks.items() if isinstance(ok, bool) and not ok]
         if failed:
             rank_zero_warn(f"Gradient-masking checks failed: {failed}; robust accuracy may be overestimated.")
-        constant = [r["key"] for r in results if r["near_constant"]]
-        if constant:
-            rank_zero_warn(
-                f"Near-constant predictions (one class gets >= {self.constant_share:.0%} of them) in {constant}: "
-                "accuracy there measures the class balance of the test set, not robustness."
+        constant = [r["key"] for r in results if r["near_constant"] and r["key"] != "clean"]  # clean: the module's
+        if constant and trainer.is_global_zero:
+            own_line(
+                f"medrobust: warning: near-constant predictions under attack (one class gets >= "
+                f"{self.constant_share:.0%} of them) in {constant}: accuracy there measures the class balance of the "
+                "test set, not robustness.",
+                sys.stderr,
             )
         return {"settings": self.settings(), "results": results, "checks": self._checks, "distances": distances}
 

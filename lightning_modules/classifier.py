@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -13,10 +14,12 @@ from typing_extensions import override
 
 from medrobust.lightning_modules.features.feature_taps import capture
 from medrobust.lightning_modules.losses import task_loss
+from medrobust.lightning_modules.metrics.confusion import CONSTANT_SHARE, top_prediction_share
 from medrobust.lightning_modules.metrics.metric_names import metric_name
 from medrobust.lightning_modules.metrics.task_metrics import ConfusionCounts, classification_metrics
 from medrobust.lightning_modules.nets.normalized_classifier import NormalizedClassifier
 from medrobust.lightning_modules.training_seams import Batch, TrainingSeams, TrainingStep, TrainingThreat
+from medrobust.utilities.console import own_line
 from medrobust.utilities.errors import InputError
 
 __all__ = ["ClassifierModule", "TrainingStep", "TrainingThreat"]
@@ -115,6 +118,8 @@ class ClassifierModule(TrainingSeams, LightningModule):
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.test_confusion = ConfusionCounts(task, num_classes)
         self.last_test_confusion: torch.Tensor | None = None
+        #: the share of the last test's predictions given to the most predicted class (1.0: a constant classifier)
+        self.last_test_top_share: float | None = None
         self._init_seams()
 
     # ------------------------------------------------------------------------------------------- the model
@@ -221,6 +226,22 @@ class ClassifierModule(TrainingSeams, LightningModule):
         self._log_epoch("test")
         self.last_test_confusion = self.test_confusion.compute().cpu()
         self.test_confusion.reset()
+        self.last_test_top_share = top_prediction_share(self.last_test_confusion)
+
+    @override
+    def on_test_end(self) -> None:
+        """After every test (the progress bar closed): a warning on its own line when one class gets at least
+        :data:`~medrobust.lightning_modules.metrics.confusion.CONSTANT_SHARE` of the predictions; accuracy, robust
+        accuracy included, then measures the test set's class balance. The run records it (tag
+        ``test.near_constant``)."""
+        share = self.last_test_top_share
+        if share is not None and share >= CONSTANT_SHARE and self.trainer.is_global_zero:
+            own_line(
+                f"medrobust: warning: near-constant predictions: one class gets {share:.0%} of the test predictions "
+                f"(>= {CONSTANT_SHARE:.0%}); accuracy here measures the class balance of the test set. Train longer "
+                "or weight the classes (--model.class_weights balanced).",
+                sys.stderr,
+            )
 
     @override
     def configure_optimizers(self):

@@ -159,3 +159,16 @@ def test_balanced_class_weights_from_the_training_labels(tmp_path, synthetic_npz
         labels = dm.datasets["train"].labels.numpy()
         reference = compute_class_weight("balanced", classes=np.unique(labels), y=labels)
         assert model.class_weight.numpy() == pytest.approx(reference, rel=1e-6)
+
+
+def test_a_near_constant_classifier_is_flagged_after_every_test(tmp_path, synthetic_npz, capfd) -> None:
+    """Issue 24.6: the module itself warns, on a line of its own after the test, whatever callbacks the run has."""
+    dm = MedMNISTDataModule("pneumoniamnist", path=str(synthetic_npz()), batch_size=16)
+    model = make(dm)
+    head = model.net.backbone.get_classifier()
+    with torch.no_grad():
+        head.bias.copy_(torch.tensor([50.0, -50.0]))  # every image to class 0
+    quiet_trainer(tmp_path).test(model, dm, verbose=False)
+    assert model.last_test_top_share == 1.0
+    lines = capfd.readouterr().err.splitlines()
+    assert any(line.startswith("medrobust: warning: near-constant predictions: one class gets 100%") for line in lines)

@@ -90,6 +90,28 @@ def test_test_after_fit_can_be_turned_off(tracking_uri, pneumonia_data_args) -> 
     assert run.info.status == "FINISHED" and not any(k.startswith("test/") for k in run.data.metrics)
 
 
+def test_runs_are_announced_and_seeded_runs_get_distinct_names(tracking_uri, pneumonia_data_args, capsys) -> None:
+    """Issue 24.1: fit and test print the experiment, run name, run id and UI link when the run starts and when it
+    ends; two unnamed runs of one seeded config get different names (MLflow's generator draws from `random`)."""
+    args = ["--config", QUICKSTART, *TINY, *pneumonia_data_args, "--seed_everything=0", "--trainer.max_epochs=1"]
+    for _ in range(2):
+        MedRobustCLI(args=["fit", *args, "--test_after_fit=false"])
+    first, second = sorted(runs(tracking_uri), key=lambda r: r.info.start_time)
+    assert first.info.run_name != second.info.run_name
+    out = capsys.readouterr().out
+    db = (Path.cwd() / "mlflow.db").resolve()
+    for run in (first, second):
+        name, run_id, exp = run.info.run_name, run.info.run_id, run.info.experiment_id
+        link = f"http://127.0.0.1:5000/#/experiments/{exp}/runs/{run_id}  (after: mlflow ui --backend-store-uri sqlite:///{db})"
+        for event in ("started", "finished"):
+            assert f"medrobust: {event} run {name!r} (id {run_id}) in experiment 'tests'\n  {link}" in out, out
+    MedRobustCLI(args=["test", *args, f"--ckpt_path={first.data.tags['best_checkpoint']}"])
+    (tested,) = [r for r in runs(tracking_uri) if r.info.run_id not in (first.info.run_id, second.info.run_id)]
+    out = capsys.readouterr().out
+    assert out.count(f"(id {tested.info.run_id})") == 2
+    assert tested.info.run_name not in (first.info.run_name, second.info.run_name)
+
+
 def test_test_subcommand_on_a_checkpoint(tracking_uri, pneumonia_data_args) -> None:
     MedRobustCLI(args=["fit", "--config", QUICKSTART, *TINY, *pneumonia_data_args, "--trainer.max_epochs=1"])
     (fit_run,) = runs(tracking_uri)
@@ -112,41 +134,62 @@ def medrobust(*args: str, cwd: Path, timeout: float = 300, **env: str) -> subpro
 
 def medrobust_in_process(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     """``medrobust ARGS`` through the real entry point (:func:`~medrobust.experiments.cli.main`), in this process:
-    for commands that end before training (bad input), where a subprocess would spend most of its time importing
-    torch and Lightning. Exit status, stdout and stderr as a subprocess reports them (an uncaught exception: status 1
-    and its traceback on stderr). Environment, working directory, ``sys.path`` and modules imported from ``cwd``
-    are restored afterwards."""
+    for commands refused on bad input, where a subprocess would spend most of its time importing torch and
+    Lightning. Exit status, stdout and stderr as a subprocess reports them: an uncaught exception is status 1 with its
+    traceback on stderr, and log records and warnings go to stderr too. Environment, working directory,
+    ``sys.argv``, ``sys.path``, MLflow's tracking URI, the RNGs and modules imported from ``cwd`` are restored."""
     import contextlib
     import io
+    import logging
     import os
+    import random
     import traceback
+    import warnings
+
+    import numpy as np
+    from mlflow.tracking._tracking_service import utils as mlflow_uri
 
     from medrobust.experiments.cli import main
 
     saved_env, saved_path, saved_cwd, saved_argv = dict(os.environ), list(sys.path), os.getcwd(), sys.argv
-    saved_modules = set(sys.modules)
+    saved_modules, saved_uri = set(sys.modules), mlflow_uri._tracking_uri
+    saved_rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
     out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
     os.environ.update(env)
     os.chdir(cwd)
     sys.argv = ["medrobust", *args]
     code = 0
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: err.write(
+                warnings.formatwarning(message, category, filename, lineno, line)
+            )
             try:
                 main()
             except SystemExit as exit_:
                 code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+                if not isinstance(exit_.code, int | None):
+                    err.write(f"{exit_.code}\n")
             except Exception:  # reported as a subprocess would: status 1 and the traceback
                 code = 1
                 traceback.print_exc()
     finally:
+        logging.getLogger().removeHandler(handler)
         os.environ.clear()
         os.environ.update(saved_env)
         os.chdir(saved_cwd)
         sys.path[:] = saved_path
         sys.argv = saved_argv
+        mlflow_uri._tracking_uri = saved_uri
+        random.setstate(saved_rng[0])
+        np.random.set_state(saved_rng[1])
+        torch.set_rng_state(saved_rng[2])
         for name in set(sys.modules) - saved_modules:  # a user's callback module from cwd, imported by name
-            if str(getattr(sys.modules[name], "__file__", "") or "").startswith(str(cwd)):
+            if str(getattr(sys.modules[name], "__file__", "") or "").startswith(str(Path(cwd).resolve())):
                 del sys.modules[name]
     return subprocess.CompletedProcess(["medrobust", *args], code, out.getvalue(), err.getvalue())
 
@@ -162,7 +205,7 @@ def test_resume_after_kill_continues_the_same_run(tmp_path, pneumonia_data_args)
     assert run.info.status == "RUNNING"  # killed outright: nothing could mark it
     assert list((tmp_path / "runs").glob(f"*/{run.info.run_id}/checkpoints/last.ckpt"))
 
-    resumed = medrobust(*base, "--ckpt_path=last", cwd=tmp_path, MLFLOW_TRACKING_URI=uri)
+    resumed = medrobust_in_process(*base, "--ckpt_path=last", cwd=tmp_path, MLFLOW_TRACKING_URI=uri)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     (run,) = runs(uri)  # still exactly one run
     assert run.info.status == "FINISHED"
@@ -204,6 +247,8 @@ def test_an_error_inside_training_keeps_its_traceback_and_fails_the_run(tmp_path
     assert "Traceback" in result.stderr and "ValueError: FailOnce: injected failure" in result.stderr
     assert "medrobust: error" not in result.stderr
     assert [r.info.status for r in runs(uri)] == ["FAILED"]
+    (run,) = runs(uri)
+    assert f"medrobust: FAILED run {run.info.run_name!r} (id {run.info.run_id})" in result.stdout  # issue 24.1
 
 
 def test_a_checkpoint_with_a_pickle_payload_is_refused_and_runs_nothing(tmp_path, pneumonia_data_args) -> None:

@@ -257,7 +257,9 @@ def test_detection_end_to_end(tmp_path, tracking_uri) -> None:
     config, data = _detection_args(tmp_path)
     MedRobustCLI(args=["fit", *config, *TINY, *data, "--trainer.max_epochs=1"])
     (run,) = runs(tracking_uri)
-    _check_detection_run(tracking_uri, run)
+    keys = _check_detection_run(tracking_uri, run)
+    aurocs = [run.data.metrics[k] for k in keys if k.endswith("/auroc")]
+    assert aurocs and all(0 <= v <= 1 for v in aurocs)
 
 
 @pytest.mark.slow  # about 40 s on 2 cores; test_detection_end_to_end is its one-process sibling

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
-from test_cli import QUICKSTART, TINY, medrobust, runs
+from test_cli import QUICKSTART, TINY, medrobust, medrobust_in_process, runs
 
 
-def fit(tmp_path: Path, data: list[str], *args: str, **env: str):
+def fit(tmp_path: Path, data: list[str], *args: str, in_process: bool = False, **env: str):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    return medrobust("fit", "--config", QUICKSTART, *TINY, *data, *args, cwd=tmp_path, MLFLOW_TRACKING_URI=uri, **env)
+    run = medrobust_in_process if in_process else medrobust
+    return run("fit", "--config", QUICKSTART, *TINY, *data, *args, cwd=tmp_path, MLFLOW_TRACKING_URI=uri, **env)
 
 
 def client_for(tmp_path: Path) -> MlflowClient:
@@ -29,7 +30,9 @@ def by_experiment(tmp_path: Path) -> dict[str, list]:
     return {e.name: client.search_runs([e.experiment_id]) for e in client.search_experiments()}
 
 
-@pytest.mark.slow  # five runs, about 45 s; test_cli's test_resume_after_kill_continues_the_same_run is its sibling
+# five runs, about 45 s: marked slow; its sibling in the default run is
+# test_find_resume_point_takes_the_named_experiments_run_and_refuses_ambiguity below
+@pytest.mark.slow
 def test_last_resumes_the_run_this_config_names_and_refuses_ambiguity(tmp_path, pneumonia_data_args) -> None:
     """`--ckpt_path last` used to take the newest last.ckpt under runs/, whatever its experiment: here experiment b's,
     written after a's. It now resumes a's own run; with two unfinished runs of a and no run name, it refuses."""
@@ -66,7 +69,7 @@ def test_a_resumed_run_is_running_and_a_changed_config_is_a_new_version(tmp_path
     assert first.returncode == 1
     (run,) = runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert run.info.status == "FAILED"
-    resumed = fit(tmp_path, common, "--trainer.max_epochs=4", "--ckpt_path=last")
+    resumed = fit(tmp_path, common, "--trainer.max_epochs=4", "--ckpt_path=last", in_process=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     client = client_for(tmp_path)
     run = client.get_run(run.info.run_id)
@@ -101,7 +104,7 @@ def test_slurm_requeue_leaves_the_run_killed_and_no_run_takes_another_runs_hpc_c
     (run_a,) = by_experiment(tmp_path)["a"]
     assert run_a.info.status == "KILLED" and run_a.data.tags["medrobust.requeued"] == "true"
 
-    other = fit(tmp_path, data, "--trainer.logger.init_args.experiment_name=b", **SLURM)
+    other = fit(tmp_path, data, "--trainer.logger.init_args.experiment_name=b", in_process=True, **SLURM)
     assert other.returncode == 0, other.stderr[-3000:]
     (run_b,) = by_experiment(tmp_path)["b"]
     history = client_for(tmp_path).get_metric_history(run_b.info.run_id, "val/auroc")
@@ -112,3 +115,38 @@ def test_slurm_requeue_leaves_the_run_killed_and_no_run_takes_another_runs_hpc_c
     (run_a,) = by_experiment(tmp_path)["a"]
     assert run_a.info.status == "FINISHED"
     assert len(client_for(tmp_path).get_metric_history(run_a.info.run_id, "val/auroc")) == 2  # epoch 0, then 1
+
+
+def test_find_resume_point_takes_the_named_experiments_run_and_refuses_ambiguity(tmp_path) -> None:
+    """The default-run sibling of the test above, on a real MLflow store and real checkpoint files (no training):
+    experiment b's last.ckpt is newer than a's, and `last` for a still means a's own run; two unfinished runs of b
+    are ambiguous; a finished run is named in an error, not resumed."""
+    import time
+
+    import torch
+
+    from medrobust.experiments.resume import find_resume_point
+    from medrobust.utilities.errors import InputError
+
+    client = client_for(tmp_path)
+    made = {}
+    for name in ("a", "b", "b"):
+        experiment = client.get_experiment_by_name(name)
+        exp_id = experiment.experiment_id if experiment else client.create_experiment(name)
+        run = client.create_run(exp_id)
+        folder = tmp_path / "runs" / exp_id / run.info.run_id / "checkpoints"
+        folder.mkdir(parents=True)
+        torch.save({"mlflow": {"run_id": run.info.run_id}}, folder / "last.ckpt")
+        made.setdefault(name, []).append((run, folder / "last.ckpt"))
+        time.sleep(0.01)
+    ((run_a, last_a),) = made["a"]
+    point = find_resume_point(client, "a", None, None, tmp_path / "runs")
+    assert point.path == last_a and point.run_id == run_a.info.run_id
+    with pytest.raises(InputError, match="ambiguous: experiment 'b' has several unfinished runs"):
+        find_resume_point(client, "b", None, None, tmp_path / "runs")
+    named = made["b"][1][0]
+    assert find_resume_point(client, "b", named.info.run_name, None, tmp_path / "runs").run_id == named.info.run_id
+    client.set_terminated(run_a.info.run_id)
+    with pytest.raises(InputError, match="every run of 'a' this config names is FINISHED"):
+        find_resume_point(client, "a", None, None, tmp_path / "runs")
+    assert find_resume_point(client, "a", None, None, tmp_path / "runs", explicit=False) is None

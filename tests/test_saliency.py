@@ -325,6 +325,8 @@ def test_saliency_evaluation_end_to_end(tmp_path, tracking_uri, pneumonia_data_a
     # sum), so its sensitivity (0/0) and one class's energy are undefined and not logged: checked for the rest
     _check_saliency_run(tracking_uri, run, tmp_path, METHODS[:-1])
     assert run.data.metrics["test/saliency/gradcam/n"] == 12
+    for metric in ("energy", "pointing", "iou", "rank_corr"):
+        assert 0 <= abs(run.data.metrics[f"test/saliency/gradcam/{metric}"]) <= 1, metric
 
 
 @pytest.mark.slow  # about 80 s on 2 cores; test_saliency_evaluation_end_to_end is its one-process sibling

@@ -10,10 +10,11 @@ import pytest
 import torch
 import yaml
 from mlflow import MlflowClient
-from test_cli import QUICKSTART, TINY, medrobust, runs
+from test_cli import QUICKSTART, TINY, medrobust, medrobust_in_process, runs
 
 from medrobust.callbacks.shortcut_evaluation import shortcut_metrics
 from medrobust.datamodules.medmnist import MedMNISTDataModule
+from medrobust.experiments.cli import MedRobustCLI
 from medrobust.utilities.errors import InputError
 
 SHORTCUT_CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "shortcut"
@@ -88,7 +89,36 @@ def test_bias_gap_is_the_tpr_difference_between_groups() -> None:
     assert math.isnan(only_clean["dtpr"])
 
 
-@pytest.mark.slow  # about 45 s; test_feature_distillation distils from a teacher checkpoint in one process
+def test_teacher_run_then_distilled_student_in_one_process(tmp_path, tracking_uri, pneumonia_data_args) -> None:
+    """The study's configs end to end, in this process: a teacher run, then a student distilled from it by MLflow
+    name, evaluated on shortcut splits (the DDP test below, marked slow, also re-evaluates on one process)."""
+    data = [*pneumonia_data_args, "--data.batch_size=32", "--system_metrics.enabled=false", "--trainer.max_epochs=1"]
+    teacher = ["--config", str(SHORTCUT_CONFIG / "pneumonia_teacher_clean.yaml"), *TINY, *data]
+    MedRobustCLI(args=["fit", *teacher, "--trainer.logger.init_args.run_name=teacher", "--test_after_fit=false"])
+    overlay = {
+        "class_path": "medrobust.callbacks.FeatureDistillation",
+        "init_args": {"teacher": "mlflow:tests/teacher"},
+    }
+    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks": [overlay]}}))
+    student = [
+        "--config",
+        str(SHORTCUT_CONFIG / "pneumonia_shortcut_cpu.yaml"),
+        "--config",
+        str(tmp_path / "teacher.yaml"),
+    ]
+    fit = medrobust_in_process("fit", *student, *TINY, *data, cwd=tmp_path)  # main() merges configs by class
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    (run,) = [r for r in runs(tracking_uri) if r.info.run_name != "teacher"]
+    metrics, params = run.data.metrics, run.data.params
+    assert run.info.status == "FINISHED"
+    for name in ("layer2", "layer3", "layer4", "logits"):
+        assert f"train/loss/distill/{name}_epoch" in metrics
+    assert params["distill.teacher.source"] == "mlflow:tests/teacher"
+    for key in ("summary/shortcut_auroc/flipped", "summary/shortcut_dtpr/flipped", "summary/shortcut_auroc/absent"):
+        assert 0 <= metrics[key] <= 1 or key.endswith("dtpr"), key
+
+
+@pytest.mark.slow  # about 45 s; test_teacher_run_then_distilled_student_in_one_process is its one-process sibling
 def test_teacher_run_then_distilled_student_on_two_ddp_processes(tmp_path, pneumonia_data_args) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     data = [*pneumonia_data_args, "--data.batch_size=32", "--system_metrics.enabled=false"]

@@ -16,7 +16,7 @@ import torch
 import yaml
 from conftest import REPO, SHARED_MEDMNIST, subprocess_env, write_medmnist_npz
 from mlflow import MlflowClient
-from test_cli import medrobust
+from test_cli import medrobust, medrobust_in_process
 
 from medrobust.experiments.reporting.tradeoff import RunRow, build_report, format_table, pareto_front
 from medrobust.experiments.sweeping.sweep_spec import SweepError, SweepSpec, set_override
@@ -235,8 +235,8 @@ def sweep_runs(client: MlflowClient, name: str = "tests") -> list:
     return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]) if exp else []
 
 
-@pytest.mark.slow  # about a minute; siblings: test_sweep_against_a_real_mlflow_server (a sweep) and
-# test_robustness_evaluation's test_medrobust_test_on_a_checkpoint_single_and_ddp (a DDP run against one process)
+@pytest.mark.slow  # about a minute; siblings: test_sweep_against_a_real_mlflow_server (a sweep),
+# test_ddp_small_splits (a DDP fit) and test_robustness_evaluation's single-and-DDP test (DDP against one process)
 def test_sweep_with_a_ddp_child(tmp_path) -> None:
     """Parent + 2 children, one of them 2 DDP processes (gloo): 3 runs, all FINISHED; the DDP child's best
     checkpoint, evaluated again on one process, gives exactly the test metrics the child logged."""
@@ -329,6 +329,12 @@ def test_sweep_against_a_real_mlflow_server(tmp_path, mlflow_server) -> None:
     # Issue 9.11: a tracking URI with credentials (the server ignores them) is used, and persisted nowhere.
     secret = "s3cr3t-pw"
     uri = mlflow_server.replace("http://", f"http://alice:{secret}@")
+    # the second point alone (as an array task would run it), then the whole sweep: it runs the first and leaves the
+    # second, FINISHED, alone
+    only = sweep(path, "--point", "1", cwd=tmp_path, uri=uri)
+    assert only.returncode == 0, only.stdout[-3000:] + only.stderr[-3000:]
+    (done,) = [r for r in sweep_runs(MlflowClient(mlflow_server)) if r.data.tags.get("sweep.role") == "child"]
+    assert done.info.status == "FINISHED" and done.data.tags["sweep.label"] == "eps=8/255"
     proc = sweep(path, cwd=tmp_path, uri=uri)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert secret not in proc.stdout + proc.stderr
@@ -337,6 +343,21 @@ def test_sweep_against_a_real_mlflow_server(tmp_path, mlflow_server) -> None:
     assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
     parent, *children = runs
     assert parent.info.artifact_uri.startswith("mlflow-artifacts:")
+    assert {c.info.run_id for c in children} >= {done.info.run_id}  # not rerun
+    assert next(c for c in children if c.info.run_id == done.info.run_id).info.end_time == done.info.end_time
+    # Issue 24.1: the parent and each child announced with name, id and link (the server's, without credentials)
+    first = next(c for c in children if c.info.run_id != done.info.run_id)
+    for run, event, out in [
+        (parent, "started parent", only.stdout),
+        (parent, "continuing parent", proc.stdout),
+        (parent, "FINISHED parent", proc.stdout),
+        (done, "started", only.stdout),
+        (first, "started", proc.stdout),
+        (first, "finished", proc.stdout),
+    ]:
+        info = run.info
+        banner = f"medrobust: {event} run {info.run_name!r} (id {info.run_id}) in experiment 'tests'"
+        assert f"{banner}\n  {mlflow_server}/#/experiments/{info.experiment_id}/runs/{info.run_id}" in out, out
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert "summary/adv_acc/linf_8_255" in child.data.metrics
@@ -347,9 +368,10 @@ def test_sweep_against_a_real_mlflow_server(tmp_path, mlflow_server) -> None:
     assert sorted(r["group"] for r in report["runs"]) == ["eps=0", "eps=8/255"]
     assert "plots/tradeoff_adversarial.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     # And `medrobust report` rebuilds the same table over HTTP, for the parent run or the whole experiment.
-    rep = medrobust("report", "tests", "--tracking-uri", uri, cwd=tmp_path)
+    rep = medrobust_in_process("report", "tests", "--tracking-uri", uri, cwd=tmp_path)
     assert rep.returncode == 0, rep.stderr[-3000:]
     assert "| eps=8/255 | 1 |" in rep.stdout and secret not in rep.stdout + rep.stderr
+    assert all(f"{c.info.run_name} ({c.info.run_id[:8]})" in rep.stdout for c in children)  # name and short id
     for child in children:  # params, tags, config.yaml
         assert secret not in json.dumps([child.data.params, child.data.tags])
         config = Path(client.download_artifacts(child.info.run_id, "config.yaml", str(tmp_path / child.info.run_id)))
@@ -364,7 +386,8 @@ def test_sweep_against_a_real_mlflow_server(tmp_path, mlflow_server) -> None:
 
 def test_a_killed_sweep_relaunches_without_rerunning_or_duplicating(tmp_path) -> None:
     """SIGKILL the whole sweep (driver and child) while its second (last) child trains; rerunning the same command
-    marks that child KILLED, resumes it in the same run and leaves the finished one alone."""
+    marks that child KILLED, resumes it in the same run and leaves the finished one alone. (A relaunch that goes on
+    to points never started: test_sweep_against_a_real_mlflow_server.)"""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     path = write_sweep(
         tmp_path / "kill.yaml",

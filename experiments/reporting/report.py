@@ -17,6 +17,7 @@ from medrobust.experiments.reporting.tradeoff_record import log_report
 from medrobust.experiments.sweeping.sweep_spec import SweepError
 from medrobust.experiments.sweeping.sweep_store import child_runs, report_run, tested_runs
 from medrobust.experiments.tracking.mlflow_logger import resolve_tracking_uri
+from medrobust.experiments.tracking.run_banner import run_banner
 from medrobust.utilities.tracking_uri import redact_uri
 
 
@@ -63,7 +64,16 @@ def report_main(argv: list[str]) -> int:
     uri = resolve_tracking_uri(ns.tracking_uri)
     client = MlflowClient(uri)
     run_id, rows, axes = report_target(client, ns.target)
+    print(_banner("reporting into", client, uri, run_id), flush=True)
+    print(f"  {len(rows)} runs: " + ", ".join(f"{r.name} ({r.run_id[:8]})" for r in rows), flush=True)
     report = log_report(client, run_id, rows, axes, ns.metric)
     print(format_table(report))
     print(f"\nwritten to run {run_id} ({redact_uri(uri)}): tradeoff.json, tradeoff_table.json, plots/")
+    print(_banner("report written into", client, uri, run_id))
     return 0
+
+
+def _banner(event: str, client: MlflowClient, uri: str, run_id: str) -> str:
+    run = client.get_run(run_id)
+    experiment = client.get_experiment(run.info.experiment_id).name
+    return run_banner(event, uri, experiment, run.info.experiment_id, run.info.run_name, run_id)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medrobust.lightning_modules.attacks.threat import Threat, parse_eps
+from medrobust.lightning_modules.metrics.confusion import CONSTANT_SHARE
 from medrobust.lightning_modules.metrics.metric_names import parse_name
 from medrobust.lightning_modules.metrics.summary import SUMMARY, summary_metrics
 from medrobust.utilities.errors import InputError
@@ -29,8 +30,6 @@ METRICS = ("auto", "acc", "bal_acc")
 METRIC_NAMES = {"acc": "accuracy", "bal_acc": "balanced accuracy"}
 #: test labels whose largest class outnumbers the smallest this much make ``auto`` compare balanced accuracy
 IMBALANCE_RATIO = 1.5
-#: a run is flagged when one class gets at least this share of its test predictions, clean or under attack
-CONSTANT_SHARE = 0.95
 #: tags the sweep writes; runs made in other ways have none of them
 TAG_ROLE, TAG_SWEEP, TAG_POINT, TAG_VALUES, TAG_LABEL = (
     "sweep.role",
@@ -135,6 +134,7 @@ class Group:
 
     def as_dict(self, keys: Iterable[str]) -> dict[str, Any]:
         out: dict[str, Any] = {"group": self.label, "values": self.values, "n": len(self.runs)}
+        out["runs"] = [f"{run.name} ({run.run_id[:8]})" for run in self.runs]
         out["near_constant"] = self.near_constant
         for key in keys:
             s = self.stats(key)
@@ -150,7 +150,8 @@ def row_from_run(run: Any) -> RunRow:
     if TAG_VALUES in tags:
         values = json.loads(tags[TAG_VALUES])
     else:
-        # A run made outside a sweep: its name is the point, its seed (if logged) what repeats it.
+        # A run made outside a sweep: its name is the point, its seed (if logged) what repeats it (unnamed runs get
+        # distinct names, so only runs named alike on purpose share a point; the table lists each one's short id).
         values = {"run": name}
         if "seed_everything" in run.data.params:
             values["seed_everything"] = run.data.params["seed_everything"]
@@ -239,10 +240,11 @@ def format_table(report: dict[str, Any]) -> str:
     cols += [f"adv_{metric}/{t.label}" for t in sorted(threats, key=lambda t: (t.eps, t.norm))]
     cols += ["shift_bal_acc"]
     cols = [c for c in cols if any(f"{c}/mean" in g for g in report["groups"])]
-    lines = ["| point | n | " + " | ".join(cols) + " | flags |", "|---|---|" + "---|" * (len(cols) + 1)]
+    lines = ["| point | n | " + " | ".join(cols) + " | flags | runs |", "|---|---|" + "---|" * (len(cols) + 2)]
     for g in report["groups"]:
         cells = [f"{g[c + '/mean']:.3f} ± {g[c + '/std']:.3f}" if c + "/mean" in g else "" for c in cols]
         flags = "near-constant: " + "; ".join(g["near_constant"]) if g.get("near_constant") else ""
-        lines.append(f"| {g['group']} | {g['n']} | " + " | ".join(cells) + f" | {flags} |")
+        runs = ", ".join(g.get("runs", []))
+        lines.append(f"| {g['group']} | {g['n']} | " + " | ".join(cells) + f" | {flags} | {runs} |")
     note = f"adversarial columns: worst case over attacks, per sample, by {METRIC_NAMES.get(metric, metric)}"
     return "\n".join([*lines, "", note])

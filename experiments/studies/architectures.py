@@ -32,6 +32,7 @@ from medrobust.experiments.studies.study_runs import open_store, parent_run, pub
 from medrobust.experiments.sweeping.sweep import sweep_main
 from medrobust.experiments.sweeping.sweep_store import child_runs
 from medrobust.lightning_modules.attacks.threat import Threat
+from medrobust.lightning_modules.metrics.confusion import CONSTANT_SHARE
 from medrobust.lightning_modules.metrics.metric_names import build_name
 
 
@@ -54,7 +55,6 @@ COLUMNS = {
 #: the robustness measures a flag compares
 ROBUSTNESS = ("worst_1", "worst_2", "worst_4", "deepfool_l2", "jsma_l0")
 AUROC_WINDOW = 0.01
-CONSTANT_SHARE = 0.95
 
 
 def decoded(value: float) -> float:

@@ -43,6 +43,7 @@ from medrobust.experiments.reporting.tradeoff_record import log_report
 from medrobust.experiments.sweeping.sweep_spec import Point, SweepError, SweepSpec
 from medrobust.experiments.sweeping.sweep_store import child_runs, find_parent
 from medrobust.experiments.tracking.mlflow_logger import ensure_experiment, experiment_url, resolve_tracking_uri
+from medrobust.experiments.tracking.run_banner import run_banner
 from medrobust.utilities.tracking_uri import has_credentials, redact_uri
 
 TAG_HOST, TAG_PID, TAG_HEARTBEAT, TAG_ATTEMPT = "sweep.host", "sweep.pid", "sweep.heartbeat", "sweep.attempt"
@@ -160,16 +161,20 @@ class SweepRunner:
             params |= {f"sweep.axis.{k}": json.dumps(v, default=str) for k, v in self.spec.grid.items()}
             for key, value in params.items():
                 self.client.log_param(self.parent_id, key, str(value)[:6000])
-            self.say(
-                f"parent run {self.parent_id} in experiment {self.spec.experiment!r} ({redact_uri(self.tracking_uri)})"
-            )
+            self.say(self.banner("started parent"))
         else:
             self.parent_id = parent.info.run_id
             if parent.info.status != "RUNNING":
                 self.client.update_run(self.parent_id, status="RUNNING")
             self.client.set_tag(self.parent_id, TAG_AXES, json.dumps(self.spec.axes))
-            self.say(f"continuing parent run {self.parent_id} in experiment {self.spec.experiment!r}")
+            self.say(self.banner("continuing parent"))
         return self.parent_id
+
+    def banner(self, event: str) -> str:
+        """The parent run's experiment, name, id and UI link."""
+        return run_banner(
+            event, self.tracking_uri, self.spec.experiment, str(self.experiment_id), self.spec.name, str(self.parent_id)
+        )
 
     def children(self) -> dict[str, Any]:
         """The point key -> child run; if a point somehow has two runs, the newest stands for it."""
@@ -326,7 +331,8 @@ class SweepRunner:
                 self.report(children)
         except KeyboardInterrupt:
             self.client.set_terminated(self.parent_id, "KILLED")
-            self.say("interrupted; rerun the same command to continue")
+            self.say(self.banner("interrupted (KILLED)"))
+            self.say("rerun the same command to continue")
             return 130
         children = self.children()
         report = self.report(children)
@@ -341,6 +347,7 @@ class SweepRunner:
             self.say(f"figures and tradeoff.json in run {self.parent_id} (artifacts plots/, tradeoff.json)")
             if self.tracking_uri.startswith(("http://", "https://")):
                 self.say(f"runs table: {experiment_url(redact_uri(self.tracking_uri), self.experiment_id)}")
+        self.say(self.banner(f"{self.client.get_run(self.parent_id).info.status} parent"))
         wanted = range(len(self.points)) if self.only is None else self.only
         return 0 if all(statuses[i] == "FINISHED" for i in wanted) else 1
 

@@ -11,6 +11,8 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
+from medrobust.experiments.tracking.run_banner import distinct_run_name, run_banner
+from medrobust.utilities.console import own_line
 from medrobust.utilities.errors import InputError
 from medrobust.utilities.tracking_uri import has_credentials, redact_uri
 
@@ -124,13 +126,24 @@ class MLflowRunLogger(MLFlowLogger):
     @override
     @rank_zero_experiment
     def experiment(self) -> Any:
+        if not self._initialized and self._run_id is None and self._run_name is None:
+            # MLflow's own generator draws from `random`, which seed_everything has seeded: every unnamed run of a
+            # seeded config would get the same name
+            self._run_name = distinct_run_name()
         client = super().experiment
         if not self._checked_in:
             self._checked_in = True
             mark_model_training(client, self._experiment_id)
-            if self.resumed and client.get_run(self._run_id).info.status != "RUNNING":
+            run = client.get_run(self._run_id)
+            if self.resumed and run.info.status != "RUNNING":
                 client.update_run(self._run_id, status="RUNNING")  # it trains again: not FAILED or KILLED meanwhile
+            self._run_name = run.info.run_name
+            self._announce("resumed" if self.resumed and run.data.metrics else "started")  # a sweep's new child starts
         return client
+
+    def _announce(self, event: str) -> None:
+        experiment = self._mlflow_client.get_experiment(self._experiment_id).name
+        own_line(run_banner(event, self._tracking_uri, experiment, self._experiment_id, self._run_name, self._run_id))
 
     def resume_run(self, run_id: str) -> None:
         """Continue an existing run (call before the run is first used); it is set RUNNING when first used."""
@@ -173,6 +186,7 @@ class MLflowRunLogger(MLFlowLogger):
             if self._initialized:
                 self.experiment.set_tag(self.run_id, REQUEUED_TAG, "true")
                 self.experiment.set_terminated(self.run_id, "KILLED")
+                self._announce("requeued (KILLED, to be resumed)")
             return
         if self._keep_open and status == "success":
             self._keep_open = False
@@ -180,3 +194,5 @@ class MLflowRunLogger(MLFlowLogger):
                 self._scan_and_log_checkpoints(self._checkpoint_callback)
             return
         super().finalize(status)
+        if self._initialized:
+            self._announce("finished" if status == "success" else status.upper())

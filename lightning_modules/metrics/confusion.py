@@ -84,6 +84,11 @@ def accuracy(counts: torch.Tensor) -> float:
     return float(counts.diagonal().sum() / counts.sum().clamp_min(1))
 
 
+#: a classifier whose most predicted class gets at least this share of its predictions is near-constant: its accuracy
+#: measures the class balance of the test set. One threshold for the test warning, the evaluations and the reports.
+CONSTANT_SHARE = 0.95
+
+
 def top_prediction_share(counts: torch.Tensor) -> float:
     """The share of predictions that go to the most predicted class (for ``(L, 2, 2)``: the mean over labels of the
     share of the more predicted value). 1.0 is a constant classifier."""
