@@ -12,9 +12,10 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from medrobust.callbacks.helpers.image_shape import image_shape
 from medrobust.callbacks.helpers.training_progress import batch_index
 from medrobust.lightning_modules.attacks.pgd import PGD
-from medrobust.lightning_modules.attacks.threat import Threat, parse_eps
+from medrobust.lightning_modules.attacks.threat import Threat, check_budget, parse_eps
 from medrobust.lightning_modules.attacks.trades import TradesAttack
 from medrobust.lightning_modules.classifier import TrainingStep, TrainingThreat
 from medrobust.lightning_modules.losses import attack_loss
@@ -65,6 +66,9 @@ class AdversarialTraining(Callback):
         co_threshold: absolute fall in guarded PGD accuracy that counts as a collapse.
         co_action: ``"stop"`` (restore and stop) or ``"warn"``.
         name: seam name; give two instances different names.
+        allow_unusual_budget: take a budget :func:`~medrobust.lightning_modules.attacks.threat.check_budget` refuses
+            (an L-inf budget that is not a whole number of grey levels, or above 64/255; an L2 budget longer than the
+            image's diagonal).
     """
 
     def __init__(
@@ -81,12 +85,16 @@ class AdversarialTraining(Callback):
         co_threshold: float = 0.2,
         co_action: Literal["stop", "warn"] = "stop",
         name: str = "adversarial",
+        allow_unusual_budget: bool = False,
     ) -> None:
         if method not in ("pgd", "trades", "fgsm_rs"):
             raise InputError(f"Unknown adversarial training method {method!r}; valid: pgd, trades, fgsm_rs")
         if not 0.0 < mix_ratio <= 1.0:
             raise InputError(f"mix_ratio must be in (0, 1], got {mix_ratio}")
         self.threat = Threat.parse(norm, eps)  # validates norm and eps
+        self.allow_unusual_budget = allow_unusual_budget
+        if not allow_unusual_budget:
+            check_budget(self.threat, eps)
         self.method = method
         self.eps, self.norm = self.threat.eps, self.threat.norm
         self.steps = 1 if method == "fgsm_rs" else steps
@@ -114,6 +122,8 @@ class AdversarialTraining(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        if not self.allow_unusual_budget:
+            check_budget(self.threat, self.threat.eps, image_shape(trainer, pl_module))
         standard = self.eps == 0 or (self.method == "trades" and self.beta == 0)
         # The zero point of an eps (or TRADES beta) sweep is standard training: its budget is 0, and nothing attacks.
         pl_module.set_training_threat(

@@ -14,7 +14,7 @@ from medrobust.callbacks.evaluation.evaluation_callback import EvaluationCallbac
 from medrobust.callbacks.evaluation.outputs import gather_rows
 from medrobust.callbacks.helpers.detection_figures import roc_figure, score_histograms
 from medrobust.lightning_modules.attacks.pgd import PGD
-from medrobust.lightning_modules.attacks.threat import parse_eps
+from medrobust.lightning_modules.attacks.threat import Threat, check_budget, parse_eps
 from medrobust.lightning_modules.attacks.threat_model import LinfThreat
 from medrobust.lightning_modules.detection import (
     DETECTORS,
@@ -77,6 +77,8 @@ class DetectionEvaluation(EvaluationCallback):
         max_samples: score the first this many samples of each test split, by index: the same images on any number
             of processes (``None``: all).
         seed: seed of the attacks' randomness.
+        allow_unusual_budget: take attack budgets :func:`~medrobust.lightning_modules.attacks.threat.check_budget`
+            refuses.
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class DetectionEvaluation(EvaluationCallback):
         energy_temperature: float = 1.0,
         max_samples: int | None = None,
         seed: int = 0,
+        allow_unusual_budget: bool = False,
     ) -> None:
         super().__init__()
         self.detectors = list(detectors) if detectors is not None else list(DETECTORS)
@@ -108,6 +111,10 @@ class DetectionEvaluation(EvaluationCallback):
         if kind not in ("fgsm", "ood") or not arg:
             raise InputError(f"fit_on must be 'fgsm:<eps>' or 'ood:<flag>', got {fit_on!r}")
         self.fit_on, self.fit_on_eps = fit_on, parse_eps(arg) if kind == "fgsm" else 0.0
+        if not allow_unusual_budget:
+            budgets = [(t.eps, t.spec) for t in self.targets if t.eps > 0] + [(self.fit_on_eps, fit_on)]
+            for eps, written in budgets:
+                check_budget(Threat("linf", eps), written)
         if adversarial_pairs not in ("successful", "all"):
             raise InputError(f"adversarial_pairs must be 'successful' or 'all', got {adversarial_pairs!r}")
         self.adversarial_pairs = adversarial_pairs

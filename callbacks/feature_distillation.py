@@ -95,9 +95,10 @@ class FeatureDistillation(Callback):
         return self._generate_state_key(name=self.name)
 
     # ------------------------------------------------------------------------------------------ registration
-    @override
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "fit":
+    def check_inputs(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Load the teacher and check it against the student: the ``medrobust`` command calls this before it creates
+        the MLflow run, so a wrong teacher leaves no FAILED run (``setup`` calls it too, for other Trainers)."""
+        if stage != "fit" or (self.teacher is not None and self.teacher.source == self.source):
             return
         logger = mlflow_logger(trainer)
         self.teacher = load_teacher(self.source, getattr(logger, "tracking_uri", None))
@@ -105,10 +106,17 @@ class FeatureDistillation(Callback):
         softmax_terms = self.logit_weight > 0 or any(layer.loss == "probe_kl" for layer in self.layers)
         if softmax_terms and pl_module.task != "multiclass":
             raise InputError("probe_kl and logit KD compare softmax distributions; for multi-label use mse/cosine")
-        device = trainer.strategy.root_device
-        self.teacher.net.to(device)
         for layer in self.layers:
             resolve_tap(self.teacher.net.backbone, layer.teacher)
+            resolve_tap(pl_module.net.backbone, layer.student)
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self.check_inputs(trainer, pl_module, stage)
+        device = trainer.strategy.root_device
+        self.teacher.net.to(device)
         pl_module.request_features(self.name, [layer.student for layer in self.layers])
         student_chs, teacher_chs = self._channels(trainer, pl_module)
         for layer in self.layers:
@@ -151,6 +159,9 @@ class FeatureDistillation(Callback):
             return
         hp, data = self.teacher.hparams, self.teacher.data_hparams or {}
         params = {f"{self.name}.teacher.model_name": hp["model_name"], f"{self.name}.teacher.source": self.source}
+        # what the source resolved to: the run that trained it and the bytes of its checkpoint
+        resolved = {f"{self.name}.teacher.run_id": self.teacher.run_id, f"{self.name}.teacher.md5": self.teacher.md5}
+        params |= {k: v for k, v in resolved.items() if v is not None}
         params |= {f"{self.name}.teacher.data.{k}": v for k, v in data.items() if k in _DATA_KEYS and v is not None}
         params[f"{self.name}.layers"] = ", ".join(
             f"{x.student}->{x.teacher}:{x.loss}*{x.weight:g}" for x in self.layers

@@ -6,13 +6,14 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
-from medrobust.callbacks.helpers.mlflow_logger_lookup import mlflow_logger
+from medrobust.callbacks.helpers.mlflow_logger_lookup import log_params_once, mlflow_logger
 
 
 class MLflowSeams(Callback):
     """At the start of training, tags ``seams.input_transforms``, ``seams.loss_terms``, ``seams.feature_taps`` and
     ``seams.auxiliary_modules`` with the names registered on the module (in order), so a defence that only transforms
-    inputs leaves a trace in the run, and a run shows how its callbacks composed."""
+    inputs leaves a trace in the run, and a run shows how its callbacks composed; and the training threat as used
+    (params ``train.threat.norm`` and ``train.threat.eps``, a number: the config's ``8/255`` parsed)."""
 
     @override
     @rank_zero_only
@@ -28,3 +29,6 @@ class MLflowSeams(Callback):
         }
         for key, names in seams.items():
             logger.experiment.set_tag(logger.run_id, key, ", ".join(names) or "-")
+        threat = getattr(pl_module, "training_threat", None)
+        if threat is not None:  # the budget as the number used, beside the string the config wrote
+            log_params_once(logger, {"train.threat.norm": threat.norm, "train.threat.eps": f"{threat.eps:.8g}"})

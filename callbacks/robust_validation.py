@@ -10,7 +10,7 @@ from typing_extensions import override
 
 from medrobust.callbacks.evaluation.sample_ids import SampleIds, within
 from medrobust.lightning_modules.attacks.pgd import PGD
-from medrobust.lightning_modules.attacks.threat import Threat
+from medrobust.lightning_modules.attacks.threat import Threat, check_budget
 from medrobust.lightning_modules.losses import attack_loss
 from medrobust.lightning_modules.metrics.confusion import accuracy, balanced_accuracy, confusion_counts, empty_counts
 from medrobust.lightning_modules.metrics.metric_names import metric_name
@@ -37,6 +37,8 @@ class RobustValidation(Callback):
         steps: PGD steps (step size ``2.5 * eps / steps``).
         max_samples: attack only the first ``max_samples`` validation samples, by index: the same images on any
             number of processes (``None``: all).
+        allow_unusual_budget: take an ``eps`` :func:`~medrobust.lightning_modules.attacks.threat.check_budget`
+            refuses.
     """
 
     def __init__(
@@ -45,10 +47,13 @@ class RobustValidation(Callback):
         norm: Literal["linf", "l2"] | None = None,
         steps: int = 10,
         max_samples: int | None = None,
+        allow_unusual_budget: bool = False,
     ) -> None:
         if (eps is None) != (norm is None):
             raise InputError("RobustValidation: give both eps and norm, or neither (then the training budget is used)")
         self.threat = Threat.parse(norm, eps) if norm is not None else None
+        if self.threat is not None and not allow_unusual_budget:
+            check_budget(self.threat, eps)
         self.steps = steps
         self.max_samples = max_samples
         self._counts: torch.Tensor | None = None

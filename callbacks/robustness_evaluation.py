@@ -16,6 +16,7 @@ from typing_extensions import override
 from medrobust.callbacks.evaluation.distance_tracker import DistanceTracker
 from medrobust.callbacks.evaluation.evaluation_callback import EvaluationCallback, TestBatch, within
 from medrobust.callbacks.helpers.figures import distance_figure, robustness_figure
+from medrobust.callbacks.helpers.image_shape import image_shape
 from medrobust.lightning_modules.attacks.attack_suite import (
     SOFTMAX_ONLY,
     AttackSpec,
@@ -25,7 +26,7 @@ from medrobust.lightning_modules.attacks.attack_suite import (
 )
 from medrobust.lightning_modules.attacks.masking_checks import black_box_check, white_box_checks
 from medrobust.lightning_modules.attacks.min_distance import DistanceSettings
-from medrobust.lightning_modules.attacks.threat import Threat
+from medrobust.lightning_modules.attacks.threat import Threat, check_budget
 from medrobust.lightning_modules.metrics.confusion import (
     CONSTANT_SHARE,
     accuracy,
@@ -99,6 +100,7 @@ class RobustnessEvaluation(EvaluationCallback):
             the bisection's ``linf_max``, ``linf_bisections`` and ``linf_pgd_steps``).
         distance_max_samples: measure distances on the first this many test samples (JSMA's pair search is
             the costly one); ``None``: as ``max_samples``.
+        allow_unusual_budget: take budgets :func:`~medrobust.lightning_modules.attacks.threat.check_budget` refuses.
     """
 
     def __init__(
@@ -119,6 +121,7 @@ class RobustnessEvaluation(EvaluationCallback):
         distance_attacks: list[str] | None = None,
         distance: DistanceSettings | None = None,
         distance_max_samples: int | None = None,
+        allow_unusual_budget: bool = False,
     ) -> None:
         super().__init__()
         if attacks is not None:
@@ -128,6 +131,10 @@ class RobustnessEvaluation(EvaluationCallback):
         linf = linf_eps if linf_eps is not None else ["1/255", "2/255", "4/255", "8/255"]
         l2 = l2_eps if l2_eps is not None else [0.25, 0.5]
         self.grid = [Threat.parse("linf", e) for e in linf] + [Threat.parse("l2", e) for e in l2]
+        self.allow_unusual_budget = allow_unusual_budget
+        if not allow_unusual_budget:
+            for threat, written in zip(self.grid, [*linf, *l2], strict=True):
+                check_budget(threat, written)
         self.pgd_steps, self.pgd_restarts = pgd_steps, pgd_restarts
         self.autoattack_steps, self.square_queries = autoattack_steps, square_queries
         self.max_samples = max_samples
@@ -141,10 +148,18 @@ class RobustnessEvaluation(EvaluationCallback):
         self._seen = 0
         self._checks: dict[str, Any] = {}
 
+    def check_inputs(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """The attacks against the task, the L2 budgets against the image size: before the ``medrobust`` command
+        creates the run, and again in ``setup`` (before training, not after it)."""
+        check_attacks(self.attacks if self.attacks is not None else default_attacks(pl_module.task), pl_module.task)
+        if not self.allow_unusual_budget:
+            for threat in self.grid:
+                check_budget(threat, threat.eps, image_shape(trainer, pl_module))
+
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.check_inputs(trainer, pl_module, stage)
         attacks = self.attacks if self.attacks is not None else default_attacks(pl_module.task)
-        check_attacks(attacks, pl_module.task)  # before training, not after it
         self.distances.setup(pl_module.task)
         self.specs = [
             AttackSpec(attack, threat, self.pgd_steps if attack == "pgd" else 0, self.pgd_restarts)

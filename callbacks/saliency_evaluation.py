@@ -283,7 +283,14 @@ class SaliencyEvaluation(Callback):
         gradcam = self.explainers.get("gradcam")
         tags = {"saliency.gradcam_layer": gradcam.layer} if gradcam is not None else {}
         params = {f"saliency.{k}": v for k, v in self.settings().items()}
-        report(trainer, json_files={"saliency.json": self._report}, figures=figures, tags=tags, params=params)
+        report(
+            trainer,
+            json_files={"saliency.json": self._report},
+            figures=figures,
+            tags=tags,
+            params=params,
+            config_key=f"callbacks.{type(self).__name__}",
+        )
 
     def settings(self) -> dict[str, Any]:
         return {

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 from typing_extensions import override
 
+from medrobust.callbacks.helpers.atomic_checkpoint_io import link_atomic, save_atomic
 from medrobust.callbacks.robust_validation import RobustValidation
 from medrobust.utilities.errors import InputError
 
@@ -74,10 +77,16 @@ class SelectionCheckpoint(ModelCheckpoint):
         )
         self.rule = rule
         self.best_epoch: int | None = None
+        #: the global step and path of the last selected checkpoint written
+        self._selected_at: tuple[int, str] = (-1, "")
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
+        self.check_inputs(trainer, pl_module, stage)
+
+    def check_inputs(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """A robust rule needs RobustValidation's metric (also called before the ``medrobust`` command's run)."""
         robust = self.rule.startswith("robust")
         if stage == "fit" and robust and not any(isinstance(cb, RobustValidation) for cb in trainer.callbacks):
             raise InputError(
@@ -108,6 +117,39 @@ class SelectionCheckpoint(ModelCheckpoint):
         super()._save_topk_checkpoint(trainer, monitor_candidates)
         if self.best_model_path != before:
             self.best_epoch = trainer.current_epoch
+            self._selected_at = (trainer.global_step, self.best_model_path)
+
+    @override
+    def _save_last_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Tensor]) -> None:
+        """``last.ckpt`` is a link to the selected checkpoint when both are this step's (no second copy); otherwise
+        a file of its own, and the selected checkpoint, no longer what a resume reads, loses its optimizer state."""
+        step, selected = self._selected_at
+        filepath = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
+        if not self.save_last or self.save_top_k == 0 or step != trainer.global_step or not selected:
+            if trainer.is_global_zero and os.path.islink(filepath):
+                os.remove(filepath)  # a writer that is not atomic would write through the link, into the selected file
+            trainer.strategy.barrier()
+            super()._save_last_checkpoint(trainer, monitor_candidates)
+            self._strip_resume_state(trainer)
+            return
+        self.last_model_path = filepath
+        if trainer.is_global_zero:
+            link_atomic(selected, filepath)
+        trainer.strategy.barrier()
+
+    def _strip_resume_state(self, trainer: Trainer) -> None:
+        """The selected checkpoints keep weights, hyperparameters and callback state; only ``last.ckpt`` keeps the
+        optimizer and scheduler state that a resume needs (Adam's moments double a checkpoint's size)."""
+        if not trainer.is_global_zero:
+            return
+        for path in self.best_k_models:
+            if not path or not os.path.isfile(path) or os.path.realpath(path) == os.path.realpath(self.last_model_path):
+                continue
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            if "optimizer_states" in checkpoint or "lr_schedulers" in checkpoint:
+                checkpoint.pop("optimizer_states", None)
+                checkpoint.pop("lr_schedulers", None)
+                save_atomic(checkpoint, path)
 
     def selection(self) -> dict[str, Any]:
         """What the rule chose: rule, metric, epoch, score (the ``selection.*`` tags)."""

@@ -10,12 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from medrobust.callbacks.helpers.atomic_checkpoint_io import AtomicCheckpointIO
 from medrobust.callbacks.mlflow_checkpoints import MLflowCheckpoints
 from medrobust.callbacks.mlflow_dataset_inputs import MLflowDatasetInputs
 from medrobust.callbacks.mlflow_seams import MLflowSeams
@@ -30,6 +32,7 @@ from medrobust.experiments.resume import ResumePoint, checkpoint_identity, find_
 from medrobust.experiments.tracking.mlflow_logger import MLflowRunLogger
 from medrobust.experiments.tracking.mlflow_save_config import MLflowSaveConfig
 from medrobust.lightning_modules.classifier import ClassifierModule
+from medrobust.utilities.console import own_line
 from medrobust.utilities.errors import InputError
 from medrobust.utilities.mlflow_source import is_remote
 from medrobust.utilities.tracking_uri import redact_uri
@@ -121,6 +124,11 @@ class MedRobustCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and Path(ckpt_path).is_file():
             checkpoint_identity(Path(ckpt_path))
+            before = self.config[subcommand].get("model")
+            before = dict(vars(before)) if before is not None and not isinstance(before, dict) else dict(before or {})
+            super()._parse_ckpt_path()
+            _warn_overridden(before, self.config[subcommand].get("model"), ckpt_path)
+            return
         super()._parse_ckpt_path()
 
     @override
@@ -141,13 +149,19 @@ class MedRobustCLI(LightningCLI):
 
     @override
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
-        """Every run records its data, checkpoints and test results (the recorders take no settings)."""
+        """Every run records its data, checkpoints and test results (the recorders take no settings), and writes its
+        checkpoints atomically (:class:`AtomicCheckpointIO`, unless the config names a checkpoint IO plugin)."""
         recorders = [MLflowDatasetInputs(), MLflowCheckpoints(), MLflowTestRecord(), MLflowSeams()]
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):  # checkpoints whole or absent
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super()._instantiate_trainer(config, [*callbacks, *recorders])
 
     # ---------------------------------------------------------------------------------------------- hooks
     def before_fit(self) -> None:
         self._validate_data("fit")
+        self._check_callback_inputs("fit")
         config = self.config_init[self.subcommand]
         config["ckpt_path"] = self._resume(config.get("ckpt_path"))
         if config.get("test_after_fit") and isinstance(self.trainer.logger, MLflowRunLogger):
@@ -156,10 +170,12 @@ class MedRobustCLI(LightningCLI):
     def before_validate(self) -> None:
         self._validate_data("validate")
         self._check_checkpoint_file()
+        self._check_callback_inputs("validate")
 
     def before_test(self) -> None:
         self._validate_data("test")
         self._check_checkpoint_file()
+        self._check_callback_inputs("test")
 
     def after_fit(self) -> None:
         if not self.config_init[self.subcommand].get("test_after_fit") or self.trainer.interrupted:
@@ -174,6 +190,15 @@ class MedRobustCLI(LightningCLI):
         if isinstance(dm, MedMNISTDataModule) and (dm.path is not None or find(dm.spec, dm.roots) is not None):
             dm.setup(stage)
             dm.check_shards(self.trainer.world_size)
+
+    def _check_callback_inputs(self, stage: str) -> None:
+        """The callbacks' ``check_inputs(trainer, pl_module, stage)`` seam, before the MLflow run exists: a callback
+        that loads or checks something its settings name (a teacher, an attack suite) says so with a one-line error
+        and leaves no FAILED run."""
+        for callback in self.trainer.callbacks:
+            check = getattr(callback, "check_inputs", None)
+            if callable(check):
+                check(self.trainer, self.model, stage)
 
     def _check_checkpoint_file(self) -> None:
         ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
@@ -264,6 +289,26 @@ def _point_mlflow_at_logger(section: Any) -> None:
     uri = getattr(getattr(logger, "init_args", None), "tracking_uri", None)
     if path and is_remote(str(path)) and uri:
         os.environ["MLFLOW_TRACKING_URI"] = uri
+
+
+#: model settings a checkpoint's own replace without the user's noticing: the network it holds
+_ARCHITECTURE_KEYS = ("model_name", "small_input", "timm_kwargs", "class_weights")
+
+
+def _warn_overridden(before: dict[str, Any], after: Any, ckpt_path: str) -> None:
+    """LightningCLI takes the model's hyperparameters from ``--ckpt_path``: say which settings it replaced."""
+    after = dict(vars(after)) if after is not None and not isinstance(after, dict) else dict(after or {})
+    changed = [
+        f"{key} {before[key]!r} -> {after.get(key)!r}"
+        for key in _ARCHITECTURE_KEYS
+        if before.get(key) is not None and after.get(key) != before.get(key)
+    ]
+    if changed:
+        own_line(
+            f"medrobust: warning: the checkpoint {ckpt_path} holds another model than the config names; its own "
+            f"settings are used: {', '.join(changed)}",
+            sys.stderr,
+        )
 
 
 def _input_error_within(err: BaseException) -> InputError | None:

@@ -22,7 +22,8 @@ class ResumePoint:
 def checkpoint_identity(path: Path) -> dict[str, Any]:
     """The ``mlflow`` record of a checkpoint (run id, experiment id, tracking URI), read with ``weights_only=True``.
 
-    A file holding Python objects beyond tensors and plain containers is refused before anything in it runs.
+    A file holding Python objects beyond tensors and plain containers is refused before anything in it runs; a file
+    that is not a Lightning checkpoint (a bare ``state_dict``) is refused, naming what it holds.
     """
     if not path.is_file():
         raise InputError(f"--ckpt_path {path}: no such file")
@@ -33,7 +34,21 @@ def checkpoint_identity(path: Path) -> dict[str, Any]:
             f"Refused to load {path}: it is not a plain checkpoint of tensors and containers, as "
             f"torch.load(weights_only=True) requires ({type(err).__name__}: {str(err).splitlines()[0]})"
         ) from None
-    return checkpoint.get("mlflow") or {} if isinstance(checkpoint, dict) else {}
+    lightning = isinstance(checkpoint, dict) and {"state_dict", "pytorch-lightning_version"} <= set(checkpoint)
+    if not lightning:
+        raise InputError(f"{path} is not a Lightning checkpoint of a medrobust run: it is {describe(checkpoint)}")
+    return checkpoint.get("mlflow") or {}
+
+
+def describe(obj: Any) -> str:
+    """What a loaded file holds, in a few words: ``a state_dict of 122 tensors (conv1.weight, bn1.weight, ...)``."""
+    if isinstance(obj, dict):
+        keys = [str(k) for k in obj]
+        shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+        if keys and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return f"a plain state_dict of {len(keys)} tensors ({shown}), as torch.save(model.state_dict()) writes"
+        return f"a dict with keys {shown or '(none)'} and no Lightning 'state_dict' and version"
+    return f"a {type(obj).__name__}"
 
 
 def find_resume_point(

@@ -33,6 +33,8 @@ class ClassifierModule(TrainingSeams, LightningModule):
 
     * :meth:`add_input_transform` -- ``fn(x, y) -> (x', y')`` replaces or augments the training batch before the
       forward pass (adversarial training: PGD-AT swaps in ``x_adv``; a mix ratio concatenates clean and adversarial).
+      ``y'`` may be class indices, or soft labels: per-class probabilities ``(N, C)`` (MixUp, CutMix, label
+      smoothing), which cross-entropy takes as they are and the training metrics read by their argmax.
     * :meth:`add_loss_term` -- ``fn(step: TrainingStep) -> scalar`` adds a named term to the task loss (TRADES adds
       ``beta * KL(f(x) || f(x'))``; feature distillation adds per-layer terms), logged as ``train/loss/<name>``
       beside ``train/loss/task`` and the total ``train/loss``.
@@ -160,6 +162,7 @@ class ClassifierModule(TrainingSeams, LightningModule):
         x, y = x_clean, y_clean
         for transform in self._input_transforms.values():
             x, y = transform(x, y)
+        hard = self._hard_labels(y, len(x))  # checks soft labels before the loss sees them
         if self.needs_input_grad:
             x = x.detach().requires_grad_(True)
         features: dict[str, torch.Tensor] = {}
@@ -177,11 +180,26 @@ class ClassifierModule(TrainingSeams, LightningModule):
             terms["task"] = task
             losses = {metric_name("train", "loss", k): v.detach() for k, v in terms.items()}
             self.log_dict(losses, on_epoch=True, sync_dist=True)
-        self.train_metrics.update(logits.detach(), y)
+        self.train_metrics.update(logits.detach(), hard)
         # sync_dist: under DDP the logged loss is the mean over ranks, not rank 0's share.
         self.log(metric_name("train", "loss"), loss.detach(), prog_bar=True, on_epoch=True, sync_dist=True)
         self.log_dict({metric_name("train", k): m for k, m in self.train_metrics.items()}, on_epoch=True)
         return loss
+
+    def _hard_labels(self, y: torch.Tensor, n: int) -> torch.Tensor:
+        """The labels the training metrics read: class indices as given, or the argmax of soft labels (per-class
+        probabilities ``(N, C)`` from MixUp, CutMix or label smoothing; the loss takes them as they are); for a
+        multi-label task, soft targets rounded at 0.5."""
+        if self.task == "multilabel":
+            return (y >= 0.5).long() if y.is_floating_point() else y
+        if not y.is_floating_point():
+            return y
+        if y.shape != (n, self.num_classes):
+            raise InputError(
+                f"An input transform returned float labels of shape {tuple(y.shape)}: soft labels must be per-class "
+                f"probabilities of shape ({n}, {self.num_classes}); class indices must stay integers"
+            )
+        return y.argmax(1)
 
     def _evaluate(self, stage: str, batch: Batch) -> torch.Tensor:
         x, y = batch

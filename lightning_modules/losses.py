@@ -18,7 +18,8 @@ def task_loss(
     reduction: str = "mean",
     weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Cross-entropy (``y`` class indices) or, for ``task="multilabel"``, BCE with logits (``y`` 0/1 per label).
+    """Cross-entropy (``y`` class indices, or per-class probabilities ``(N, C)``: soft labels) or, for
+    ``task="multilabel"``, BCE with logits (``y`` 0/1, or a probability, per label).
 
     ``weight`` is the per-class weight of cross-entropy, or the per-label ``pos_weight`` of BCE.
     """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -315,3 +316,93 @@ def test_tracking_uris_are_stored_without_credentials(uri: str, stored: str) -> 
     from medrobust.utilities.tracking_uri import redact_uri
 
     assert redact_uri(uri) == stored
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--trainer.callbacks.eps=8/2555", r"'8/2555' parses to 0.00313112 = 0.7984/255, not a whole number"),
+        ("--trainer.callbacks.eps=80/255", r"'80/255' parses to 0.313725 = 80/255, above 64/255"),
+    ],
+)
+def test_a_budget_typo_is_refused_before_any_run(tmp_path, pneumonia_data_args, option, message) -> None:
+    """Issue 24.2: `eps: 8/2555` used to train at 0.8/255, recording only the string."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    adv = ["--trainer.callbacks+=medrobust.callbacks.AdversarialTraining", option]
+    result = medrobust_in_process(
+        "fit", "--config", QUICKSTART, *TINY, *pneumonia_data_args, *adv, cwd=tmp_path, MLFLOW_TRACKING_URI=uri
+    )
+    assert result.returncode == 2 and "allow_unusual_budget" in result.stderr, result.stderr[-2000:]
+    assert re.search(message, result.stderr), result.stderr[-2000:]
+    assert not (tmp_path / "mlflow.db").exists() or runs(uri) == []
+
+
+def test_budget_checks_and_their_escape() -> None:
+    from medrobust.callbacks import AdversarialTraining, RobustnessEvaluation
+    from medrobust.lightning_modules.attacks.threat import Threat, check_budget
+    from medrobust.utilities.errors import InputError
+
+    assert AdversarialTraining(eps="8/2555", allow_unusual_budget=True).eps == pytest.approx(8 / 2555)
+    AdversarialTraining(eps=0)  # standard training: no budget to check
+    with pytest.raises(InputError, match=r"L-inf budget 0.03 parses to 0.03 = 7.65/255.*e.g. '8/255'"):
+        RobustnessEvaluation(linf_eps=[0.03])
+    with pytest.raises(InputError, match="L2 budget 40 parses to 40, longer than the diagonal of a 1x28x28 image"):
+        check_budget(Threat("l2", 40), 40, (1, 28, 28))
+    check_budget(Threat("l2", 27.9), 27.9, (1, 28, 28))
+
+
+def test_first_hour_mistakes_are_refused_in_one_line_before_any_run(tmp_path, pneumonia_data_args) -> None:
+    """Issue 24.3, as a new user makes them: a teacher that is not a ClassifierModule checkpoint, a teacher run name
+    typo, a plain state_dict as --ckpt_path. Each: exit 2, one message, no run (they used to leave FAILED runs or a
+    35-line KeyError traceback)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    torch.save({"conv1.weight": torch.zeros(2, 1, 3, 3), "fc.bias": torch.zeros(2)}, tmp_path / "plain.pt")
+    base = ["--config", QUICKSTART, *TINY, *pneumonia_data_args]
+    distill = ["--trainer.callbacks+=medrobust.callbacks.FeatureDistillation", "--trainer.callbacks.logit_weight=1"]
+    cases = [
+        (
+            ["fit", *base, *distill, f"--trainer.callbacks.teacher={tmp_path / 'plain.pt'}"],
+            "is not a ClassifierModule checkpoint",
+        ),
+        (["fit", *base, *distill, "--trainer.callbacks.teacher=mlflow:tests/no_such_run"], "no_such_run"),
+        (
+            ["test", *base, f"--ckpt_path={tmp_path / 'plain.pt'}"],
+            "is not a Lightning checkpoint of a medrobust run: it is a plain state_dict of 2 tensors (conv1.weight, "
+            "fc.bias)",
+        ),
+    ]
+    for args, message in cases:
+        result = medrobust_in_process(*args, cwd=tmp_path, MLFLOW_TRACKING_URI=uri)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-3000:])
+        assert "Traceback" not in result.stderr
+        assert not (tmp_path / "mlflow.db").exists() or runs(uri) == [], args
+
+
+def test_a_checkpoint_that_replaces_the_configs_model_says_so(tracking_uri, pneumonia_data_args, capfd) -> None:
+    """Issue 24.3: `--model.model_name resnet34` with a test_resnet checkpoint was silently overridden."""
+    args = ["--config", QUICKSTART, *TINY, *pneumonia_data_args, "--trainer.max_epochs=1"]
+    MedRobustCLI(args=["fit", *args, "--test_after_fit=false"])
+    (run,) = runs(tracking_uri)
+    capfd.readouterr()
+    MedRobustCLI(args=["test", *args, "--model.model_name=resnet34", f"--ckpt_path={run.data.tags['best_checkpoint']}"])
+    err = capfd.readouterr().err
+    assert "its own settings are used: model_name 'resnet34' -> 'test_resnet'" in err, err[-2000:]
+
+
+@pytest.mark.parametrize("rule", ["last", "clean_auroc"])
+def test_last_ckpt_is_no_second_copy_and_only_it_keeps_optimizer_state(tracking_uri, pneumonia_data_args, rule) -> None:
+    """Issue 24.5: `last.ckpt` links to the selected checkpoint when both are the same epoch (rule `last`: every
+    epoch); a selected checkpoint that is not the last keeps no optimizer state; every file loads."""
+    MedRobustCLI(args=["fit", "--config", QUICKSTART, *TINY, *pneumonia_data_args, f"--checkpoint.rule={rule}"])
+    (run,) = runs(tracking_uri)
+    folder = Path(run.data.tags["best_checkpoint"]).parent
+    last = folder / "last.ckpt"
+    others = [p for p in folder.glob("*.ckpt") if p.name != "last.ckpt"]
+    assert others and not list(folder.glob(".*tmp*"))  # no temporary file left by the atomic writer
+    if rule == "last":
+        assert last.is_symlink() and last.resolve() == Path(run.data.tags["best_checkpoint"]).resolve()
+    target = last.resolve()
+    assert "optimizer_states" in torch.load(target, weights_only=True)
+    for path in others:
+        if path.resolve() != target:
+            assert "optimizer_states" not in torch.load(path, weights_only=True), path.name

@@ -7,9 +7,11 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
 from test_cli import QUICKSTART, TINY, medrobust, medrobust_in_process, runs
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "gradient_penalty.py"
+MIXUP = Path(__file__).resolve().parents[1] / "examples" / "mixup.py"
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -69,3 +71,31 @@ def test_example_callback_runs_from_the_working_directory(tmp_path, pneumonia_da
     assert 'trainer.callbacks: medrobust.callbacks.AdversarialTraining: Parser key "steps"' in typo.stderr
     assert "Subtypes" not in typo.stderr
     assert len(runs(uri)) == 1  # bad input left no run
+
+
+def test_mixup_example_trains_on_soft_labels(tmp_path, pneumonia_data_args) -> None:
+    """Issue 24.4: an input transform that returns soft labels trains (it crashed on the first step with a shape
+    error from the training metrics); labels of another shape are refused with a message."""
+    shutil.copy(MIXUP, tmp_path / "mixup.py")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["fit", "--config", QUICKSTART, *TINY, *pneumonia_data_args, "--system_metrics.enabled=false"]
+    mixup = ["--trainer.callbacks+=mixup.MixUp", "--trainer.callbacks.alpha=0.4"]
+    result = medrobust_in_process(*args, *mixup, cwd=tmp_path, MLFLOW_TRACKING_URI=uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = runs(uri)
+    assert run.info.status == "FINISHED" and run.data.tags["seams.input_transforms"] == "mixup"
+    assert {"train/acc_epoch", "train/loss_epoch", "test/auroc"} <= set(run.data.metrics)
+
+
+def test_soft_labels_of_the_wrong_shape_are_refused(synthetic_npz, tmp_path) -> None:
+    from conftest import quiet_trainer
+
+    from medrobust.datamodules.medmnist import MedMNISTDataModule
+    from medrobust.lightning_modules.classifier import ClassifierModule
+    from medrobust.utilities.errors import InputError
+
+    dm = MedMNISTDataModule("pneumoniamnist", path=str(synthetic_npz()), batch_size=8)
+    model = ClassifierModule("test_resnet", dm.num_classes, dm.in_chans, dm.task)
+    model.add_input_transform("bad", lambda x, y: (x, y.float()))  # float class indices, not probabilities
+    with pytest.raises(InputError, match=r"soft labels must be per-class probabilities of shape \(8, 2\)"):
+        quiet_trainer(tmp_path, max_steps=1).fit(model, dm)

@@ -214,6 +214,11 @@ def test_medrobust_test_on_a_checkpoint_single_and_ddp(tmp_path, monkeypatch) ->
     _fit_run, *test_runs = sorted(runs(uri), key=lambda r: r.info.start_time)
     assert len(test_runs) == 2 and all(r.info.status == "FINISHED" for r in test_runs)
     one, two = (r.data.metrics for r in test_runs)
+    # issue 24.2: each setting logged once (as the config wrote it); what was resolved from it beside it, as numbers
+    params = test_runs[0].data.params
+    assert params["callbacks.RobustnessEvaluation.pgd_steps"] == "5" and "robustness.pgd_steps" not in params
+    assert params["callbacks.RobustnessEvaluation.linf_eps"] == "['2/255', '8/255']"
+    assert params["robustness.grid"] == "['linf:0.00784314', 'linf:0.0313725', 'l2:0.5']"
     adv = [k for k in one if k.startswith("test/adv/")]
     # 2 attacks x 3 budgets x (acc, bal_acc); worst case x 3 x (acc, bal_acc, n, share); DeepFool's distance x 5
     assert len(adv) == 12 + 3 * 4 + 5

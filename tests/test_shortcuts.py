@@ -168,7 +168,7 @@ def test_teacher_run_then_distilled_student_on_two_ddp_processes(tmp_path, pneum
     for name in ("layer2", "layer3", "layer4", "logits"):
         assert f"train/loss/distill/{name}_epoch" in metrics
     assert params["distill.teacher.source"] == "mlflow:tests/teacher_clean10_s0"
-    assert params["distill.teacher.data.subsample/train"] == "256" and "callbacks.ShortcutEvaluation" in params
+    assert params["distill.teacher.data.subsample.train"] == "256" and "callbacks.ShortcutEvaluation" in params
     assert {"summary/shortcut_auroc/flipped", "summary/shortcut_dtpr/flipped", "summary/shortcut_auroc/absent"} <= set(
         metrics
     )

@@ -90,4 +90,4 @@ class EvaluationCallback(Callback):
     @rank_zero_only
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._report is not None and trainer.loggers:
-            report(trainer, **self.artifacts(trainer, self._report))
+            report(trainer, **self.artifacts(trainer, self._report), config_key=f"callbacks.{type(self).__name__}")

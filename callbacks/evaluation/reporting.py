@@ -37,15 +37,18 @@ def report(
     figures: dict[str, Figure] | None = None,
     tags: dict[str, Any] | None = None,
     params: dict[str, Any] | None = None,
+    config_key: str | None = None,
 ) -> None:
     """Write ``json_files`` (path -> content), ``figures`` (path -> figure), ``tags`` and ``params`` into every logger
-    of ``trainer`` that can hold them."""
+    of ``trainer`` that can hold them. With ``config_key`` (``callbacks.RobustnessEvaluation``), a param whose value
+    the run's config already logged there (``robustness.pgd_steps`` = ``callbacks.RobustnessEvaluation.pgd_steps``)
+    is left out: each setting is logged once; what the callback resolved (``robustness.grid``, numbers) stays."""
     json_files, figures, tags, params = json_files or {}, figures or {}, tags or {}, params or {}
     try:
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 if isinstance(logger, MLFlowLogger):
-                    _to_mlflow(logger, json_files, figures, tags, params)
+                    _to_mlflow(logger, json_files, figures, tags, params, config_key)
                 elif getattr(logger, "log_dir", None):
                     _to_folder(logger, Path(logger.log_dir), json_files, figures, tags, params)
     finally:
@@ -53,7 +56,9 @@ def report(
             plt.close(figure)
 
 
-def _to_mlflow(logger: MLFlowLogger, json_files: dict, figures: dict, tags: dict, params: dict) -> None:
+def _to_mlflow(
+    logger: MLFlowLogger, json_files: dict, figures: dict, tags: dict, params: dict, config_key: str | None
+) -> None:
     client, run_id = logger.experiment, logger.run_id
     for path, content in json_files.items():
         client.log_dict(run_id, content, path)
@@ -61,8 +66,16 @@ def _to_mlflow(logger: MLFlowLogger, json_files: dict, figures: dict, tags: dict
         client.log_figure(run_id, figure, path)
     for key, value in tags.items():
         client.set_tag(run_id, key, str(value))
+    if params and config_key:
+        logged = client.get_run(run_id).data.params
+        params = {k: v for k, v in params.items() if logged.get(f"{config_key}.{k.split('.', 1)[-1]}") != _as_param(v)}
     if params:
         log_params_once(logger, params)
+
+
+def _as_param(value: Any) -> str:
+    """A value as MLflow stores it as a param (what Lightning's logger writes: ``str``)."""
+    return str(value)
 
 
 def _to_folder(logger: Any, folder: Path, json_files: dict, figures: dict, tags: dict, params: dict) -> None:

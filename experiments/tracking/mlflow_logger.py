@@ -170,7 +170,9 @@ class MLflowRunLogger(MLFlowLogger):
         from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
 
         # LightningCLI's bookkeeping keys (``_instantiator``, ``_class_path``) are not hyperparameters.
-        params = {k: v for k, v in _flatten_dict(_convert_params(params)).items() if not k.startswith("_")}
+        # "." as in the config's params (data.subsample.test), not Lightning's "/" (data.subsample/test)
+        flat = _flatten_dict(_convert_params(params), delimiter=".")
+        params = {k: v for k, v in flat.items() if not k.startswith("_")}
         if self.resumed:
             logged = self.experiment.get_run(self.run_id).data.params
             params = {k: v for k, v in params.items() if k not in logged}

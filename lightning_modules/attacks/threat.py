@@ -8,13 +8,16 @@ this one value, so a budget is never spelled two ways.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from medrobust.lightning_modules.attacks.threat_model import L2Threat, LinfThreat, ThreatModel, parse_eps
 from medrobust.utilities.errors import InputError
 
 NORMS = ("linf", "l2")
-__all__ = ["NORMS", "Threat", "parse_eps"]
+#: the largest L-inf budget taken without ``allow_unusual_budget``: 64 grey levels, far beyond any used in the field
+MAX_LINF = 64 / 255
+__all__ = ["MAX_LINF", "NORMS", "Threat", "check_budget", "parse_eps"]
 
 
 @dataclass(frozen=True, order=True)
@@ -68,3 +71,30 @@ class Threat:
         if self.norm == "linf" and abs(k - round(k)) < 1e-6:
             return f"L-inf {round(k)}/255"
         return f"{'L-inf' if self.norm == 'linf' else 'L2'} {self.eps:g}"
+
+
+def check_budget(threat: Threat, written: object, image_shape: tuple[int, ...] | None = None) -> None:
+    """Refuse a budget a user most likely did not mean, naming the value it parsed to: an L-inf budget that is not a
+    whole number of grey levels (``8/2555`` is 0.8/255) or above :data:`MAX_LINF`; an L2 budget longer than the
+    diameter of the image cube ``sqrt(C*H*W)`` (when ``image_shape`` is known), which no perturbation needs. A budget
+    of 0 is standard training or evaluation and always taken. Callbacks take ``allow_unusual_budget`` to skip this."""
+    if threat.eps == 0:
+        return
+    value = f"{written!r} parses to {threat.eps:.6g}"
+    hint = "set allow_unusual_budget: true on the callback to use it as it is"
+    if threat.norm == "linf":
+        k = threat.eps * 255
+        if abs(k - round(k)) > 1e-6:
+            raise InputError(
+                f"L-inf budget {value} = {k:.4g}/255, not a whole number of grey levels: write k/255 (e.g. "
+                f"'{max(1, round(k))}/255'), or {hint}"
+            )
+        if threat.eps > MAX_LINF + 1e-9:
+            raise InputError(f"L-inf budget {value} = {round(k)}/255, above {round(MAX_LINF * 255)}/255; or {hint}")
+    elif image_shape is not None:
+        diameter = math.sqrt(math.prod(image_shape))
+        if threat.eps > diameter:
+            raise InputError(
+                f"L2 budget {value}, longer than the diagonal of a {'x'.join(map(str, image_shape))} image in [0, 1] "
+                f"({diameter:.4g}): every image is within it; or {hint}"
+            )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ class Teacher:
         data_hparams: the datamodule's hyperparameters, when the checkpoint holds them (its training data).
         source: where it came from, as given.
         run_id: the MLflow run that trained it, when known (an MLflow source, or a checkpoint that records it).
+        md5: the MD5 of the checkpoint file it was loaded from: which weights, whatever the source's name.
     """
 
     net: NormalizedClassifier
@@ -34,6 +36,7 @@ class Teacher:
     data_hparams: dict[str, Any] | None
     source: str
     run_id: str | None = None
+    md5: str | None = None
 
 
 def check_source(source: str, what: str = "Teacher") -> None:
@@ -56,9 +59,11 @@ def load_teacher(source: str, tracking_uri: str | None = None, what: str = "Teac
         uri = artifact_uri(source, tracking_uri, BEST_ARTIFACT, what)
         run_id = resolve_run_id(uri, tracking_uri, what)
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = _load(download(uri, tracking_uri, tmp, what), source, what)
+            path = download(uri, tracking_uri, tmp, what)
+            checkpoint, md5 = _load(path, source, what), file_md5(path)
     else:
-        checkpoint = _load(Path(source).expanduser(), source, what)
+        path = Path(source).expanduser()
+        checkpoint, md5 = _load(path, source, what), file_md5(path)
     hparams = dict(checkpoint.get("hyper_parameters") or {})
     if "model_name" not in hparams or "state_dict" not in checkpoint:
         raise InputError(f"{what} {source!r} is not a ClassifierModule checkpoint (no model_name hyperparameter)")
@@ -67,7 +72,16 @@ def load_teacher(source: str, tracking_uri: str | None = None, what: str = "Teac
     net.load_state_dict(state)
     net.eval().requires_grad_(False)
     run_id = run_id or (checkpoint.get("mlflow") or {}).get("run_id")
-    return Teacher(net, hparams, checkpoint.get("datamodule_hyper_parameters"), source, run_id)
+    return Teacher(net, hparams, checkpoint.get("datamodule_hyper_parameters"), source, run_id, md5)
+
+
+def file_md5(path: Path | str) -> str:
+    """The MD5 of a file, read in chunks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _load(path: Path, source: str, what: str) -> dict[str, Any]:
