@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from functools import cache
@@ -173,13 +174,19 @@ def missing_file_message(spec: MedMNISTSpec, roots: list[Path], reason: str = ""
 
 
 def download(spec: MedMNISTSpec, roots: list[Path]) -> Path:
-    """Download the official file into the last root, with torchvision's MD5-checking downloader (as ``medmnist``)."""
+    """Download the official file into the last root, with torchvision's MD5-checking downloader (as ``medmnist``).
+
+    The file is fetched into a temporary folder and moved into the root only once it is whole and its MD5 checked:
+    a failed download (offline, a mistyped ``--data.root`` or ``$MEDMNIST_ROOT``) creates no folder and no file."""
     from torchvision.datasets.utils import download_url
 
     root = roots[-1]
-    root.mkdir(parents=True, exist_ok=True)
     try:
-        download_url(spec.url, str(root), filename=spec.filename, md5=spec.md5)
+        with tempfile.TemporaryDirectory(prefix="medrobust-download-") as tmp:
+            download_url(spec.url, tmp, filename=spec.filename, md5=spec.md5)
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(Path(tmp) / spec.filename), root / f".{spec.filename}.part")
+            os.replace(root / f".{spec.filename}.part", root / spec.filename)
     except Exception as err:  # network errors come in many types (URLError, HTTPError, socket errors)
         raise MedMNISTFileError(missing_file_message(spec, roots, f"download failed: {err}")) from err
     return root / spec.filename

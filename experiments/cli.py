@@ -185,9 +185,14 @@ class MedRobustCLI(LightningCLI):
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
 
     def _validate_data(self, stage: str) -> None:
-        """Load and check the data now, before the MLflow run exists (a download waits for Lightning's hook)."""
+        """Load and check the data now, before the MLflow run exists: a missing file is downloaded first (where
+        ``download`` allows), so a failed download leaves no FAILED run either."""
         dm = self.datamodule
-        if isinstance(dm, MedMNISTDataModule) and (dm.path is not None or find(dm.spec, dm.roots) is not None):
+        if not isinstance(dm, MedMNISTDataModule):
+            return
+        if dm.path is None and find(dm.spec, dm.roots) is None and dm.download:
+            dm.prepare_data()
+        if dm.path is not None or find(dm.spec, dm.roots) is not None:
             dm.setup(stage)
             dm.check_shards(self.trainer.world_size)
 
@@ -224,8 +229,9 @@ class MedRobustCLI(LightningCLI):
         logger = self.trainer.logger
         if point.run_id and isinstance(logger, MLflowRunLogger):
             logger.resume_run(point.run_id)
-            rank_zero_info(f"Resuming MLflow run {point.run_id} from {point.path}")
-        return str(point.path)
+            where = point.path or "epoch 0 (it was stopped before its first checkpoint)"
+            rank_zero_info(f"Resuming MLflow run {point.run_id} from {where}")
+        return str(point.path) if point.path is not None else None
 
     def _find_resume_point(self, hpc: bool, explicit: bool) -> ResumePoint | None:
         logger = self.trainer.logger

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,12 +12,15 @@ import torch
 
 from medrobust.utilities.errors import InputError
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ResumePoint:
-    """A checkpoint to resume from, and the MLflow run it continues."""
+    """A checkpoint to resume from (``None``: the run was killed before its first one, so it trains again from epoch
+    0), and the MLflow run it continues."""
 
-    path: Path
+    path: Path | None
     run_id: str | None
 
 
@@ -61,7 +66,8 @@ def find_resume_point(
     hpc: bool = False,
     explicit: bool = True,
 ) -> ResumePoint | None:
-    """The checkpoint ``--ckpt_path last`` means: the newest ``last*.ckpt`` of the unfinished run this config names.
+    """The checkpoint ``--ckpt_path last`` means: the newest ``last*.ckpt`` of the unfinished run this config names;
+    with ``explicit``, an unfinished run with no checkpoint yet (killed in its first epoch) is continued from epoch 0.
 
     The run is the config's ``run_id`` if it gives one; else the unfinished (RUNNING, FAILED or KILLED) runs of its
     experiment, with its ``run_name`` if it gives one, that have a checkpoint. Several such runs are ambiguous and
@@ -85,9 +91,24 @@ def find_resume_point(
     for run in runs:
         folder = root / experiment.experiment_id / run.info.run_id / "checkpoints"
         files = [*folder.glob("last*.ckpt"), *hpc_files.get(run.info.run_id, [])]
+        for broken in [f for f in files if not is_complete(f)]:
+            log.warning("%s is truncated (its writer was killed mid-write?): not resumed from", broken)
+        files = [f for f in files if is_complete(f)]
         if files:
             candidates[run.info.run_id] = (run, max(files, key=lambda p: p.stat().st_mtime))
     unfinished = {k: v for k, v in candidates.items() if v[0].info.status != "FINISHED" or run_id is not None}
+    if not unfinished and explicit:
+        # killed before its first checkpoint: the run this config names goes on from epoch 0, in the same run
+        bare = [r for r in runs if r.info.status != "FINISHED" and r.info.run_id not in candidates]
+        if len(bare) == 1:
+            return ResumePoint(None, bare[0].info.run_id)
+        if len(bare) > 1:
+            listing = "\n".join(f"  {r.info.run_id} ({r.info.run_name}, {r.info.status})" for r in bare)
+            raise InputError(
+                f"--ckpt_path last is ambiguous: experiment {experiment_name!r} has several unfinished runs"
+                f"{f' named {run_name!r}' if run_name else ''} and none has a checkpoint:\n{listing}\n  Name the run "
+                "with --trainer.logger.init_args.run_name (or run_id), or start afresh without --ckpt_path."
+            )
     if len(unfinished) == 1:
         (rid, (_, path)), *_ = unfinished.items()
         return ResumePoint(path, rid)
@@ -108,6 +129,12 @@ def find_resume_point(
             "  To continue one of them, pass its checkpoint as --ckpt_path <file>."
         )
     return None
+
+
+def is_complete(path: Path) -> bool:
+    """Whether a checkpoint file is whole: ``torch.save`` writes a zip archive, whose directory comes last, so a
+    file cut short by a kill mid-write has none (a dangling link is not whole either)."""
+    return path.is_file() and zipfile.is_zipfile(path)
 
 
 def _hpc_checkpoints(root: Path) -> dict[str, list[Path]]:

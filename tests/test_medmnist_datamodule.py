@@ -244,3 +244,19 @@ def test_class_balanced_sampler(synthetic_npz, tmp_path) -> None:
     assert len(y) == 400 and 0.4 < float(y.float().mean()) < 0.6
     with pytest.raises(ValueError, match="one class per sample"):
         MedMNISTDataModule("chestmnist", path=str(synthetic_npz("chestmnist")), sampler="balanced")
+
+
+def test_a_failed_download_creates_no_folder(tmp_path) -> None:
+    """Issue 24.5: a mistyped root (offline, or a download that fails) is never created: the file is fetched into a
+    temporary folder and moved into the root only when whole. Port 9 on loopback refuses the connection at once."""
+    from medrobust.datamodules.files import download
+
+    class Unreachable(MedMNISTSpec):
+        @property
+        def url(self) -> str:
+            return "http://127.0.0.1:9/pneumoniamnist.npz"
+
+    root = tmp_path / "mistyped" / "root"
+    with pytest.raises(MedMNISTFileError, match="download failed"):
+        download(Unreachable("pneumoniamnist"), [root])
+    assert not (tmp_path / "mistyped").exists()

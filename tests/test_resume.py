@@ -150,3 +150,72 @@ def test_find_resume_point_takes_the_named_experiments_run_and_refuses_ambiguity
     with pytest.raises(InputError, match="every run of 'a' this config names is FINISHED"):
         find_resume_point(client, "a", None, None, tmp_path / "runs")
     assert find_resume_point(client, "a", None, None, tmp_path / "runs", explicit=False) is None
+
+
+def test_killed_before_its_first_checkpoint_continues_the_same_run(tmp_path, pneumonia_data_args) -> None:
+    """Issue 24.8: SIGKILL in the first epoch (no checkpoint yet): `--ckpt_path last` used to warn, start a second
+    run and leave the first RUNNING forever. It now trains that run again from epoch 0."""
+    data = [*pneumonia_data_args, "--trainer.max_epochs=2"]
+    killed = fit(tmp_path, data, KILL, "--trainer.callbacks.epochs=0")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    (run,) = runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert run.info.status == "RUNNING" and not list((tmp_path / "runs").rglob("*.ckpt"))
+    resumed = fit(tmp_path, data, "--ckpt_path=last", in_process=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (again,) = runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    assert len(client_for(tmp_path).get_metric_history(run.info.run_id, "val/auroc")) == 2  # epochs 0 and 1
+
+
+def test_a_truncated_last_checkpoint_is_not_resumed_from(tmp_path, pneumonia_data_args) -> None:
+    """Issue 24.8: a last.ckpt cut short mid-write (by a writer that is not atomic: ours renames a whole file into
+    place) used to end the resume in a raw PytorchStreamReader traceback and a FAILED run; it is skipped with a
+    warning, and the run goes on in the same MLflow run."""
+    data = [*pneumonia_data_args, "--trainer.max_epochs=2"]
+    killed = fit(tmp_path, data, KILL, "--trainer.callbacks.epochs=1")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    (last,) = (tmp_path / "runs").rglob("last.ckpt")
+    target = last.resolve()
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    resumed = fit(tmp_path, data, "--ckpt_path=last", in_process=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "is truncated" in resumed.stderr
+    (run,) = runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert run.info.status == "FINISHED"
+
+
+def test_a_checkpoint_write_killed_midway_leaves_the_old_file_whole(tmp_path) -> None:
+    """Issue 24.8: SIGKILL a process while it writes a 400 MB checkpoint over a good one: the good one stays whole
+    (the write goes to a temporary file renamed into place); the next write removes the leftover."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+    from conftest import subprocess_env
+
+    from medrobust.callbacks.helpers.atomic_checkpoint_io import save_atomic
+    from medrobust.experiments.resume import is_complete
+
+    path = tmp_path / "last.ckpt"
+    save_atomic({"step": torch.tensor(1)}, path)
+    code = (
+        "import torch, sys; from medrobust.callbacks.helpers.atomic_checkpoint_io import save_atomic; "
+        "save_atomic({'w': torch.ones(100_000_000)}, sys.argv[1])"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", code, str(path)], env=subprocess_env())
+    deadline = time.time() + 120
+
+    def writing() -> bool:  # the temporary file exists and has a megabyte in it
+        return any(p.stat().st_size > 1e6 for p in tmp_path.glob(".last.ckpt.tmp-*"))
+
+    while not writing():
+        assert writer.poll() is None and time.time() < deadline, "the writer finished before it could be killed"
+        time.sleep(0.01)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert is_complete(path) and torch.load(path, weights_only=True)["step"] == 1
+    assert list(tmp_path.glob(".last.ckpt.tmp-*"))  # the killed writer's leftover
+    save_atomic({"step": torch.tensor(2)}, path)
+    assert not list(tmp_path.glob(".last.ckpt.tmp-*")) and torch.load(path, weights_only=True)["step"] == 2
