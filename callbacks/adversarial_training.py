@@ -118,12 +118,16 @@ class AdversarialTraining(Callback):
         return self._generate_state_key(name=self.name, method=self.method)
 
     # ------------------------------------------------------------------------------------------ registration
+    def check_inputs(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """An L2 budget against the image's diagonal, before the ``medrobust`` command creates the run."""
+        if stage == "fit" and not self.allow_unusual_budget:
+            check_budget(self.threat, self.threat.eps, image_shape(trainer, pl_module))
+
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if not self.allow_unusual_budget:
-            check_budget(self.threat, self.threat.eps, image_shape(trainer, pl_module))
+        self.check_inputs(trainer, pl_module, stage)
         standard = self.eps == 0 or (self.method == "trades" and self.beta == 0)
         # The zero point of an eps (or TRADES beta) sweep is standard training: its budget is 0, and nothing attacks.
         pl_module.set_training_threat(

@@ -11,15 +11,15 @@ from typing_extensions import override
 
 from medrobust.callbacks.helpers.figures import confusion_matrix_figure
 from medrobust.callbacks.helpers.mlflow_logger_lookup import mlflow_logger
-from medrobust.lightning_modules.metrics.confusion import CONSTANT_SHARE, top_prediction_share
+from medrobust.lightning_modules.metrics.confusion import near_constant, top_prediction_share
 from medrobust.lightning_modules.metrics.summary import summary_metrics
 
 
 class MLflowTestRecord(Callback):
     """After each test: ``plots/confusion_matrix_test.png`` and ``confusion_matrix_test.json``; the share of
     predictions given to the most predicted class (``test/top_pred_share``) and the class ratio of the test labels
-    (``test/class_ratio``, single-label tasks), with the tag ``test.near_constant`` (``true`` at
-    :data:`~medrobust.lightning_modules.metrics.confusion.CONSTANT_SHARE` or more); and the run's ``summary/*`` metrics
+    (``test/class_ratio``, single-label tasks), with the tag ``test.near_constant``
+    (:func:`~medrobust.lightning_modules.metrics.confusion.near_constant`); and the run's ``summary/*`` metrics
     (:mod:`~medrobust.lightning_modules.metrics.summary`), so that reports only ever read runs."""
 
     @override
@@ -41,7 +41,7 @@ class MLflowTestRecord(Callback):
             plt.close(fig)
             share = top_prediction_share(matrix)
             metrics["test/top_pred_share"] = share
-            client.set_tag(run_id, "test.near_constant", str(share >= CONSTANT_SHARE).lower())
+            client.set_tag(run_id, "test.near_constant", str(near_constant(matrix)).lower())
             if matrix.ndim == 2 and (matrix.sum(1) > 0).any():
                 support = matrix.sum(1)[matrix.sum(1) > 0].double()
                 metrics["test/class_ratio"] = float(support.max() / support.min())

@@ -9,6 +9,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
 from medrobust.callbacks.evaluation.sample_ids import SampleIds, within
+from medrobust.callbacks.helpers.image_shape import image_shape
 from medrobust.lightning_modules.attacks.pgd import PGD
 from medrobust.lightning_modules.attacks.threat import Threat, check_budget
 from medrobust.lightning_modules.losses import attack_loss
@@ -52,12 +53,18 @@ class RobustValidation(Callback):
         if (eps is None) != (norm is None):
             raise InputError("RobustValidation: give both eps and norm, or neither (then the training budget is used)")
         self.threat = Threat.parse(norm, eps) if norm is not None else None
+        self.allow_unusual_budget = allow_unusual_budget
         if self.threat is not None and not allow_unusual_budget:
             check_budget(self.threat, eps)
         self.steps = steps
         self.max_samples = max_samples
         self._counts: torch.Tensor | None = None
         self._ids = SampleIds()
+
+    def check_inputs(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """An L2 budget against the image's diagonal, before the ``medrobust`` command creates the run."""
+        if self.threat is not None and not self.allow_unusual_budget:
+            check_budget(self.threat, self.threat.eps, image_shape(trainer, pl_module))
 
     def budget(self, pl_module: LightningModule) -> Threat:
         """The threat this callback attacks at: its own, else the training threat, else none (L-inf 0)."""

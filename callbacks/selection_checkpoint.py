@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 from typing_extensions import override
 
-from medrobust.callbacks.helpers.atomic_checkpoint_io import link_atomic, save_atomic
+from medrobust.callbacks.helpers.atomic_checkpoint_io import AtomicCheckpointIO, link_atomic, save_atomic
 from medrobust.callbacks.robust_validation import RobustValidation
 from medrobust.utilities.errors import InputError
 
@@ -79,6 +79,7 @@ class SelectionCheckpoint(ModelCheckpoint):
         self.best_epoch: int | None = None
         #: the global step and path of the last selected checkpoint written
         self._selected_at: tuple[int, str] = (-1, "")
+        self._stripped: set[str] = set()
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -126,7 +127,8 @@ class SelectionCheckpoint(ModelCheckpoint):
         step, selected = self._selected_at
         filepath = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
         if not self.save_last or self.save_top_k == 0 or step != trainer.global_step or not selected:
-            if trainer.is_global_zero and os.path.islink(filepath):
+            atomic = isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)  # its rename replaces the link
+            if trainer.is_global_zero and os.path.islink(filepath) and not atomic:
                 os.remove(filepath)  # a writer that is not atomic would write through the link, into the selected file
             trainer.strategy.barrier()
             super()._save_last_checkpoint(trainer, monitor_candidates)
@@ -136,6 +138,36 @@ class SelectionCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero:
             link_atomic(selected, filepath)
         trainer.strategy.barrier()
+        self._strip_resume_state(trainer)  # the selected checkpoints of earlier epochs (save_top_k > 1)
+
+    @override
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_every_epoch(trainer)
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_every_epoch(trainer)
+
+    def _save_last_every_epoch(self, trainer: Trainer) -> None:
+        """Lightning 2.6 writes ``last.ckpt`` only in a step that also saved a selected checkpoint: an epoch that does
+        not improve the score (or is a warm-up epoch) left ``last.ckpt`` at the selected epoch, and a resume went back
+        to it, training the later epochs again. ``last.ckpt`` is written every epoch."""
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    @override
+    def _remove_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        """A selected checkpoint that ``last.ckpt`` links to is replaced (top-k rotation): point the link at the new
+        selected checkpoint first (this step's), so ``last.ckpt`` never dangles."""
+        last, best = self.last_model_path, self.best_model_path
+        links_here = bool(last) and os.path.islink(last) and os.path.realpath(last) == os.path.realpath(filepath)
+        if trainer.is_global_zero and links_here and best and best != filepath and os.path.isfile(best):
+            link_atomic(best, last)
+        super()._remove_checkpoint(trainer, filepath)
 
     def _strip_resume_state(self, trainer: Trainer) -> None:
         """The selected checkpoints keep weights, hyperparameters and callback state; only ``last.ckpt`` keeps the
@@ -145,11 +177,14 @@ class SelectionCheckpoint(ModelCheckpoint):
         for path in self.best_k_models:
             if not path or not os.path.isfile(path) or os.path.realpath(path) == os.path.realpath(self.last_model_path):
                 continue
+            if path in self._stripped:
+                continue
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
             if "optimizer_states" in checkpoint or "lr_schedulers" in checkpoint:
                 checkpoint.pop("optimizer_states", None)
                 checkpoint.pop("lr_schedulers", None)
                 save_atomic(checkpoint, path)
+            self._stripped.add(path)
 
     def selection(self) -> dict[str, Any]:
         """What the rule chose: rule, metric, epoch, score (the ``selection.*`` tags)."""

@@ -28,7 +28,7 @@ from medrobust.datamodules.files import absolutize_env_paths, find
 from medrobust.datamodules.medmnist import MedMNISTDataModule
 from medrobust.experiments.cli_parser import MedRobustParser
 from medrobust.experiments.config_merge import merge_config_args
-from medrobust.experiments.resume import ResumePoint, checkpoint_identity, find_resume_point
+from medrobust.experiments.resume import ResumePoint, checkpoint_identity, find_resume_point, has_resume_state
 from medrobust.experiments.tracking.mlflow_logger import MLflowRunLogger
 from medrobust.experiments.tracking.mlflow_save_config import MLflowSaveConfig
 from medrobust.lightning_modules.classifier import ClassifierModule
@@ -162,6 +162,7 @@ class MedRobustCLI(LightningCLI):
     def before_fit(self) -> None:
         self._validate_data("fit")
         self._check_callback_inputs("fit")
+        self._name_command("fit")
         config = self.config_init[self.subcommand]
         config["ckpt_path"] = self._resume(config.get("ckpt_path"))
         if config.get("test_after_fit") and isinstance(self.trainer.logger, MLflowRunLogger):
@@ -176,6 +177,7 @@ class MedRobustCLI(LightningCLI):
         self._validate_data("test")
         self._check_checkpoint_file()
         self._check_callback_inputs("test")
+        self._name_command("test")
 
     def after_fit(self) -> None:
         if not self.config_init[self.subcommand].get("test_after_fit") or self.trainer.interrupted:
@@ -195,6 +197,10 @@ class MedRobustCLI(LightningCLI):
         if dm.path is not None or find(dm.spec, dm.roots) is not None:
             dm.setup(stage)
             dm.check_shards(self.trainer.world_size)
+
+    def _name_command(self, command: str) -> None:
+        if isinstance(self.trainer.logger, MLflowRunLogger):
+            self.trainer.logger.command = command
 
     def _check_callback_inputs(self, stage: str) -> None:
         """The callbacks' ``check_inputs(trainer, pl_module, stage)`` seam, before the MLflow run exists: a callback
@@ -216,6 +222,12 @@ class MedRobustCLI(LightningCLI):
         slurm = SLURMEnvironment.detect()
         if ckpt_path not in (None, "last"):
             point = ResumePoint(Path(ckpt_path), checkpoint_identity(Path(ckpt_path)).get("run_id"))
+            if not has_resume_state(Path(ckpt_path)):
+                raise InputError(
+                    f"--ckpt_path {ckpt_path} holds no optimizer state (a selected checkpoint: only last.ckpt keeps "
+                    "it), so fit cannot continue from it. Resume with --ckpt_path last (or that run's last.ckpt); to "
+                    "evaluate it, use `medrobust test --ckpt_path`."
+                )
         elif ckpt_path == "last" or slurm:
             point = self._find_resume_point(hpc=slurm, explicit=ckpt_path == "last")
             if point is None:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from medrobust.utilities.errors import InputError
+from medrobust.utilities.processes import host, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,13 @@ def checkpoint_identity(path: Path) -> dict[str, Any]:
     return checkpoint.get("mlflow") or {}
 
 
+def has_resume_state(path: Path) -> bool:
+    """Whether a checkpoint holds the optimizer state a ``fit`` continues from (``last.ckpt`` does; a selected one
+    that is not the last epoch does not)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return "optimizer_states" in checkpoint
+
+
 def describe(obj: Any) -> str:
     """What a loaded file holds, in a few words: ``a state_dict of 122 tensors (conv1.weight, bn1.weight, ...)``."""
     if isinstance(obj, dict):
@@ -77,7 +85,7 @@ def find_resume_point(
     """
     hpc_files = _hpc_checkpoints(root) if hpc else {}
     if dirpath:  # one folder of the user's for every run: its newest last checkpoint says which run it was
-        found = sorted(Path(dirpath).glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+        found = sorted((p for p in Path(dirpath).glob("last*.ckpt") if is_complete(p)), key=lambda p: p.stat().st_mtime)
         return ResumePoint(found[-1], checkpoint_identity(found[-1]).get("run_id")) if found else None
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
@@ -99,7 +107,7 @@ def find_resume_point(
     unfinished = {k: v for k, v in candidates.items() if v[0].info.status != "FINISHED" or run_id is not None}
     if not unfinished and explicit:
         # killed before its first checkpoint: the run this config names goes on from epoch 0, in the same run
-        bare = [r for r in runs if r.info.status != "FINISHED" and r.info.run_id not in candidates]
+        bare = [r for r in runs if r.info.run_id not in candidates and _abandoned_fit(r)]
         if len(bare) == 1:
             return ResumePoint(None, bare[0].info.run_id)
         if len(bare) > 1:
@@ -131,6 +139,15 @@ def find_resume_point(
     return None
 
 
+def _abandoned_fit(run: Any) -> bool:
+    """An unfinished ``fit`` run, outside any sweep, whose process on this host is gone: what a kill leaves behind.
+    A run of another host, of a live process, or of a ``test`` is never continued this way."""
+    tags = run.data.tags
+    if run.info.status == "FINISHED" or "sweep.role" in tags or tags.get("medrobust.command") != "fit":
+        return False
+    return tags.get("medrobust.host") == host() and not pid_alive(int(tags.get("medrobust.pid", "0") or 0))
+
+
 def is_complete(path: Path) -> bool:
     """Whether a checkpoint file is whole: ``torch.save`` writes a zip archive, whose directory comes last, so a
     file cut short by a kill mid-write has none (a dangling link is not whole either)."""
@@ -141,6 +158,9 @@ def _hpc_checkpoints(root: Path) -> dict[str, list[Path]]:
     """Lightning's SLURM checkpoints in ``root``, by the run that wrote them."""
     found: dict[str, list[Path]] = {}
     for path in root.glob("hpc_ckpt_*.ckpt"):
+        if not is_complete(path):
+            log.warning("%s is truncated: not resumed from", path)
+            continue
         run_id = checkpoint_identity(path).get("run_id")
         if run_id:
             found.setdefault(run_id, []).append(path)

@@ -14,7 +14,7 @@ from typing_extensions import override
 
 from medrobust.lightning_modules.features.feature_taps import capture
 from medrobust.lightning_modules.losses import task_loss
-from medrobust.lightning_modules.metrics.confusion import CONSTANT_SHARE, top_prediction_share
+from medrobust.lightning_modules.metrics.confusion import CONSTANT_SHARE, near_constant, top_prediction_share
 from medrobust.lightning_modules.metrics.metric_names import metric_name
 from medrobust.lightning_modules.metrics.task_metrics import ConfusionCounts, classification_metrics
 from medrobust.lightning_modules.nets.normalized_classifier import NormalizedClassifier
@@ -249,11 +249,12 @@ class ClassifierModule(TrainingSeams, LightningModule):
     @override
     def on_test_end(self) -> None:
         """After every test (the progress bar closed): a warning on its own line when one class gets at least
-        :data:`~medrobust.lightning_modules.metrics.confusion.CONSTANT_SHARE` of the predictions; accuracy, robust
-        accuracy included, then measures the test set's class balance. The run records it (tag
+        :data:`~medrobust.lightning_modules.metrics.confusion.CONSTANT_SHARE` of the predictions, more than it has of
+        the labels (:func:`~medrobust.lightning_modules.metrics.confusion.near_constant`; single-label tasks);
+        accuracy, robust accuracy included, then measures the test set's class balance. The run records it (tag
         ``test.near_constant``)."""
-        share = self.last_test_top_share
-        if share is not None and share >= CONSTANT_SHARE and self.trainer.is_global_zero:
+        share, counts = self.last_test_top_share, self.last_test_confusion
+        if counts is not None and near_constant(counts) and self.trainer.is_global_zero:
             own_line(
                 f"medrobust: warning: near-constant predictions: one class gets {share:.0%} of the test predictions "
                 f"(>= {CONSTANT_SHARE:.0%}); accuracy here measures the class balance of the test set. Train longer "

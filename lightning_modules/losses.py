@@ -25,6 +25,11 @@ def task_loss(
     """
     if task == "multilabel":
         return F.binary_cross_entropy_with_logits(logits, y.float(), reduction=reduction, pos_weight=weight)
+    if weight is not None and y.is_floating_point() and reduction == "mean":
+        # PyTorch divides a weighted soft-label mean by N, a hard-label one by the sum of the targets' weights: the
+        # same normalisation as for class indices, so MixUp does not rescale a class-weighted loss
+        per_sample = -(y * weight * F.log_softmax(logits, dim=1)).sum(1)
+        return per_sample.sum() / (y * weight).sum().clamp_min(1e-12)
     return F.cross_entropy(logits, y, weight=weight, reduction=reduction)
 
 

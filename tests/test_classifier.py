@@ -172,3 +172,25 @@ def test_a_near_constant_classifier_is_flagged_after_every_test(tmp_path, synthe
     assert model.last_test_top_share == 1.0
     lines = capfd.readouterr().err.splitlines()
     assert any(line.startswith("medrobust: warning: near-constant predictions: one class gets 100%") for line in lines)
+
+
+def test_near_constant_means_more_concentrated_than_the_labels() -> None:
+    """Issue 24.6: the rule behind the warning, the tag and the reports' flags (rows: labels, columns: predictions)."""
+    from medrobust.lightning_modules.metrics.confusion import near_constant
+
+    assert near_constant(torch.tensor([[100, 0], [60, 0]]))  # always class 0
+    assert not near_constant(torch.tensor([[94, 2], [2, 2]]))  # a 96% majority predicted 96% of the time
+    assert near_constant(torch.tensor([[96, 0], [3, 1]]))  # 99% of predictions for a 96% class
+    assert not near_constant(torch.tensor([[60, 40], [30, 70]]))
+    assert not near_constant(torch.zeros(14, 2, 2).index_fill_(1, torch.tensor([0]), 50))  # multi-label: never
+
+
+def test_soft_labels_give_the_hard_label_loss_for_one_hot_targets() -> None:
+    """Issue 24.4: with class weights too (PyTorch normalises weighted soft targets by N, hard ones by the weights)."""
+    from medrobust.lightning_modules.losses import task_loss
+
+    logits, y = torch.randn(8, 3), torch.tensor([0, 1, 2, 2, 1, 0, 0, 0])
+    weight = torch.tensor([0.5, 2.0, 3.0])
+    one_hot = torch.nn.functional.one_hot(y, 3).float()
+    for w in (None, weight):
+        assert task_loss(logits, one_hot, weight=w) == pytest.approx(float(task_loss(logits, y, weight=w)), rel=1e-6)

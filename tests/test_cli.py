@@ -389,20 +389,32 @@ def test_a_checkpoint_that_replaces_the_configs_model_says_so(tracking_uri, pneu
     assert "its own settings are used: model_name 'resnet34' -> 'test_resnet'" in err, err[-2000:]
 
 
-@pytest.mark.parametrize("rule", ["last", "clean_auroc"])
-def test_last_ckpt_is_no_second_copy_and_only_it_keeps_optimizer_state(tracking_uri, pneumonia_data_args, rule) -> None:
-    """Issue 24.5: `last.ckpt` links to the selected checkpoint when both are the same epoch (rule `last`: every
-    epoch); a selected checkpoint that is not the last keeps no optimizer state; every file loads."""
-    MedRobustCLI(args=["fit", "--config", QUICKSTART, *TINY, *pneumonia_data_args, f"--checkpoint.rule={rule}"])
+@pytest.mark.parametrize(("rule", "top_k"), [("last", 1), ("clean_auroc", 1), ("clean_auroc", 2)])
+def test_last_ckpt_is_the_last_epoch_no_second_copy_and_alone_keeps_optimizer_state(
+    tracking_uri, pneumonia_data_args, rule, top_k
+) -> None:
+    """Issue 24.5: `last.ckpt` holds the last epoch whatever the rule chose (Lightning 2.6 left it at the selected
+    epoch, so a resume trained the later epochs again); it links to the selected checkpoint when both are that epoch
+    (rule `last`: always); a selected checkpoint that is not the last keeps no optimizer state (two kept: the first
+    is stripped); every file loads."""
+    args = [f"--checkpoint.rule={rule}", f"--checkpoint.save_top_k={top_k}"]
+    MedRobustCLI(args=["fit", "--config", QUICKSTART, *TINY, *pneumonia_data_args, *args])
     (run,) = runs(tracking_uri)
     folder = Path(run.data.tags["best_checkpoint"]).parent
     last = folder / "last.ckpt"
     others = [p for p in folder.glob("*.ckpt") if p.name != "last.ckpt"]
-    assert others and not list(folder.glob(".*tmp*"))  # no temporary file left by the atomic writer
-    if rule == "last":
-        assert last.is_symlink() and last.resolve() == Path(run.data.tags["best_checkpoint"]).resolve()
+    assert len(others) == top_k and not list(folder.glob(".*tmp*"))  # no temporary file left by the atomic writer
     target = last.resolve()
-    assert "optimizer_states" in torch.load(target, weights_only=True)
-    for path in others:
-        if path.resolve() != target:
-            assert "optimizer_states" not in torch.load(path, weights_only=True), path.name
+    state = torch.load(target, weights_only=True)
+    assert state["epoch"] == 1 and "optimizer_states" in state  # max_epochs 2: epochs 0 and 1
+    if rule == "last":
+        assert last.is_symlink() and target == Path(run.data.tags["best_checkpoint"]).resolve()
+    stripped = [p for p in others if p.resolve() != target]
+    for path in stripped:
+        assert "optimizer_states" not in torch.load(path, weights_only=True), path.name
+    assert stripped or top_k == 1
+    if stripped:  # fit cannot continue from a checkpoint without optimizer state: said in one line
+        refused = medrobust_in_process(
+            "fit", "--config", QUICKSTART, *TINY, *pneumonia_data_args, f"--ckpt_path={stripped[0]}", cwd=Path.cwd()
+        )
+        assert refused.returncode == 2 and "holds no optimizer state" in refused.stderr, refused.stderr[-2000:]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
-from test_cli import QUICKSTART, TINY, medrobust, runs
+from test_cli import QUICKSTART, TINY, medrobust, medrobust_in_process, runs
 
 CALLBACKS = [
     {"class_path": "medrobust.callbacks.AdversarialTraining", "init_args": {"method": "fgsm_rs", "eps": "8/255"}},
@@ -24,12 +24,12 @@ CALLBACKS = [
 ]
 
 
-def ddp_fit(tmp_path, data: list[str], subsample: str):
+def ddp_fit(tmp_path, data: list[str], subsample: str, in_process: bool = False):
     config = {"trainer": {"callbacks": CALLBACKS}, "checkpoint": {"rule": "robust_bal_acc"}}
     (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(config))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     try:
-        result = medrobust(
+        result = (medrobust_in_process if in_process else medrobust)(
             "fit",
             "--config",
             QUICKSTART,
@@ -46,8 +46,8 @@ def ddp_fit(tmp_path, data: list[str], subsample: str):
             "--trainer.accelerator=cpu",
             "--system_metrics.enabled=false",
             cwd=tmp_path,
-            timeout=240,
             MLFLOW_TRACKING_URI=uri,
+            **({} if in_process else {"timeout": 240}),
         )
     except subprocess.TimeoutExpired:
         pytest.fail("a process waited in a reduction that another never joined")
@@ -55,7 +55,8 @@ def ddp_fit(tmp_path, data: list[str], subsample: str):
 
 
 def test_fewer_evaluation_samples_than_processes_is_refused(tmp_path, pneumonia_data_args) -> None:
-    result, uri = ddp_fit(tmp_path, pneumonia_data_args, "{train: 64, val: 1, test: 1}")
+    # refused before any process is launched, so in this process
+    result, uri = ddp_fit(tmp_path, pneumonia_data_args, "{train: 64, val: 1, test: 1}", in_process=True)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "fewer samples than the 2 processes" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "mlflow.db").exists() or runs(uri) == []

@@ -25,7 +25,10 @@ def test_the_readme_callback_runs_as_written(tmp_path, pneumonia_data_args) -> N
     (tmp_path / "my_defence.py").write_text(readme_callback())
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ["fit", "--config", QUICKSTART, *TINY, *pneumonia_data_args, "--system_metrics.enabled=false"]
-    result = medrobust(*args, "--trainer.callbacks+=my_defence.InputNoise", cwd=tmp_path, MLFLOW_TRACKING_URI=uri)
+    # through the entry point in this process (importing my_defence.py from the working directory, as the command
+    # does); the example below runs as a subprocess
+    noise = "--trainer.callbacks+=my_defence.InputNoise"
+    result = medrobust_in_process(*args, noise, cwd=tmp_path, MLFLOW_TRACKING_URI=uri)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = runs(uri)
     assert run.data.tags["seams.input_transforms"] == "noise" and run.data.params["callbacks.InputNoise.std"] == "0.02"

@@ -40,10 +40,12 @@ from medrobust.experiments.reporting.tradeoff import (
     row_from_run,
 )
 from medrobust.experiments.reporting.tradeoff_record import log_report
+from medrobust.experiments.resume import is_complete
 from medrobust.experiments.sweeping.sweep_spec import Point, SweepError, SweepSpec
 from medrobust.experiments.sweeping.sweep_store import child_runs, find_parent
 from medrobust.experiments.tracking.mlflow_logger import ensure_experiment, experiment_url, resolve_tracking_uri
 from medrobust.experiments.tracking.run_banner import run_banner
+from medrobust.utilities.processes import pid_alive
 from medrobust.utilities.tracking_uri import has_credentials, redact_uri
 
 TAG_HOST, TAG_PID, TAG_HEARTBEAT, TAG_ATTEMPT = "sweep.host", "sweep.pid", "sweep.heartbeat", "sweep.attempt"
@@ -56,17 +58,6 @@ def logger_settings(logger: dict[str, Any]) -> dict[str, Any]:
     class_path = logger.get("class_path")
     ours = class_path in (None, LOGGER_CLASS) or new_class_path(class_path) == LOGGER_CLASS
     return dict(logger.get("init_args") or {}) if ours else {}
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    return not cmdline.exists() or b"experiments" in cmdline.read_bytes()
 
 
 class SweepRunner:
@@ -189,7 +180,7 @@ class SweepRunner:
                 continue
             tags = run.data.tags
             if tags.get(TAG_HOST) == self.host and TAG_PID in tags:
-                stale = not _pid_alive(int(tags[TAG_PID]))
+                stale = not pid_alive(int(tags[TAG_PID]))
                 why = f"its process {tags[TAG_PID]} on this host is gone"
             else:
                 beat = float(tags.get(TAG_HEARTBEAT, run.info.start_time / 1000))
@@ -225,7 +216,7 @@ class SweepRunner:
         root = Path(str(config.get("trainer", {}).get("default_root_dir") or "runs"))
         dirpath = (config.get("checkpoint") or {}).get("dirpath")
         folder = Path(dirpath) if dirpath else root / str(self.experiment_id) / run_id / "checkpoints"
-        found = sorted(folder.glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+        found = sorted((p for p in folder.glob("last*.ckpt") if is_complete(p)), key=lambda p: p.stat().st_mtime)
         return found[-1] if found else None
 
     def run_child(self, point: Point, existing: Any | None) -> str:

@@ -9,11 +9,13 @@ from typing import Any, Literal
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
+from mlflow.exceptions import MlflowException
 from typing_extensions import override
 
 from medrobust.experiments.tracking.run_banner import distinct_run_name, run_banner
 from medrobust.utilities.console import own_line
 from medrobust.utilities.errors import InputError
+from medrobust.utilities.processes import host
 from medrobust.utilities.tracking_uri import has_credentials, redact_uri
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,8 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 #: set on a run that Lightning's SLURM requeue handler stopped: the run is KILLED, to be resumed, not FINISHED
 REQUEUED_TAG = "medrobust.requeued"
+#: the host, process id and subcommand writing a run (updated when it is resumed)
+OWNER_HOST, OWNER_PID, OWNER_COMMAND = "medrobust.host", "medrobust.pid", "medrobust.command"
 
 
 def experiment_url(server: str, experiment_id: str) -> str:
@@ -112,6 +116,8 @@ class MLflowRunLogger(MLFlowLogger):
             run_id=run_id,
         )
         self.resumed = run_id is not None
+        #: the ``medrobust`` subcommand that writes this run (``fit``, ``test``), set by the CLI; a tag of the run
+        self.command: str | None = None
         self._keep_open = False
         self._checked_in = False
         #: set by :class:`~medrobust.experiments.tracking.mlflow_save_config.MLflowSaveConfig`, which logs the whole
@@ -138,11 +144,21 @@ class MLflowRunLogger(MLFlowLogger):
             if self.resumed and run.info.status != "RUNNING":
                 client.update_run(self._run_id, status="RUNNING")  # it trains again: not FAILED or KILLED meanwhile
             self._run_name = run.info.run_name
+            # who writes this run: --ckpt_path last may continue it only when that process is gone
+            owner = {OWNER_HOST: host(), OWNER_PID: str(os.getpid())}
+            if self.command:
+                owner[OWNER_COMMAND] = self.command
+            for key, value in owner.items():
+                client.set_tag(self._run_id, key, value)
             self._announce("resumed" if self.resumed and run.data.metrics else "started")  # a sweep's new child starts
         return client
 
     def _announce(self, event: str) -> None:
-        experiment = self._mlflow_client.get_experiment(self._experiment_id).name
+        try:
+            experiment = self._mlflow_client.get_experiment(self._experiment_id).name
+        except MlflowException as err:  # a tracking-server hiccup must not fail (or hide the error of) the run
+            log.warning("could not read the experiment's name: %s", err)
+            experiment = self._experiment_name
         own_line(run_banner(event, self._tracking_uri, experiment, self._experiment_id, self._run_name, self._run_id))
 
     def resume_run(self, run_id: str) -> None:
