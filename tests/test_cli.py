@@ -241,7 +241,8 @@ def test_an_error_inside_training_keeps_its_traceback_and_fails_the_run(tmp_path
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     fail = ["--trainer.callbacks+=fail_once.FailOnce", f"--trainer.callbacks.marker={tmp_path / 'failed'}"]
     fail += ["--trainer.callbacks.error=ValueError"]
-    result = medrobust(
+    # through the entry point in this process: an uncaught error is status 1 with its traceback, as from a subprocess
+    result = medrobust_in_process(
         "fit", "--config", QUICKSTART, *TINY, *pneumonia_data_args, *fail, cwd=tmp_path, MLFLOW_TRACKING_URI=uri
     )
     assert result.returncode == 1, result.stderr[-2000:]
