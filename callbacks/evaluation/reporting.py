@@ -40,9 +40,10 @@ def report(
     config_key: str | None = None,
 ) -> None:
     """Write ``json_files`` (path -> content), ``figures`` (path -> figure), ``tags`` and ``params`` into every logger
-    of ``trainer`` that can hold them. With ``config_key`` (the prefix of the class's config params), a param whose value
-    the run's config already logged there (``robustness.pgd_steps`` = ``callbacks.RobustnessEvaluation.pgd_steps``)
-    is left out: each setting is logged once; what the callback resolved (``robustness.grid``, numbers) stays."""
+    of ``trainer`` that can hold them. With ``config_key`` (the prefix of the class's config params), a param
+    whose value the run's config already logged there (``robustness.pgd_steps``, the same as the config's
+    ``pgd_steps`` of the class) is left out: each setting is logged once; what the callback resolved
+    (``robustness.grid``, numbers) stays."""
     json_files, figures, tags, params = json_files or {}, figures or {}, tags or {}, params or {}
     try:
         if trainer.is_global_zero:
