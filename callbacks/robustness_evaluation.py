@@ -33,6 +33,7 @@ from medrobust.lightning_modules.metrics.confusion import (
     balanced_accuracy,
     confusion_from_predictions,
     empty_counts,
+    near_constant,
     predictions,
     top_prediction_share,
     worst_case_predictions,
@@ -56,9 +57,9 @@ class RobustnessEvaluation(EvaluationCallback):
 
     The report ``robustness.json`` and ``plots/robustness.png`` (accuracy against eps, one panel per norm) go into the
     run; the settings are logged as ``robustness.*`` params. Results where one class gets at least
-    ``constant_share`` of the predictions are flagged (tag ``robustness.near_constant``, and a warning): on an
-    imbalanced test set a classifier that always answers the majority class keeps its accuracy under any attack,
-    which is not robustness.
+    ``constant_share`` of the predictions, more than its share of the labels, are flagged (tag
+    ``robustness.near_constant``, and a warning): on an imbalanced test set a classifier that always answers the
+    majority class keeps its accuracy under any attack, which is not robustness.
 
     Under DDP each rank attacks its share and the counts are summed on every rank, even one that received no batch;
     each sample counts once because the test loader does not pad (MedMNISTDataModule's does not).
@@ -90,7 +91,9 @@ class RobustnessEvaluation(EvaluationCallback):
         max_samples: attack only the first ``max_samples`` test samples of the split, by index: the same images
             on any number of processes (``None``: all).
         autoattack_max_samples: a smaller limit for AutoAttack and Square, the expensive ones (the first samples too).
-        constant_share: flag a result whose most predicted class gets at least this share of the predictions.
+        constant_share: flag a result whose most predicted class gets at least this share of the predictions (and a
+            larger share than that class has among the labels:
+            :func:`~medrobust.lightning_modules.metrics.confusion.near_constant`).
         sanity_checks: run the gradient-masking checks.
         sanity_square_queries: query budget of the black-box check.
         seed: seed of random starts and of torchattacks' attacks.
@@ -258,7 +261,7 @@ class RobustnessEvaluation(EvaluationCallback):
                 continue
             share = top_prediction_share(total)
             row = {"key": key, "acc": accuracy(total), "bal_acc": float(balanced_accuracy(total)), "n": n}
-            row |= {"top_pred_share": share, "near_constant": share >= self.constant_share}
+            row |= {"top_pred_share": share, "near_constant": near_constant(total, self.constant_share)}
             spec = by_key.get(key)
             threat = worst_keys.get(key, spec.threat if spec is not None else None)
             if key in worst_keys:
@@ -286,8 +289,8 @@ class RobustnessEvaluation(EvaluationCallback):
         if constant and trainer.is_global_zero:
             own_line(
                 f"medrobust: warning: near-constant predictions under attack (one class gets >= "
-                f"{self.constant_share:.0%} of them) in {constant}: accuracy there measures the class balance of the "
-                "test set, not robustness.",
+                f"{self.constant_share:.0%} of them, more than its share of the labels) in {constant}: accuracy there "
+                "measures the class balance of the test set, not robustness.",
                 sys.stderr,
             )
         return {"settings": self.settings(), "results": results, "checks": self._checks, "distances": distances}

@@ -6,7 +6,6 @@ sizes. It is imported lazily because importing it creates ``~/.medmnist`` as a s
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from medrobust.utilities.errors import InputError
+from medrobust.utilities.hashing import file_md5
 
 log = logging.getLogger(__name__)
 
@@ -145,22 +145,6 @@ def absolutize_env_paths(environ: os._Environ | dict[str, str] = os.environ) -> 
         if value:
             parts = [str(Path(part).expanduser().absolute()) for part in value.split(os.pathsep) if part]
             environ[key] = os.pathsep.join(parts)
-
-
-_md5_cache: dict[tuple[str, int, int], str] = {}
-
-
-def file_md5(path: Path, chunk: int = 1 << 22) -> str:
-    """MD5 of a file, memoised per process on (path, size, mtime) so fit-then-test reads hash once."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _md5_cache:
-        digest = hashlib.md5()
-        with path.open("rb") as fh:
-            while block := fh.read(chunk):
-                digest.update(block)
-        _md5_cache[key] = digest.hexdigest()
-    return _md5_cache[key]
 
 
 def missing_file_message(spec: MedMNISTSpec, roots: list[Path], reason: str = "") -> str:

@@ -21,7 +21,6 @@ from medrobust.datamodules.files import (
     SPLITS,
     MedMNISTFileError,
     MedMNISTSpec,
-    file_md5,
     find,
     load_arrays,
     load_masks,
@@ -34,6 +33,7 @@ from medrobust.datamodules.shifts import SHORTCUT_SPLITS, corrupted_split, offic
 from medrobust.datamodules.shortcuts import Shortcut, shortcut_split
 from medrobust.datamodules.tensor_dataset import TensorImageDataset, identity_collate
 from medrobust.utilities.errors import InputError
+from medrobust.utilities.hashing import file_md5
 from medrobust.utilities.mlflow_source import is_remote
 
 log = logging.getLogger(__name__)

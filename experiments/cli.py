@@ -7,6 +7,7 @@ import glob
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,13 @@ from medrobust.datamodules.medmnist import MedMNISTDataModule
 from medrobust.experiments.cli_parser import MedRobustParser
 from medrobust.experiments.config_merge import merge_config_args
 from medrobust.experiments.resume import ResumePoint, checkpoint_identity, find_resume_point, has_resume_state
-from medrobust.experiments.tracking.mlflow_logger import MLflowRunLogger
+from medrobust.experiments.tracking.mlflow_logger import MLflowRunLogger, resolve_tracking_uri
 from medrobust.experiments.tracking.mlflow_save_config import MLflowSaveConfig
 from medrobust.lightning_modules.classifier import ClassifierModule
 from medrobust.utilities.console import own_line
 from medrobust.utilities.errors import InputError
-from medrobust.utilities.mlflow_source import is_remote
+from medrobust.utilities.hashing import file_md5
+from medrobust.utilities.mlflow_source import fetch_checkpoint, is_remote
 from medrobust.utilities.tracking_uri import redact_uri
 
 log = logging.getLogger(__name__)
@@ -122,14 +124,38 @@ class MedRobustCLI(LightningCLI):
         file first, with our message (the load is ``weights_only=True`` either way)."""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and is_remote(str(ckpt_path)):
+            ckpt_path = self._fetch_checkpoint(subcommand, str(ckpt_path))
         if ckpt_path and Path(ckpt_path).is_file():
             checkpoint_identity(Path(ckpt_path))
             before = self.config[subcommand].get("model")
-            before = dict(vars(before)) if before is not None and not isinstance(before, dict) else dict(before or {})
+            before = _as_dict(before)
             super()._parse_ckpt_path()
             _warn_overridden(before, self.config[subcommand].get("model"), ckpt_path)
             return
         super()._parse_ckpt_path()
+
+    def _fetch_checkpoint(self, subcommand: str, source: str) -> str:
+        """``--ckpt_path mlflow:<experiment>/<run name>`` (or ``runs:/<run_id>/<path>``, or a run id) for
+        ``test``/``validate``: that run's selected checkpoint, downloaded from the store this run logs to for the
+        length of the command; the new run records the source, its run id and the file's MD5 as tags."""
+        if subcommand == "fit":
+            raise InputError(
+                f"fit --ckpt_path {source}: fit continues a run from a checkpoint file or 'last'; to evaluate another "
+                "run's model, use `medrobust test --ckpt_path`"
+            )
+        logger = self.config[subcommand].get("trainer.logger")
+        tracking_uri = resolve_tracking_uri(getattr(getattr(logger, "init_args", None), "tracking_uri", None))
+        self._downloads = tempfile.TemporaryDirectory(prefix="medrobust-ckpt-")
+        path, run_id = fetch_checkpoint(source, tracking_uri, self._downloads.name, what="--ckpt_path")
+        self.config[subcommand]["ckpt_path"] = str(path)
+        self._checkpoint_tags = {
+            "test.checkpoint.source": source,
+            "test.checkpoint.run_id": run_id,
+            "test.checkpoint.md5": file_md5(path),
+        }
+        rank_zero_info(f"--ckpt_path {source}: run {run_id}'s {path.name}, fetched into {path}")
+        return str(path)
 
     @override
     def instantiate_classes(self) -> None:
@@ -178,6 +204,9 @@ class MedRobustCLI(LightningCLI):
         self._check_checkpoint_file()
         self._check_callback_inputs("test")
         self._name_command("test")
+        logger = self.trainer.logger
+        if getattr(self, "_checkpoint_tags", None) and isinstance(logger, MLflowRunLogger):
+            logger.tags = {**(logger.tags or {}), **self._checkpoint_tags}
 
     def after_fit(self) -> None:
         if not self.config_init[self.subcommand].get("test_after_fit") or self.trainer.interrupted:
@@ -192,9 +221,11 @@ class MedRobustCLI(LightningCLI):
         dm = self.datamodule
         if not isinstance(dm, MedMNISTDataModule):
             return
-        if dm.path is None and find(dm.spec, dm.roots) is None and dm.download:
+        found = dm.path is not None or find(dm.spec, dm.roots) is not None
+        if not found and dm.download:
             dm.prepare_data()
-        if dm.path is not None or find(dm.spec, dm.roots) is not None:
+            found = find(dm.spec, dm.roots) is not None
+        if found:
             dm.setup(stage)
             dm.check_shards(self.trainer.world_size)
 
@@ -315,7 +346,7 @@ _ARCHITECTURE_KEYS = ("model_name", "small_input", "timm_kwargs", "class_weights
 
 def _warn_overridden(before: dict[str, Any], after: Any, ckpt_path: str) -> None:
     """LightningCLI takes the model's hyperparameters from ``--ckpt_path``: say which settings it replaced."""
-    after = dict(vars(after)) if after is not None and not isinstance(after, dict) else dict(after or {})
+    after = _as_dict(after)
     changed = [
         f"{key} {before[key]!r} -> {after.get(key)!r}"
         for key in _ARCHITECTURE_KEYS
@@ -327,6 +358,11 @@ def _warn_overridden(before: dict[str, Any], after: Any, ckpt_path: str) -> None
             f"settings are used: {', '.join(changed)}",
             sys.stderr,
         )
+
+
+def _as_dict(section: Any) -> dict[str, Any]:
+    """A config section (a jsonargparse Namespace, a dict or None) as a plain dict of its top-level keys."""
+    return dict(vars(section)) if section is not None and not isinstance(section, dict) else dict(section or {})
 
 
 def _input_error_within(err: BaseException) -> InputError | None:

@@ -16,7 +16,6 @@ import torch
 from conftest import REPO, quiet_trainer, subprocess_env
 from mlflow import MlflowClient
 
-from medrobust.datamodules.files import file_md5
 from medrobust.datamodules.medmnist import MedMNISTDataModule
 from medrobust.experiments.cli import MedRobustCLI
 from medrobust.experiments.construction.construct import construct_main
@@ -24,6 +23,7 @@ from medrobust.lightning_modules.attacks.threat_model import L2Threat, LinfThrea
 from medrobust.lightning_modules.classifier import ClassifierModule
 from medrobust.lightning_modules.features.feature_datasets import paper_settings, quantize_within
 from medrobust.utilities.errors import InputError
+from medrobust.utilities.hashing import file_md5
 
 
 def source_checkpoint(tmp_path: Path, data: Path, flag: str) -> Path:

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from medrobust.datamodules.files import MedMNISTFileError, MedMNISTSpec, file_md5
+from medrobust.datamodules.files import MedMNISTFileError, MedMNISTSpec
 from medrobust.datamodules.medmnist import MedMNISTDataModule
+from medrobust.utilities.hashing import file_md5
 
 # flag -> (task regime, channels, classes): binary, multi-class, ordinal, multi-label; 1 and 3 channels
 CASES = {

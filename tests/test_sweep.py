@@ -568,6 +568,18 @@ def test_imbalanced_test_labels_compare_balanced_accuracy_and_flag_constant_clas
     assert report["near_constant"] == ["standard: clean"]
     table = format_table(report)
     assert "near-constant: standard: clean" in table and "by balanced accuracy" in table
+    assert "0.750 |" in table and "±" not in table  # one run per point: no spread to show
+
+
+def test_the_report_reads_the_label_aware_near_constant_flags_its_runs_carry() -> None:
+    """A model that predicts a 96% majority class 96% of the time is not collapsed (the tags its test wrote say so,
+    judged against the labels); one flagged under attack is flagged at that threat only."""
+    summary = {"summary/clean_acc": 0.96, "summary/clean_top_pred_share": 0.96}
+    summary |= {"summary/adv_acc/linf_8_255": 0.9, "summary/adv_top_pred_share/linf_8_255": 0.99}
+    summary |= {"summary/adv_acc/linf_2_255": 0.95, "summary/adv_top_pred_share/linf_2_255": 0.96}
+    tagged = {"test.near_constant": "false", "robustness.near_constant": "pgd20/linf_8_255,worst/linf_8_255"}
+    assert RunRow("a", "majority", "FINISHED", {}, summary, tagged).near_constant == ["linf_8_255"]
+    assert RunRow("a", "untagged", "FINISHED", {}, summary).near_constant == ["clean", "linf_8_255", "linf_2_255"]
 
 
 def test_a_child_keeps_the_logger_settings_of_its_base() -> None:

@@ -12,6 +12,9 @@ from medrobust.utilities.errors import InputError
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
+#: the artifact a run's selected checkpoint is logged as (:class:`~medrobust.callbacks.MLflowCheckpoints`)
+BEST_ARTIFACT = "checkpoints/best.ckpt"
+
 
 def is_remote(source: str) -> bool:
     """``runs:/<run_id>/<path>``, a bare 32-hex MLflow run id, or ``mlflow:<experiment>/<run name>``."""
@@ -74,3 +77,12 @@ def download(uri: str, tracking_uri: str | None, folder: str | Path, what: str =
         )
     except Exception as err:  # MlflowException (unknown run, missing artifact) or an OSError
         raise InputError(f"{what} {uri!r} could not be fetched from MLflow ({tracking_uri}): {err}") from None
+
+
+def fetch_checkpoint(
+    source: str, tracking_uri: str | None, folder: str | Path, what: str = "Source"
+) -> tuple[Path, str]:
+    """Download the checkpoint a remote ``source`` names (a run without a path: its selected checkpoint,
+    ``checkpoints/best.ckpt``) into ``folder``; returns the local file and the run it belongs to."""
+    uri = artifact_uri(source, tracking_uri, BEST_ARTIFACT, what)
+    return download(uri, tracking_uri, folder, what), resolve_run_id(uri, tracking_uri, what)

@@ -79,6 +79,9 @@ class DistanceTracker:
         return report
 
     def describe(self) -> dict[str, Any]:
+        """The settings as used; with no distance attacks, only that (their settings were not used)."""
+        if not (self.attacks or self.requested):
+            return {"distance_attacks": []}
         return {
             "distance_attacks": self.attacks or self.requested,
             "distance": dict(vars(self.settings)),

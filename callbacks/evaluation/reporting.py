@@ -68,15 +68,10 @@ def _to_mlflow(
     for key, value in tags.items():
         client.set_tag(run_id, key, str(value))
     if params and config_key:
-        logged = client.get_run(run_id).data.params
-        params = {k: v for k, v in params.items() if logged.get(f"{config_key}.{k.split('.', 1)[-1]}") != _as_param(v)}
+        logged = client.get_run(run_id).data.params  # MLflow stores params as str
+        params = {k: v for k, v in params.items() if logged.get(f"{config_key}.{k.split('.', 1)[-1]}") != str(v)}
     if params:
         log_params_once(logger, params)
-
-
-def _as_param(value: Any) -> str:
-    """A value as MLflow stores it as a param (what Lightning's logger writes: ``str``)."""
-    return str(value)
 
 
 def _to_folder(logger: Any, folder: Path, json_files: dict, figures: dict, tags: dict, params: dict) -> None:

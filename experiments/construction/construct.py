@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from medrobust.datamodules.cache import save_reproducible
-from medrobust.datamodules.files import MedMNISTSpec, file_md5, load_arrays, locate, resolve_roots
+from medrobust.datamodules.files import MedMNISTSpec, load_arrays, locate, resolve_roots
 from medrobust.datamodules.remote import fetch_dataset
 from medrobust.datamodules.tensor_dataset import TensorImageDataset
 from medrobust.experiments.construction.construct_chunks import ChunkStore
@@ -32,6 +32,7 @@ from medrobust.lightning_modules.attacks.threat import NORMS, Threat
 from medrobust.lightning_modules.features import feature_datasets as fd
 from medrobust.lightning_modules.features.teacher import Teacher, load_teacher
 from medrobust.utilities.errors import InputError
+from medrobust.utilities.hashing import file_md5
 from medrobust.utilities.mlflow_source import is_remote
 
 

@@ -41,6 +41,8 @@ TAG_ROLE, TAG_SWEEP, TAG_POINT, TAG_VALUES, TAG_LABEL = (
 PARENT_TAG = "mlflow.parentRunId"
 #: the parent run's swept axes, in the sweep file's order
 TAG_AXES = "sweep.axes"
+#: near-constant flags a tested run carries (the module's, clean; RobustnessEvaluation's, per attack and threat)
+CLEAN_FLAG, ROBUST_FLAG = "test.near_constant", "robustness.near_constant"
 
 
 def display_value(value: Any) -> str:
@@ -83,12 +85,24 @@ class RunRow:
     values: dict[str, Any]
     summary: dict[str, float]
 
+    #: the run's tags ``test.near_constant`` and ``robustness.near_constant``, when it has them
+    flags: dict[str, str] = field(default_factory=dict)
+
     @property
     def near_constant(self) -> list[str]:
-        """Where one class gets at least :data:`CONSTANT_SHARE` of the predictions: ``clean``, or a threat."""
-        shares = {"clean": self.summary.get(SUMMARY + "clean_top_pred_share")}
-        shares |= {threat: self.summary[key] for threat, key in worst_case_keys(self.summary, "top_pred_share").items()}
-        return [where for where, share in shares.items() if share is not None and share >= CONSTANT_SHARE]
+        """Where the run's predictions were near-constant: ``clean``, or a threat. Read from the tags its test wrote
+        (label-aware: :func:`~medrobust.lightning_modules.metrics.confusion.near_constant`); a run without them is
+        judged by the share of its most predicted class alone (at least :data:`CONSTANT_SHARE`)."""
+        found = []
+        clean = self.flags.get(CLEAN_FLAG)
+        share = self.summary.get(SUMMARY + "clean_top_pred_share")
+        if clean == "true" or (clean is None and share is not None and share >= CONSTANT_SHARE):
+            found.append("clean")
+        threats = worst_case_keys(self.summary, "top_pred_share")
+        if ROBUST_FLAG in self.flags:
+            flagged = set(self.flags[ROBUST_FLAG].split(","))
+            return found + [threat for threat in threats if f"worst/{threat}" in flagged]
+        return found + [threat for threat, key in threats.items() if self.summary[key] >= CONSTANT_SHARE]
 
     @property
     def seed(self) -> Any:
@@ -155,7 +169,8 @@ def row_from_run(run: Any) -> RunRow:
         values = {"run": name}
         if "seed_everything" in run.data.params:
             values["seed_everything"] = run.data.params["seed_everything"]
-    return RunRow(run.info.run_id, name, run.info.status, values, summary_metrics(run.data.metrics))
+    flags = {key: tags[key] for key in (CLEAN_FLAG, ROBUST_FLAG) if key in tags}
+    return RunRow(run.info.run_id, name, run.info.status, values, summary_metrics(run.data.metrics), flags)
 
 
 def group_rows(rows: Sequence[RunRow]) -> list[Group]:
@@ -231,6 +246,15 @@ def build_report(rows: Sequence[RunRow], axes: Sequence[str] = (), metric: str =
     }
 
 
+def _cell(group: dict[str, Any], column: str) -> str:
+    """``mean ± std`` over a group's seeds; one run alone has no spread to show."""
+    if f"{column}/mean" not in group:
+        return ""
+    if group["n"] < 2:
+        return f"{group[column + '/mean']:.3f}"
+    return f"{group[column + '/mean']:.3f} ± {group[column + '/std']:.3f}"
+
+
 def format_table(report: dict[str, Any]) -> str:
     """The groups as a Markdown table: mean +- std over seeds for the headline metrics, and the flags."""
     metric = report.get("metric", "acc")
@@ -242,7 +266,7 @@ def format_table(report: dict[str, Any]) -> str:
     cols = [c for c in cols if any(f"{c}/mean" in g for g in report["groups"])]
     lines = ["| point | n | " + " | ".join(cols) + " | flags | runs |", "|---|---|" + "---|" * (len(cols) + 2)]
     for g in report["groups"]:
-        cells = [f"{g[c + '/mean']:.3f} ± {g[c + '/std']:.3f}" if c + "/mean" in g else "" for c in cols]
+        cells = [_cell(g, c) for c in cols]
         flags = "near-constant: " + "; ".join(g["near_constant"]) if g.get("near_constant") else ""
         runs = ", ".join(g.get("runs", []))
         lines.append(f"| {g['group']} | {g['n']} | " + " | ".join(cells) + f" | {flags} | {runs} |")

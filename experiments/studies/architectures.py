@@ -6,7 +6,8 @@ at each L-inf budget (the per-sample worst case of both), and the median minimal
 (L0). A pair of networks is **flagged** when their mean clean AUROCs are within 1 point but a robustness measure
 differs by more than the seed spread (the larger of the two networks' ranges over seeds).
 
-A seed whose model gives one class at least 95% of its test predictions (``summary/clean_top_pred_share``) is left out
+A seed whose model gives one class at least 95% of its test predictions (``summary/clean_top_pred_share``), more than
+that class's share of the labels (tag ``test.near_constant``), is left out
 of its network's cells and listed: a constant classifier keeps its accuracy under any attack, which is not
 robustness. Only networks with two or more such seeds left take part in flags. A median distance of ``inf`` (fewer
 than half the samples flipped; MLflow stores it as the largest float) reads as ``inf``.
@@ -24,6 +25,7 @@ import itertools
 import math
 import statistics
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 from mlflow import MlflowClient
@@ -77,6 +79,14 @@ def network(params: dict[str, str]) -> str:
     return name + ("" if params.get("model.small_input", "true").lower() == "true" else " (ImageNet stem)")
 
 
+def collapsed(run: Any) -> bool:
+    """The module's label-aware ``test.near_constant`` tag; for a run without it, the top share alone."""
+    tag = run.data.tags.get("test.near_constant")
+    if tag is not None:
+        return tag == "true"
+    return run.data.metrics.get("summary/clean_top_pred_share", 0.0) >= CONSTANT_SHARE
+
+
 def table(client: MlflowClient, experiment_id: str, parent_id: str) -> dict[str, dict[str, dict]]:
     """dataset -> network -> {column: {mean, std, range, seeds}, n_seeds, runs}."""
     groups: dict[tuple[str, str], list] = {}
@@ -86,7 +96,7 @@ def table(client: MlflowClient, experiment_id: str, parent_id: str) -> dict[str,
             groups.setdefault(key, []).append(run)
     out: dict[str, dict[str, dict]] = {}
     for (flag, net), runs in sorted(groups.items()):
-        constant = [r for r in runs if r.data.metrics.get("summary/clean_top_pred_share", 0.0) >= CONSTANT_SHARE]
+        constant = [r for r in runs if collapsed(r)]
         kept = [r for r in runs if r not in constant]
         cells = {}
         for column, metric in COLUMNS.items():

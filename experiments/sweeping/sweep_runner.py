@@ -14,7 +14,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -45,7 +44,7 @@ from medrobust.experiments.sweeping.sweep_spec import Point, SweepError, SweepSp
 from medrobust.experiments.sweeping.sweep_store import child_runs, find_parent
 from medrobust.experiments.tracking.mlflow_logger import ensure_experiment, experiment_url, resolve_tracking_uri
 from medrobust.experiments.tracking.run_banner import run_banner
-from medrobust.utilities.processes import pid_alive
+from medrobust.utilities.processes import host, pid_alive
 from medrobust.utilities.tracking_uri import has_credentials, redact_uri
 
 TAG_HOST, TAG_PID, TAG_HEARTBEAT, TAG_ATTEMPT = "sweep.host", "sweep.pid", "sweep.heartbeat", "sweep.attempt"
@@ -99,7 +98,7 @@ class SweepRunner:
         self.stale_after = stale_after
         self.heartbeat = heartbeat
         self.out = out or sys.stdout
-        self.host = socket.gethostname()
+        self.host = host()
         self.root = Path(str(spec.base_config().get("trainer", {}).get("default_root_dir") or "runs"))
         self.parent_id: str | None = None
         self.experiment_id: str | None = None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from argparse import Namespace
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from lightning.pytorch.loggers import MLFlowLogger
@@ -183,12 +185,12 @@ class MLflowRunLogger(MLFlowLogger):
         """Log (nested) params; on a resumed run, only those not logged yet (MLflow params cannot change; a changed
         setting is recorded as a new config version by
         :class:`~medrobust.experiments.tracking.mlflow_save_config.MLflowSaveConfig`)."""
-        from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+        from lightning.fabric.utilities.logger import _convert_params
 
         # LightningCLI's bookkeeping keys (``_instantiator``, ``_class_path``) are not hyperparameters.
-        # "." as in the config's params (data.subsample.test), not Lightning's "/" (data.subsample/test)
-        flat = _flatten_dict(_convert_params(params), delimiter=".")
-        params = {k: v for k, v in flat.items() if not k.startswith("_")}
+        flat = _flatten(_convert_params(params) or {})
+        # as MLflow stores them: str (Lightning's logger would flatten again and drop an empty list or mapping)
+        params = {k: str(v) for k, v in flat.items() if not k.startswith("_")}
         if self.resumed:
             logged = self.experiment.get_run(self.run_id).data.params
             params = {k: v for k, v in params.items() if k not in logged}
@@ -214,3 +216,16 @@ class MLflowRunLogger(MLFlowLogger):
         super().finalize(status)
         if self._initialized:
             self._announce("finished" if status == "success" else status.upper())
+
+
+def _flatten(params: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested params as dotted keys: "." as in the config's params (``data.subsample.test``), not Lightning's "/";
+    an empty list or mapping is kept as a value (``l2_eps: []`` is a setting too; Lightning's flattening drops it)."""
+    if isinstance(params, Namespace):
+        params = vars(params)
+    if not isinstance(params, Mapping) or (prefix and not params):
+        return {prefix.removesuffix("."): params}
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        flat |= _flatten(value, f"{prefix}{key}.")
+    return flat

@@ -87,7 +87,7 @@ def config_params(config: dict[str, Any]) -> dict[str, Any]:
     trainer = dict(config.get("trainer") or {})
     callbacks = trainer.pop("callbacks", None) or []
     config["trainer"] = trainer
-    params = _flatten(config)
+    params = _flatten({k: v for k, v in config.items() if k != "trainer" or v})
     seen: dict[str, int] = {}
     for entry in callbacks if isinstance(callbacks, list) else [callbacks]:
         if not isinstance(entry, dict) or "class_path" not in entry:

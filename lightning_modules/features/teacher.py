@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +11,8 @@ import torch
 
 from medrobust.lightning_modules.nets.normalized_classifier import NormalizedClassifier
 from medrobust.utilities.errors import InputError
-from medrobust.utilities.mlflow_source import artifact_uri, download, is_remote, resolve_run_id
-
-#: where a run's selected checkpoint lives among its artifacts (callbacks.MLflowCheckpoints)
-BEST_ARTIFACT = "checkpoints/best.ckpt"
+from medrobust.utilities.hashing import file_md5
+from medrobust.utilities.mlflow_source import BEST_ARTIFACT, fetch_checkpoint, is_remote
 
 
 @dataclass
@@ -56,10 +53,8 @@ def load_teacher(source: str, tracking_uri: str | None = None, what: str = "Teac
     check_source(source, what)
     run_id = None
     if is_remote(source):
-        uri = artifact_uri(source, tracking_uri, BEST_ARTIFACT, what)
-        run_id = resolve_run_id(uri, tracking_uri, what)
         with tempfile.TemporaryDirectory() as tmp:
-            path = download(uri, tracking_uri, tmp, what)
+            path, run_id = fetch_checkpoint(source, tracking_uri, tmp, what)
             checkpoint, md5 = _load(path, source, what), file_md5(path)
     else:
         path = Path(source).expanduser()
@@ -73,15 +68,6 @@ def load_teacher(source: str, tracking_uri: str | None = None, what: str = "Teac
     net.eval().requires_grad_(False)
     run_id = run_id or (checkpoint.get("mlflow") or {}).get("run_id")
     return Teacher(net, hparams, checkpoint.get("datamodule_hyper_parameters"), source, run_id, md5)
-
-
-def file_md5(path: Path | str) -> str:
-    """The MD5 of a file, read in chunks."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _load(path: Path, source: str, what: str) -> dict[str, Any]:
