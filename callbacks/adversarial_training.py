@@ -119,17 +119,24 @@ class AdversarialTraining(Callback):
 
     # ------------------------------------------------------------------------------------------ registration
     def check_inputs(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """An L2 budget against the image's diagonal, before the ``medrobust`` command creates the run."""
+        """An L2 budget against the image's diagonal, and TRADES against the task, before the ``medrobust`` command
+        creates the run."""
         if stage == "fit" and not self.allow_unusual_budget:
             check_budget(self.threat, self.threat.eps, image_shape(trainer, pl_module))
+        if stage == "fit" and not self.standard and self.method == "trades" and pl_module.task != "multiclass":
+            raise InputError("TRADES' KL term is defined for softmax classifiers; use method='pgd' for multi-label")
+
+    @property
+    def standard(self) -> bool:
+        """The zero point of an eps (or TRADES beta) sweep: standard training, nothing attacks."""
+        return self.eps == 0 or (self.method == "trades" and self.beta == 0)
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         self.check_inputs(trainer, pl_module, stage)
-        standard = self.eps == 0 or (self.method == "trades" and self.beta == 0)
-        # The zero point of an eps (or TRADES beta) sweep is standard training: its budget is 0, and nothing attacks.
+        standard = self.standard  # its budget is 0
         pl_module.set_training_threat(
             TrainingThreat(self.norm, 0.0 if standard else self.eps, 0 if standard else self.warmup_epochs)
         )
@@ -137,8 +144,6 @@ class AdversarialTraining(Callback):
             rank_zero_info(f"{type(self).__name__}: eps={self.eps:g}, beta={self.beta:g}: standard training")
             self.co_guard = False
             return
-        if self.method == "trades" and pl_module.task != "multiclass":
-            raise InputError("TRADES' KL term is defined for softmax classifiers; use method='pgd' for multi-label")
         self._module, self._trainer = pl_module, trainer
         if self.method == "trades":
             pl_module.add_loss_term(self.name, self._trades_term)

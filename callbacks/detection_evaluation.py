@@ -129,8 +129,9 @@ class DetectionEvaluation(EvaluationCallback):
         self._ensemble: FeatureEnsemble | None = None
 
     # ----------------------------------------------------------------------------------------------------- setup
-    @override
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+    def check_inputs(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """The task, the feature layers and the split targets, before the ``medrobust`` command creates the run (and
+        in ``setup``)."""
         if pl_module.task == "multilabel":
             raise InputError("DetectionEvaluation scores single-label classifiers (softmax over classes)")
         backbone = pl_module.net.backbone
@@ -139,6 +140,17 @@ class DetectionEvaluation(EvaluationCallback):
             raise InputError(f"{type(backbone).__name__} lists no feature names; pass DetectionEvaluation(layers=...)")
         for name in self._layers:
             resolve_tap(backbone, name)  # before training, not after it
+        names = getattr(trainer.datamodule, "test_split_names", None)  # None before the run: checked in setup
+        for target in self.targets:
+            if names is not None and target.kind == "split" and target.split not in names:
+                raise InputError(
+                    f"Detection target {target.spec!r} needs the test split {target.split}; add "
+                    f"'{target.spec}' to --data.shifts (the datamodule serves {names})"
+                )
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.check_inputs(trainer, pl_module, stage)
 
     @override
     def start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -162,11 +162,24 @@ class FeatureDistillation(Callback):
         # what the source resolved to: the run that trained it and the bytes of its checkpoint
         resolved = {f"{self.name}.teacher.run_id": self.teacher.run_id, f"{self.name}.teacher.md5": self.teacher.md5}
         params |= {k: v for k, v in resolved.items() if v is not None}
+        self._check_same_teacher(logger, resolved)
         params |= {f"{self.name}.teacher.data.{k}": v for k, v in data.items() if k in _DATA_KEYS and v is not None}
         params[f"{self.name}.layers"] = ", ".join(
             f"{x.student}->{x.teacher}:{x.loss}*{x.weight:g}" for x in self.layers
         )
         log_params_once(logger, params)
+
+    def _check_same_teacher(self, logger: Any, resolved: dict[str, str | None]) -> None:
+        """A resumed run goes on with the teacher it started with: ``mlflow:<experiment>/<name>`` resolves to the
+        newest run of that name, which may since have been retrained."""
+        logged = logger.experiment.get_run(logger.run_id).data.params
+        md5_key, run_key = f"{self.name}.teacher.md5", f"{self.name}.teacher.run_id"
+        if md5_key in logged and logged[md5_key] != resolved[md5_key]:
+            raise InputError(
+                f"This run was distilled from teacher {logged.get(run_key)} (checkpoint MD5 {logged[md5_key]}); "
+                f"{self.source!r} now resolves to {resolved[run_key]} (MD5 {resolved[md5_key]}). Resume with the "
+                f"first teacher: --trainer.callbacks.teacher=runs:/{logged.get(run_key)}/checkpoints/best.ckpt"
+            )
 
     def _check_compatible(self, pl_module: LightningModule) -> None:
         hp = self.teacher.hparams

@@ -64,16 +64,18 @@ class RobustnessEvaluation(EvaluationCallback):
     Under DDP each rank attacks its share and the counts are summed on every rank, even one that received no batch;
     each sample counts once because the test loader does not pad (MedMNISTDataModule's does not).
 
-    **Minimal distances** (``distance_attacks``; :mod:`~medrobust.lightning_modules.attacks.min_distance`): per
-    correctly classified sample, the smallest perturbation DeepFool (L2), JSMA (L0, share of values changed) or a
-    bisection over eps with PGD (L-inf) needed to change its prediction. Logged as
-    ``test/adv/<attack>/<norm>_dist/{median,q25,q75, fooled,n}`` (``fooled``: the share flipped; a median of ``inf``
-    means fewer than half were), summarised as ``summary/adv_dist/<norm>/<attack>`` (the median), drawn in
-    ``plots/min_distance.png`` as accuracy against the distance, with every value in ``robustness.json``. They need no
-    budget, so runs compare without picking one.
+    **Minimal distances** (``distance_attacks``; :mod:`~medrobust.lightning_modules.attacks.min_distance`): per test
+    sample, the smallest perturbation DeepFool (L2), JSMA (L0, share of values changed) or a bisection over eps with
+    PGD (L-inf) needed to change its prediction; a misclassified sample is at 0 (it needs none), one not flipped at
+    ``inf``. Logged as ``test/adv/<attack>/<norm>_dist/{median,q25,q75,fooled,n,misclassified,undefined}``
+    (``fooled``: the share of the correctly classified ones flipped; ``undefined``: DeepFool's 0/0 steps, counted as
+    not flipped; a median of ``inf`` means more than half were not flipped), summarised as
+    ``summary/adv_dist/<norm>/<attack>`` (the median), drawn in ``plots/min_distance.png`` as accuracy against the
+    distance, with every value in ``robustness.json``. They need no budget, so runs compare without picking one, and
+    run in fp32 whatever the trainer's precision.
 
-    Attacks run inside the trainer's precision context (``precision: bf16-mixed`` attacks in bf16 autocast, as the
-    clean test forward is), so a fast-path run is evaluated as it runs.
+    Budget attacks run inside the trainer's precision context (``precision: bf16-mixed`` attacks in bf16 autocast, as
+    the clean test forward is), so a fast-path run is evaluated as it runs.
 
     Gradient-masking checks in the spirit of AutoAttack's (:mod:`~medrobust.lightning_modules.attacks.masking_checks`),
     logged as tags ``robustness.check.*`` and warned about when they fail.
@@ -86,6 +88,9 @@ class RobustnessEvaluation(EvaluationCallback):
         l2_eps: L2 budgets.
         pgd_steps: PGD steps.
         pgd_restarts: PGD random restarts; per sample, a restart that fools the model is kept.
+        pgd_random_start: PGD's first start is a random point of the ball, drawn per image from ``seed`` and its
+            dataset id (the same on any number of processes); ``False`` starts at the image. Either way FGSM and PGD
+            keep, per sample, the first iterate that fools the model, not the last.
         autoattack_steps: APGD/FAB iterations in AutoAttack (Croce & Hein use 100).
         square_queries: Square's query budget (5000 in AutoAttack).
         max_samples: attack only the first ``max_samples`` test samples of the split, by index: the same images
@@ -113,6 +118,7 @@ class RobustnessEvaluation(EvaluationCallback):
         l2_eps: list[float | str] | None = None,
         pgd_steps: int = 20,
         pgd_restarts: int = 1,
+        pgd_random_start: bool = True,
         autoattack_steps: int = 100,
         square_queries: int = 5000,
         max_samples: int | None = None,
@@ -145,6 +151,7 @@ class RobustnessEvaluation(EvaluationCallback):
         self.constant_share = constant_share
         self.sanity_checks, self.sanity_square_queries = sanity_checks, sanity_square_queries
         self.seed = seed
+        self.pgd_random_start = pgd_random_start
         self.specs: list[AttackSpec] = []
         self._counts: dict[str, torch.Tensor] = {}
         self._seconds: dict[str, float] = {}
@@ -178,7 +185,9 @@ class RobustnessEvaluation(EvaluationCallback):
         self.distances.reset()
         task, c = pl_module.task, pl_module.num_classes
         self._fns = {
-            spec.label: build_attack(spec, task, c, self.autoattack_steps, self.square_queries, self.seed)
+            spec.label: build_attack(
+                spec, task, c, self.autoattack_steps, self.square_queries, self.seed, self.pgd_random_start
+            )
             for spec in self.specs
         }
         self._threats: dict[Threat, list[str]] = {}
@@ -210,7 +219,7 @@ class RobustnessEvaluation(EvaluationCallback):
                 k = expensive if spec.attack in SOFTMAX_ONLY else limit
                 if k > 0:
                     start = time.perf_counter()
-                    x_adv = self._fns[spec.label](net, x[:k], y[:k])
+                    x_adv = self._fns[spec.label](net, x[:k], y[:k], ids[:k] if ids is not None else None)
                     preds[spec.label] = self._predict(net, x_adv, y[:k], spec.label, pl_module)
                     self._seconds[spec.name] = self._seconds.get(spec.name, 0.0) + time.perf_counter() - start
             for threat, labels in self._threats.items():
@@ -312,6 +321,8 @@ class RobustnessEvaluation(EvaluationCallback):
             "grid": [f"{t.norm}:{t.eps:.6g}" for t in self.grid],
             "pgd_steps": self.pgd_steps,
             "pgd_restarts": self.pgd_restarts,
+            "pgd_random_start": self.pgd_random_start,
+            "iterate": "first_success",
             "autoattack_steps": self.autoattack_steps,
             "square_queries": self.square_queries,
             "max_samples": self.max_samples,

@@ -129,17 +129,29 @@ class SaliencyEvaluation(Callback):
         self._report: dict[str, Any] | None = None
         self._grids: dict[str, plt.Figure] = {}
 
-    @override
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+    def check_inputs(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """The task before the ``medrobust`` command creates the run; the evidence masks and split names once the
+        Trainer has its data (``setup``)."""
         if pl_module.task == "multilabel":
             raise InputError("SaliencyEvaluation explains one class per image; multi-label tasks are not supported")
         datamodule = trainer.datamodule
+        if datamodule is None:  # before the run: the Trainer has no data yet (checked again in setup)
+            return
         localised = getattr(getattr(datamodule, "shortcut", None), "kind", None) in ("patch", "text")
         if not hasattr(datamodule, "masked_splits") or not (datamodule.masked_splits() or localised):
             raise InputError(
                 "SaliencyEvaluation needs test images with evidence masks: --data.evidence (an injected, "
                 "label-carrying pattern), a data file with test_masks, or a localised --data.shortcut (patch, text)"
             )
+        names = getattr(datamodule, "test_split_names", None)
+        unknown = [n for n in self.splits or [] if names is not None and n not in names]
+        if unknown:
+            raise InputError(f"SaliencyEvaluation splits {unknown} are not test splits of the data; it serves {names}")
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.check_inputs(trainer, pl_module, stage)
+        datamodule = trainer.datamodule
         methods = self.methods
         if methods is None:
             blockers = deeplift_blockers(pl_module.net)

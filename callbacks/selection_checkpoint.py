@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 from typing_extensions import override
 
+from medrobust.callbacks.adversarial_training import AdversarialTraining
 from medrobust.callbacks.helpers.atomic_checkpoint_io import AtomicCheckpointIO, link_atomic, save_atomic
 from medrobust.callbacks.robust_validation import RobustValidation
 from medrobust.utilities.errors import InputError
@@ -94,16 +95,22 @@ class SelectionCheckpoint(ModelCheckpoint):
                 f"Selection rule {self.rule!r} ranks epochs by {self.monitor}, which callbacks.RobustValidation logs; "
                 "add it to trainer.callbacks, or choose rule clean_auroc, clean_bal_acc or last."
             )
+        defences = [cb for cb in trainer.callbacks if isinstance(cb, AdversarialTraining) and not cb.standard]
+        if stage == "fit" and defences:
+            self._check_warmup(trainer, max(cb.warmup_epochs for cb in defences))
 
-    @override
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        super().on_train_start(trainer, pl_module)
-        first = self.first_eligible_epoch(pl_module)
+    @staticmethod
+    def _check_warmup(trainer: Trainer, first: int) -> None:
         if trainer.max_epochs is not None and trainer.max_epochs != -1 and first >= trainer.max_epochs:
             raise InputError(
                 f"The adversarial warm-up lasts {first} epochs and the fit {trainer.max_epochs}: no epoch is trained "
                 "at the full budget, so none can be selected. Shorten warmup_epochs or raise trainer.max_epochs."
             )
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._check_warmup(trainer, self.first_eligible_epoch(pl_module))  # a threat another callback announced
 
     @staticmethod
     def first_eligible_epoch(pl_module: LightningModule) -> int:

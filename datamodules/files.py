@@ -169,8 +169,9 @@ def download(spec: MedMNISTSpec, roots: list[Path]) -> Path:
         with tempfile.TemporaryDirectory(prefix="medrobust-download-") as tmp:
             download_url(spec.url, tmp, filename=spec.filename, md5=spec.md5)
             root.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(Path(tmp) / spec.filename), root / f".{spec.filename}.part")
-            os.replace(root / f".{spec.filename}.part", root / spec.filename)
+            part = root / f".{spec.filename}.{os.getpid()}.part"  # DDP processes may download at once: one each
+            shutil.move(str(Path(tmp) / spec.filename), part)
+            os.replace(part, root / spec.filename)  # the same checked bytes, whichever process lands last
     except Exception as err:  # network errors come in many types (URLError, HTTPError, socket errors)
         raise MedMNISTFileError(missing_file_message(spec, roots, f"download failed: {err}")) from err
     return root / spec.filename

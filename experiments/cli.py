@@ -7,7 +7,6 @@ import glob
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.environments import SLURMEnvironment
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
 from medrobust.callbacks.helpers.atomic_checkpoint_io import AtomicCheckpointIO
@@ -27,16 +26,20 @@ from medrobust.callbacks.mlflow_test_record import MLflowTestRecord
 from medrobust.callbacks.selection_checkpoint import SelectionCheckpoint
 from medrobust.datamodules.files import absolutize_env_paths, find
 from medrobust.datamodules.medmnist import MedMNISTDataModule
+from medrobust.experiments.checkpoint_inputs import as_dict, check_fits_data, fetch_remote_checkpoint, warn_overridden
 from medrobust.experiments.cli_parser import MedRobustParser
 from medrobust.experiments.config_merge import merge_config_args
-from medrobust.experiments.resume import ResumePoint, checkpoint_identity, find_resume_point, has_resume_state
-from medrobust.experiments.tracking.mlflow_logger import MLflowRunLogger, resolve_tracking_uri
+from medrobust.experiments.resume import (
+    ResumePoint,
+    checkpoint_identity,
+    find_resume_point,
+    has_resume_state,
+)
+from medrobust.experiments.tracking.mlflow_logger import MLflowRunLogger
 from medrobust.experiments.tracking.mlflow_save_config import MLflowSaveConfig
 from medrobust.lightning_modules.classifier import ClassifierModule
-from medrobust.utilities.console import own_line
 from medrobust.utilities.errors import InputError
-from medrobust.utilities.hashing import file_md5
-from medrobust.utilities.mlflow_source import fetch_checkpoint, is_remote
+from medrobust.utilities.mlflow_source import is_remote
 from medrobust.utilities.tracking_uri import redact_uri
 
 log = logging.getLogger(__name__)
@@ -124,38 +127,29 @@ class MedRobustCLI(LightningCLI):
         file first, with our message (the load is ``weights_only=True`` either way)."""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        source = None
         if ckpt_path and is_remote(str(ckpt_path)):
-            ckpt_path = self._fetch_checkpoint(subcommand, str(ckpt_path))
+            source, ckpt_path = str(ckpt_path), self._fetch_checkpoint(subcommand, str(ckpt_path))
+        try:
+            self._parse_local_ckpt_path(subcommand, ckpt_path)
+        finally:
+            if source is not None:  # the run records what the user wrote, not a temporary file
+                self.config[subcommand]["ckpt_path"] = source
+
+    def _parse_local_ckpt_path(self, subcommand: str | None, ckpt_path: str | None) -> None:
         if ckpt_path and Path(ckpt_path).is_file():
             checkpoint_identity(Path(ckpt_path))
-            before = self.config[subcommand].get("model")
-            before = _as_dict(before)
+            before = as_dict(self.config[subcommand].get("model"))
             super()._parse_ckpt_path()
-            _warn_overridden(before, self.config[subcommand].get("model"), ckpt_path)
+            warn_overridden(before, self.config[subcommand].get("model"), ckpt_path)
             return
         super()._parse_ckpt_path()
 
     def _fetch_checkpoint(self, subcommand: str, source: str) -> str:
-        """``--ckpt_path mlflow:<experiment>/<run name>`` (or ``runs:/<run_id>/<path>``, or a run id) for
-        ``test``/``validate``: that run's selected checkpoint, downloaded from the store this run logs to for the
-        length of the command; the new run records the source, its run id and the file's MD5 as tags."""
-        if subcommand == "fit":
-            raise InputError(
-                f"fit --ckpt_path {source}: fit continues a run from a checkpoint file or 'last'; to evaluate another "
-                "run's model, use `medrobust test --ckpt_path`"
-            )
         logger = self.config[subcommand].get("trainer.logger")
-        tracking_uri = resolve_tracking_uri(getattr(getattr(logger, "init_args", None), "tracking_uri", None))
-        self._downloads = tempfile.TemporaryDirectory(prefix="medrobust-ckpt-")
-        path, run_id = fetch_checkpoint(source, tracking_uri, self._downloads.name, what="--ckpt_path")
-        self.config[subcommand]["ckpt_path"] = str(path)
-        self._checkpoint_tags = {
-            "test.checkpoint.source": source,
-            "test.checkpoint.run_id": run_id,
-            "test.checkpoint.md5": file_md5(path),
-        }
-        rank_zero_info(f"--ckpt_path {source}: run {run_id}'s {path.name}, fetched into {path}")
-        return str(path)
+        self._fetched = fetch_remote_checkpoint(subcommand, source, getattr(logger, "init_args", None))
+        self.config[subcommand]["ckpt_path"] = str(self._fetched.path)
+        return str(self._fetched.path)
 
     @override
     def instantiate_classes(self) -> None:
@@ -196,17 +190,25 @@ class MedRobustCLI(LightningCLI):
 
     def before_validate(self) -> None:
         self._validate_data("validate")
+        self._use_fetched_checkpoint()
         self._check_checkpoint_file()
         self._check_callback_inputs("validate")
 
     def before_test(self) -> None:
         self._validate_data("test")
+        self._use_fetched_checkpoint()
         self._check_checkpoint_file()
         self._check_callback_inputs("test")
         self._name_command("test")
+
+    def _use_fetched_checkpoint(self) -> None:
+        """A checkpoint fetched from MLflow: the Trainer reads the local copy; the run gets the source's tags."""
+        if getattr(self, "_fetched", None) is None:
+            return
+        self.config_init[self.subcommand]["ckpt_path"] = str(self._fetched.path)
         logger = self.trainer.logger
-        if getattr(self, "_checkpoint_tags", None) and isinstance(logger, MLflowRunLogger):
-            logger.tags = {**(logger.tags or {}), **self._checkpoint_tags}
+        if isinstance(logger, MLflowRunLogger):
+            logger.tags = {**(logger.tags or {}), **self._fetched.tags}
 
     def after_fit(self) -> None:
         if not self.config_init[self.subcommand].get("test_after_fit") or self.trainer.interrupted:
@@ -243,9 +245,14 @@ class MedRobustCLI(LightningCLI):
                 check(self.trainer, self.model, stage)
 
     def _check_checkpoint_file(self) -> None:
+        """A file that is not a medrobust checkpoint, or one whose model does not fit the data, is refused before
+        the run exists."""
         ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
-        if ckpt_path not in (None, "last", "best", "hpc"):
-            checkpoint_identity(Path(ckpt_path))
+        if ckpt_path in (None, "last", "best", "hpc"):
+            return
+        checkpoint_identity(Path(ckpt_path))
+        if isinstance(self.datamodule, MedMNISTDataModule):
+            check_fits_data(Path(ckpt_path), self.datamodule)
 
     def _resume(self, ckpt_path: str | None) -> str | None:
         """What ``fit`` resumes from: a file, the run this config names (``last``; under SLURM also ``None``), or
@@ -274,7 +281,10 @@ class MedRobustCLI(LightningCLI):
             logger.resume_run(point.run_id)
             where = point.path or "epoch 0 (it was stopped before its first checkpoint)"
             rank_zero_info(f"Resuming MLflow run {point.run_id} from {where}")
-        return str(point.path) if point.path is not None else None
+        if point.path is not None:
+            return str(point.path)
+        # Under SLURM, None would make Lightning resume the newest hpc_ckpt_* of default_root_dir, whoever wrote it
+        return "last" if slurm else None
 
     def _find_resume_point(self, hpc: bool, explicit: bool) -> ResumePoint | None:
         logger = self.trainer.logger
@@ -290,6 +300,7 @@ class MedRobustCLI(LightningCLI):
             dirpath,
             hpc=hpc,
             explicit=explicit,
+            first_process=rank_zero_only.rank == 0,  # from the launcher's environment, before DDP starts
         )
 
 
@@ -338,31 +349,6 @@ def _point_mlflow_at_logger(section: Any) -> None:
     uri = getattr(getattr(logger, "init_args", None), "tracking_uri", None)
     if path and is_remote(str(path)) and uri:
         os.environ["MLFLOW_TRACKING_URI"] = uri
-
-
-#: model settings a checkpoint's own replace without the user's noticing: the network it holds
-_ARCHITECTURE_KEYS = ("model_name", "small_input", "timm_kwargs", "class_weights")
-
-
-def _warn_overridden(before: dict[str, Any], after: Any, ckpt_path: str) -> None:
-    """LightningCLI takes the model's hyperparameters from ``--ckpt_path``: say which settings it replaced."""
-    after = _as_dict(after)
-    changed = [
-        f"{key} {before[key]!r} -> {after.get(key)!r}"
-        for key in _ARCHITECTURE_KEYS
-        if before.get(key) is not None and after.get(key) != before.get(key)
-    ]
-    if changed:
-        own_line(
-            f"medrobust: warning: the checkpoint {ckpt_path} holds another model than the config names; its own "
-            f"settings are used: {', '.join(changed)}",
-            sys.stderr,
-        )
-
-
-def _as_dict(section: Any) -> dict[str, Any]:
-    """A config section (a jsonargparse Namespace, a dict or None) as a plain dict of its top-level keys."""
-    return dict(vars(section)) if section is not None and not isinstance(section, dict) else dict(section or {})
 
 
 def _input_error_within(err: BaseException) -> InputError | None:

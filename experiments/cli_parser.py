@@ -29,6 +29,13 @@ def condense_callback_error(message: str) -> str | None:
     return "; ".join(f"trainer.callbacks: {cls}: {text}" for cls, text in dict(problems).items())
 
 
+def condense_parser_error(message: str) -> str:
+    """jsonargparse's error on one line, a ``Literal`` type said as its choices: ``Parser key "checkpoint.rule":
+    expected one of 'clean_auroc', ..., 'last'. Got value: best_auc``."""
+    text = " ".join(message.split())
+    return re.sub(r"Expected a (?:typing\.)?Literal\[(.*?)\]", r"expected one of \1", text)
+
+
 #: YAML as jsonargparse reads it, with pre-``medrobust.`` class paths upgraded (and a warning naming the new path)
 set_loader("medrobust", legacy_yaml_load, exceptions=(yaml.YAMLError,))
 
@@ -47,12 +54,17 @@ class MedRobustParser(LightningArgumentParser):
 
     @override
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        short = condense_callback_error(message) if self.exit_on_error else None
-        if short is None:
+        """A bad option in one or two lines (not the usage of every option, which ``--help`` prints)."""
+        if not self.exit_on_error:
             super().error(message, ex)
-        print(f"medrobust: error: {short}", file=sys.stderr)
-        print(
-            "(options after --trainer.callbacks+=<Class> go to that callback; see medrobust fit --help)",
-            file=sys.stderr,
-        )
+        short = condense_callback_error(message)
+        if short is not None:
+            print(f"medrobust: error: {short}", file=sys.stderr)
+            print(
+                "(options after --trainer.callbacks+=<Class> go to that callback; see medrobust fit --help)",
+                file=sys.stderr,
+            )
+        else:
+            print(f"medrobust: error: {condense_parser_error(message)}", file=sys.stderr)
+            print(f"({self.prog.replace(' [options]', '')} --help lists every option and its choices)", file=sys.stderr)
         raise SystemExit(2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,12 @@ def checkpoint_identity(path: Path) -> dict[str, Any]:
     return checkpoint.get("mlflow") or {}
 
 
+def checkpoint_hparams(path: Path) -> dict[str, Any]:
+    """The model hyperparameters a Lightning checkpoint records (read with ``weights_only=True``, memory-mapped)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return dict(checkpoint.get("hyper_parameters") or {})
+
+
 def has_resume_state(path: Path) -> bool:
     """Whether a checkpoint holds the optimizer state a ``fit`` continues from (``last.ckpt`` does; a selected one
     that is not the last epoch does not)."""
@@ -73,6 +80,7 @@ def find_resume_point(
     dirpath: str | None = None,
     hpc: bool = False,
     explicit: bool = True,
+    first_process: bool = True,
 ) -> ResumePoint | None:
     """The checkpoint ``--ckpt_path last`` means: the newest ``last*.ckpt`` of the unfinished run this config names;
     with ``explicit``, an unfinished run with no checkpoint yet (killed in its first epoch) is continued from epoch 0.
@@ -81,7 +89,9 @@ def find_resume_point(
     experiment, with its ``run_name`` if it gives one, that have a checkpoint. Several such runs are ambiguous and
     refused, listing them. With ``hpc`` (under SLURM), Lightning's ``hpc_ckpt_*.ckpt`` files in ``root`` count too,
     but only those written by that run. Returns ``None`` when there is nothing to resume; with ``explicit`` (the
-    user asked for ``last``), finished runs that could be meant are named in an error instead.
+    user asked for ``last``), finished runs that could be meant are named in an error instead. A run still written by
+    a live process on this host is refused (checked by the ``first_process`` only: the other DDP processes of this
+    command find the run their rank zero has already taken over).
     """
     hpc_files = _hpc_checkpoints(root) if hpc else {}
     if dirpath:  # one folder of the user's for every run: its newest last checkpoint says which run it was
@@ -105,18 +115,29 @@ def find_resume_point(
         if files:
             candidates[run.info.run_id] = (run, max(files, key=lambda p: p.stat().st_mtime))
     unfinished = {k: v for k, v in candidates.items() if v[0].info.status != "FINISHED" or run_id is not None}
-    if not unfinished and explicit:
-        # killed before its first checkpoint: the run this config names goes on from epoch 0, in the same run
-        bare = [r for r in runs if r.info.run_id not in candidates and _abandoned_fit(r)]
-        if len(bare) == 1:
-            return ResumePoint(None, bare[0].info.run_id)
-        if len(bare) > 1:
-            listing = "\n".join(f"  {r.info.run_id} ({r.info.run_name}, {r.info.status})" for r in bare)
-            raise InputError(
-                f"--ckpt_path last is ambiguous: experiment {experiment_name!r} has several unfinished runs"
-                f"{f' named {run_name!r}' if run_name else ''} and none has a checkpoint:\n{listing}\n  Name the run "
-                "with --trainer.logger.init_args.run_name (or run_id), or start afresh without --ckpt_path."
-            )
+    live = [run for run, _ in unfinished.values() if _owner_alive(run)] if first_process else []
+    if live:
+        listing = "\n".join(
+            f"  {r.info.run_id} ({r.info.run_name}): process {r.data.tags['medrobust.pid']}" for r in live
+        )
+        raise InputError(
+            f"--ckpt_path last: a run this config names is still being written by a live process on this host:\n"
+            f"{listing}\n  Wait for it (or stop it) before resuming."
+        )
+    # killed before its first checkpoint: the run this config names goes on from epoch 0, in the same run
+    bare = [r for r in runs if r.info.run_id not in candidates and _abandoned_fit(r)] if explicit else []
+    if not unfinished and len(bare) == 1:
+        return ResumePoint(None, bare[0].info.run_id)
+    if len(bare) + len(unfinished) > 1 and bare:
+        listing = "\n".join(
+            [f"  {r.info.run_id} ({r.info.run_name}, {r.info.status}): no checkpoint" for r in bare]
+            + [f"  {rid} ({run.info.run_name}, {run.info.status}): {path}" for rid, (run, path) in unfinished.items()]
+        )
+        raise InputError(
+            f"--ckpt_path last is ambiguous: experiment {experiment_name!r} has several unfinished runs"
+            f"{f' named {run_name!r}' if run_name else ''}:\n{listing}\n  Pass --ckpt_path <file>, name the run "
+            "with --trainer.logger.init_args.run_name (or run_id), or start afresh without --ckpt_path."
+        )
     if len(unfinished) == 1:
         (rid, (_, path)), *_ = unfinished.items()
         return ResumePoint(path, rid)
@@ -140,12 +161,22 @@ def find_resume_point(
 
 
 def _abandoned_fit(run: Any) -> bool:
-    """An unfinished ``fit`` run, outside any sweep, whose process on this host is gone: what a kill leaves behind.
-    A run of another host, of a live process, or of a ``test`` is never continued this way."""
+    """A ``fit`` run, outside any sweep, left RUNNING by a process on this host that is gone (what a kill leaves
+    behind), or KILLED by a requeue. A FAILED run (an error, reported when it happened; its config may since have
+    been changed), a run of another host, of a live process, or of a ``test`` is never continued this way."""
     tags = run.data.tags
-    if run.info.status == "FINISHED" or "sweep.role" in tags or tags.get("medrobust.command") != "fit":
+    if run.info.status not in ("RUNNING", "KILLED") or "sweep.role" in tags or tags.get("medrobust.command") != "fit":
         return False
     return tags.get("medrobust.host") == host() and not pid_alive(int(tags.get("medrobust.pid", "0") or 0))
+
+
+def _owner_alive(run: Any) -> bool:
+    """A RUNNING run whose writing process is alive on this host (another terminal is training it)."""
+    tags = run.data.tags
+    if run.info.status != "RUNNING" or tags.get("medrobust.host") != host() or "medrobust.pid" not in tags:
+        return False
+    pid = int(tags["medrobust.pid"] or 0)
+    return pid != os.getpid() and pid_alive(pid)
 
 
 def is_complete(path: Path) -> bool:

@@ -257,7 +257,8 @@ class ClassifierModule(TrainingSeams, LightningModule):
         if counts is not None and near_constant(counts) and self.trainer.is_global_zero:
             own_line(
                 f"medrobust: warning: near-constant predictions: one class gets {share:.0%} of the test predictions "
-                f"(>= {CONSTANT_SHARE:.0%}); accuracy here measures the class balance of the test set. Train longer "
+                f"(>= {CONSTANT_SHARE:.0%}, more than that class has of the labels); accuracy here measures the class "
+                "balance of the test set. Train longer "
                 "or weight the classes (--model.class_weights balanced).",
                 sys.stderr,
             )

@@ -182,6 +182,7 @@ def test_near_constant_means_more_concentrated_than_the_labels() -> None:
     assert not near_constant(torch.tensor([[94, 2], [2, 2]]))  # a 96% majority predicted 96% of the time
     assert near_constant(torch.tensor([[96, 0], [3, 1]]))  # 99% of predictions for a 96% class
     assert not near_constant(torch.tensor([[60, 40], [30, 70]]))
+    assert near_constant(torch.tensor([[2, 95], [0, 3]]))  # 97% of predictions for the 3% class: collapsed
     assert not near_constant(torch.zeros(14, 2, 2).index_fill_(1, torch.tensor([0]), 50))  # multi-label: never
 
 

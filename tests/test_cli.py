@@ -379,15 +379,26 @@ def test_first_hour_mistakes_are_refused_in_one_line_before_any_run(tmp_path, pn
         assert not (tmp_path / "mlflow.db").exists() or runs(uri) == [], args
 
 
-def test_a_checkpoint_that_replaces_the_configs_model_says_so(tracking_uri, pneumonia_data_args, capfd) -> None:
-    """Issue 24.3: `--model.model_name resnet34` with a test_resnet checkpoint was silently overridden."""
+def test_a_checkpoint_that_replaces_the_configs_model_says_so(
+    tracking_uri, pneumonia_data_args, synthetic_npz, capfd
+) -> None:
+    """Issue 24.3: `--model.model_name resnet34` with a test_resnet checkpoint was silently overridden. And (review)
+    a checkpoint for other data (2 grey classes against 8 RGB ones) is refused before a run exists, not with a
+    state_dict shape error inside the test."""
+    from medrobust.utilities.errors import InputError
+
     args = ["--config", QUICKSTART, *TINY, *pneumonia_data_args, "--trainer.max_epochs=1"]
     MedRobustCLI(args=["fit", *args, "--test_after_fit=false"])
     (run,) = runs(tracking_uri)
     capfd.readouterr()
-    MedRobustCLI(args=["test", *args, "--model.model_name=resnet34", f"--ckpt_path={run.data.tags['best_checkpoint']}"])
+    best = run.data.tags["best_checkpoint"]
+    MedRobustCLI(args=["test", *args, "--model.model_name=resnet34", f"--ckpt_path={best}"])
     err = capfd.readouterr().err
     assert "its own settings are used: model_name 'resnet34' -> 'test_resnet'" in err, err[-2000:]
+    blood = ["--data.flag=bloodmnist", f"--data.path={synthetic_npz('bloodmnist')}"]
+    with pytest.raises(InputError, match=r"trained with num_classes 2 \(the data: 8\), in_chans 1 \(the data: 3\)"):
+        MedRobustCLI(args=["test", "--config", QUICKSTART, *TINY, *blood, f"--ckpt_path={best}"])
+    assert len(runs(tracking_uri)) == 2  # the fit and the first test: the refused one made none
 
 
 @pytest.mark.parametrize(("rule", "top_k"), [("last", 1), ("clean_auroc", 1), ("clean_auroc", 2)])
@@ -419,3 +430,12 @@ def test_last_ckpt_is_the_last_epoch_no_second_copy_and_alone_keeps_optimizer_st
             "fit", "--config", QUICKSTART, *TINY, *pneumonia_data_args, f"--ckpt_path={stripped[0]}", cwd=Path.cwd()
         )
         assert refused.returncode == 2 and "holds no optimizer state" in refused.stderr, refused.stderr[-2000:]
+
+
+def test_a_bad_option_is_said_in_two_lines_with_its_choices(tmp_path) -> None:
+    """Transcript of issue 24: an unknown selection rule printed the usage of every option (60 lines) before the
+    error."""
+    result = medrobust_in_process("fit", "--config", QUICKSTART, "--checkpoint.rule", "best_auc", cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) <= 3, result.stderr
+    assert "expected one of 'clean_auroc', 'clean_bal_acc', 'robust_acc', 'robust_bal_acc', 'last'" in result.stderr
+    assert "Got value: best_auc" in result.stderr and "medrobust fit --help" in result.stderr

@@ -81,10 +81,8 @@ def test_training_attacks_and_evaluation_run_in_the_trainers_precision(tmp_path,
     assert "val/robust/acc" in trainer.callback_metrics
     probe.seen.clear()
     trainer.test(model, dm, verbose=False)
-    # the clean test, PGD and DeepFool in bf16; torchattacks' Square (and AutoAttack) in fp32, where they work
+    # the clean test and PGD in bf16; torchattacks' Square (and AutoAttack) and the minimal distances (DeepFool) in
+    # fp32, where they work and measure the same as in an fp32 run (issue 25.4)
     assert sum(probe.seen) > 4 and not all(probe.seen)
     assert {r["key"] for r in evaluation.report["results"]} >= {"pgd2/linf_2_255", "square/linf_2_255"}
-    assert (
-        evaluation.report["distances"]["deepfool"]["n"] + evaluation.report["distances"]["deepfool"]["misclassified"]
-        == 16
-    )
+    assert evaluation.report["distances"]["deepfool"]["n"] == 16  # every sample, misclassified ones at 0

@@ -134,3 +134,17 @@ def test_bad_input_is_refused_clearly(tmp_path, synthetic_npz, teacher_ckpt) -> 
         )
     with pytest.raises(InputError, match="trained for"):
         fit(FeatureDistillation(str(teacher_ckpt), ["layer3"]), datamodule(synthetic_npz, "pathmnist"))
+
+
+def test_a_resumed_student_refuses_a_teacher_name_that_now_means_another_checkpoint(tmp_path, teacher_ckpt) -> None:
+    """Review of issue 24: `mlflow:<experiment>/teacher` resolves to the newest run of that name; a student resumed
+    after the teacher was retrained would go on against the new one while its run records the old one."""
+    from medrobust.experiments.tracking.mlflow_logger import MLflowRunLogger
+
+    logger = MLflowRunLogger("distill", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    logger.log_params({"distill.teacher.run_id": "a" * 32, "distill.teacher.md5": "1" * 32})
+    callback = FeatureDistillation(teacher=str(teacher_ckpt), logit_weight=1.0)
+    same = {"distill.teacher.run_id": "a" * 32, "distill.teacher.md5": "1" * 32}
+    callback._check_same_teacher(logger, same)  # the teacher it started with: goes on
+    with pytest.raises(InputError, match=r"distilled from teacher a{32} \(checkpoint MD5 1{32}\).*runs:/a{32}/"):
+        callback._check_same_teacher(logger, {"distill.teacher.run_id": "b" * 32, "distill.teacher.md5": "2" * 32})

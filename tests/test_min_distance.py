@@ -92,17 +92,30 @@ def test_linear_model_closed_forms() -> None:
     assert ((linf - exact).abs() < resolution).all()
 
 
-def test_distances_skip_misclassified_and_mark_unflipped() -> None:
+def test_misclassified_samples_are_at_distance_zero_and_unflipped_ones_at_inf() -> None:
+    """Issue 25.5: one rule. A misclassified sample counts at 0 in the median (dropping it made a less accurate
+    model look more robust), with its count; not flipped is inf, never a huge finite stand-in; undefined (NaN in)
+    is counted and taken as inf; nothing reported is NaN."""
     net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).double()
     x, y = torch.full((4, 1, 2, 2), 0.5, dtype=torch.double), torch.tensor([0, 1, 0, 1])
     with torch.no_grad():  # class 0 wins everywhere by a margin no 1/255 L-inf change can close
         net[1].weight.zero_()
         net[1].bias.copy_(torch.tensor([1.0, 0.0]))
     d = minimal_distances("min_linf", net, x, y, 2, DistanceSettings(linf_max=1 / 255))
-    assert torch.isnan(d[[1, 3]]).all() and torch.isinf(d[[0, 2]]).all()
+    assert (d[[1, 3]] == 0).all() and torch.isinf(d[[0, 2]]).all()
     stats = distance_summary(d)
-    assert stats["n"] == 2 and stats["fooled"] == 0 and math.isinf(stats["median"])
-    assert distance_summary(torch.tensor([0.1, 0.2, math.inf, math.nan]))["median"] == pytest.approx(0.2)
+    assert stats["n"] == 4 and stats["misclassified"] == 2 and stats["fooled"] == 0
+    assert stats["median"] == math.inf and stats["q25"] == 0  # half at 0, half not flipped
+    stats = distance_summary(torch.tensor([0.1, 0.2, 0.3, math.inf]))
+    assert stats["q75"] == math.inf  # it was 2.5e29, interpolated towards a finite stand-in for inf
+    assert stats["median"] == pytest.approx(0.25) and stats["q25"] == pytest.approx(0.175)
+    assert stats["fooled"] == 0.75 and stats["mean_fooled"] == pytest.approx(0.2)
+    less_accurate = distance_summary(torch.tensor([0.0, 0.0, 0.2, 0.3]))  # two misclassified: less robust, not more
+    assert less_accurate["median"] == pytest.approx(0.1) and less_accurate["misclassified"] == 2
+    assert less_accurate["median"] < distance_summary(torch.tensor([0.2, 0.3]))["median"]
+    undefined = distance_summary(torch.tensor([0.1, math.nan, math.nan, 0.4]))
+    assert undefined["undefined"] == 2 and undefined["median"] == math.inf and undefined["q25"] == pytest.approx(0.325)
+    assert not any(math.isnan(v) for v in undefined.values()) and undefined["fooled"] == 0.5
     with pytest.raises(InputError, match="valid: \\['deepfool', 'jsma', 'min_linf'\\]"):
         RobustnessEvaluation(distance_attacks=["cw"])
 
@@ -127,7 +140,8 @@ def test_report_logs_distances_and_summary(tmp_path, synthetic_npz) -> None:
     report = callback.report["distances"]
     for attack, norm in (("deepfool", "l2"), ("jsma", "l0"), ("min_linf", "linf")):
         stats = report[attack]
-        assert stats["n"] + stats["misclassified"] == 12 and len(stats["values"]) == stats["n"]
+        assert stats["n"] == 12 and len(stats["values"]) == stats["n"] - stats["misclassified"]
+        assert metrics[f"test/adv/{attack}/{norm}_dist/misclassified"] == stats["misclassified"]
         assert metrics[f"test/adv/{attack}/{norm}_dist/n"] == stats["n"]
         if stats["n"]:
             assert metrics[f"test/adv/{attack}/{norm}_dist/median"] == pytest.approx(stats["median"])
@@ -138,3 +152,36 @@ def test_report_logs_distances_and_summary(tmp_path, synthetic_npz) -> None:
     logged = json.loads(Path(client.download_artifacts(logger.run_id, "robustness.json")).read_text())
     assert logged["distances"]["deepfool"]["values"] == report["deepfool"]["values"]
     assert logged["settings"]["distance"]["linf_bisections"] == 3
+
+
+def test_minimal_distances_are_measured_in_fp32_inside_a_bf16_autocast() -> None:
+    """Issue 25.4: a bf16-mixed run measured its distances in bf16 (8 bits of mantissa on a search for the smallest
+    change); the searches now leave any autocast, so a bf16 and an fp32 evaluation give the same distances."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 14 * 14, 3)).eval()
+    x = torch.rand(16, 1, 16, 16)
+    y = net(x).argmax(1)
+    y[:2] = (y[:2] + 1) % 3  # two misclassified
+    settings = DistanceSettings(linf_bisections=4, linf_pgd_steps=3)
+    for attack in ("deepfool", "min_linf"):
+        plain = minimal_distances(attack, net, x, y, 3, settings)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = minimal_distances(attack, net, x, y, 3, settings)
+        assert plain.dtype == mixed.dtype == torch.float32 and torch.equal(plain, mixed), attack
+        assert (plain[:2] == 0).all()
+        median = distance_summary(plain)["median"]
+        assert distance_summary(mixed)["median"] == pytest.approx(median, rel=0.01)
+
+
+def test_deepfool_stops_where_its_step_is_undefined_and_the_summary_counts_it() -> None:
+    """Issue 25.5: on a flat region (zero gradient) DeepFool's step is 0/0; the sample is marked undefined, counted,
+    and taken as not flipped: never a NaN median."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2), nn.ReLU()).eval()
+    with torch.no_grad():
+        net[1].weight.zero_()
+        net[1].bias.copy_(torch.tensor([1.0, 0.0]))  # class 0 everywhere, no gradient anywhere
+    x, y = torch.rand(3, 1, 2, 2), torch.zeros(3, dtype=torch.long)
+    d = minimal_distances("deepfool", net, x, y, 2, DistanceSettings())
+    assert torch.isnan(d).all()
+    stats = distance_summary(d)
+    assert stats["undefined"] == 3 and stats["median"] == math.inf and stats["fooled"] == 0

@@ -4,6 +4,7 @@ what the page says each recipe leaves in MLflow."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -16,6 +17,8 @@ import pytest
 from conftest import REPO, SHARED_MEDMNIST
 from mlflow import MlflowClient
 from test_cli import medrobust_in_process
+
+from medrobust.utilities.hashing import file_md5
 
 PAGE = REPO / "docs" / "recipes.md"
 #: appended to each fit and test of the default run: the same commands, seconds instead of minutes
@@ -67,18 +70,23 @@ def check_records(store: Path, tiny: bool) -> None:
     assert float(defended.data.params["train.threat.eps"]) == pytest.approx(2 / 255)
     report = run("my_defence", "tradeoff_report")
     assert {"tradeoff.json", "tradeoff_table.json"} <= {a.path for a in client.list_artifacts(report.info.run_id)}
+    table = json.loads(Path(client.download_artifacts(report.info.run_id, "tradeoff.json", str(store))).read_text())
+    assert sorted(g["group"] for g in table["groups"]) == ["run=baseline", "run=fast_at_2"]
     # 2: the student records the teacher run its name resolved to, and the file's MD5
     teacher, student = run("my_distillation", "teacher"), run("my_distillation", "student")
     assert student.data.params["distill.teacher.run_id"] == teacher.info.run_id
-    assert len(student.data.params["distill.teacher.md5"]) == 32
+    best = client.download_artifacts(teacher.info.run_id, "checkpoints/best.ckpt", str(store / "teacher"))
+    assert student.data.params["distill.teacher.md5"] == file_md5(best)
     assert student.data.params["model.model_name"] == ("test_resnet" if tiny else "resnet10t")
     assert {"train/loss/distill/layer3_epoch", "train/loss/distill/logits_epoch"} <= set(student.data.metrics)
     run("my_distillation", "student_alone")
     # 3: AutoAttack on the CPU config, from recipe 1's defended run, recorded by id and MD5
-    evaluated = run("my_defence", "fast_at_2_autoattack")
+    evaluated = run("my_autoattack", "fast_at_2")
     tags = evaluated.data.tags
-    assert tags["test.checkpoint.source"] == "mlflow:my_defence/fast_at_2"
-    assert tags["test.checkpoint.run_id"] == defended.info.run_id and len(tags["test.checkpoint.md5"]) == 32
+    assert tags["test.checkpoint.source"] == evaluated.data.params["ckpt_path"] == "mlflow:my_defence/fast_at_2"
+    assert tags["test.checkpoint.run_id"] == defended.info.run_id
+    best = client.download_artifacts(defended.info.run_id, "checkpoints/best.ckpt", str(store / "defended"))
+    assert tags["test.checkpoint.md5"] == file_md5(best)
     assert evaluated.data.metrics["test/adv/worst/linf_8_255/n"] == 64
     assert "test/adv/autoattack/linf_8_255/bal_acc" in evaluated.data.metrics
     params = evaluated.data.params

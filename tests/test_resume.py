@@ -150,6 +150,34 @@ def test_find_resume_point_takes_the_named_experiments_run_and_refuses_ambiguity
     with pytest.raises(InputError, match="every run of 'a' this config names is FINISHED"):
         find_resume_point(client, "a", None, None, tmp_path / "runs")
     assert find_resume_point(client, "a", None, None, tmp_path / "runs", explicit=False) is None
+    # Review of issue 24: a run another live process on this host still writes is not taken over (its other DDP
+    # processes excepted); a run killed without a checkpoint is among the ambiguous; a FAILED one is not continued
+    import subprocess
+    import sys
+
+    from medrobust.utilities.processes import host
+
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # a medrobust process"])
+    try:
+        for key, value in {
+            "medrobust.host": host(),
+            "medrobust.pid": str(owner.pid),
+            "medrobust.command": "fit",
+        }.items():
+            client.set_tag(named.info.run_id, key, value)
+        with pytest.raises(InputError, match=f"(?s)still being written by a live process.*process {owner.pid}"):
+            find_resume_point(client, "b", named.info.run_name, None, tmp_path / "runs")
+        assert find_resume_point(client, "b", named.info.run_name, None, tmp_path / "runs", first_process=False)
+    finally:
+        owner.kill()
+        owner.wait()
+    bare = client.create_run(client.get_experiment_by_name("a").experiment_id)
+    for key, value in {"medrobust.host": host(), "medrobust.pid": str(owner.pid), "medrobust.command": "fit"}.items():
+        client.set_tag(bare.info.run_id, key, value)
+    assert find_resume_point(client, "a", None, None, tmp_path / "runs").path is None  # killed before a checkpoint
+    client.set_terminated(bare.info.run_id, "FAILED")
+    with pytest.raises(InputError, match="FINISHED"):  # a FAILED run without a checkpoint: start afresh
+        find_resume_point(client, "a", None, None, tmp_path / "runs")
 
 
 def test_killed_before_its_first_checkpoint_continues_the_same_run(tmp_path, pneumonia_data_args) -> None:

@@ -99,7 +99,13 @@ def test_teacher_run_then_distilled_student_in_one_process(tmp_path, tracking_ur
         "class_path": "medrobust.callbacks.FeatureDistillation",
         "init_args": {"teacher": "mlflow:tests/teacher"},
     }
-    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks": [overlay]}}))
+    # Issue 25.6: robustness evaluated beside shortcut splits, whose batches are (x, y, group)
+    robustness = {
+        "class_path": "medrobust.callbacks.RobustnessEvaluation",
+        "init_args": {"attacks": ["pgd"], "linf_eps": ["2/255"], "l2_eps": [], "pgd_steps": 3},
+    }
+    robustness["init_args"] |= {"distance_attacks": [], "sanity_checks": False}
+    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks": [overlay, robustness]}}))
     student = [
         "--config",
         str(SHORTCUT_CONFIG / "pneumonia_shortcut_cpu.yaml"),
@@ -116,6 +122,7 @@ def test_teacher_run_then_distilled_student_in_one_process(tmp_path, tracking_ur
     assert params["distill.teacher.source"] == "mlflow:tests/teacher"
     for key in ("summary/shortcut_auroc/flipped", "summary/shortcut_dtpr/flipped", "summary/shortcut_auroc/absent"):
         assert 0 <= metrics[key] <= 1 or key.endswith("dtpr"), key
+    assert 0 <= metrics["test/adv/pgd3/linf_2_255/bal_acc"] <= 1 and metrics["test/adv/worst/linf_2_255/n"] == 64
 
 
 @pytest.mark.slow  # about 45 s; test_teacher_run_then_distilled_student_in_one_process is its one-process sibling

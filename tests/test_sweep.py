@@ -592,3 +592,30 @@ def test_a_child_keeps_the_logger_settings_of_its_base() -> None:
         logger = {"init_args": settings} | ({"class_path": class_path} if class_path else {})
         assert logger_settings(logger) == settings
     assert logger_settings({"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "x"}}) == {}
+
+
+def test_runs_named_alike_are_one_point_only_when_they_repeat_it() -> None:
+    """Review of issue 24: outside a sweep, runs that share a name form one point; the table says when they are not
+    repeats over seeds (settings differ, or a seed is used twice), and a metric only one of them has shows no
+    spread."""
+    base = {"summary/clean_acc": 0.8, "summary/clean_bal_acc": 0.7}
+    rows = [
+        RunRow("a", "arm", "FINISHED", {"run": "arm", "seed_everything": "0"}, base, config={"model.lr": "0.001"}),
+        RunRow(
+            "b",
+            "arm",
+            "FINISHED",
+            {"run": "arm", "seed_everything": "0"},
+            base | {"summary/clean_auroc": 0.9},
+            config={"model.lr": "0.01"},
+        ),
+    ]
+    table = format_table(build_report(rows))
+    assert "settings differ: model.lr" in table and "a seed repeats" in table
+    assert "| 0.900 |" in table  # clean_auroc: one run has it
+    same = [
+        RunRow(r.run_id, r.name, r.status, {"run": "arm", "seed_everything": s}, base, config={"model.lr": "1"})
+        for r, s in zip(rows, "01", strict=True)
+    ]
+    table = format_table(build_report(same))
+    assert "differ" not in table and "repeats" not in table and "0.800 ± 0.000" in table

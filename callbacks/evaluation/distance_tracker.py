@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -19,7 +20,7 @@ from medrobust.lightning_modules.attacks.min_distance import (
 from medrobust.lightning_modules.metrics.metric_names import build_name
 from medrobust.utilities.errors import InputError
 
-STATS = ("median", "q25", "q75", "fooled", "n")
+STATS = ("median", "q25", "q75", "fooled", "n", "misclassified", "undefined")
 
 
 class DistanceTracker:
@@ -72,10 +73,10 @@ class DistanceTracker:
             norm = DISTANCE_ATTACKS[attack]
             stats = distance_summary(values)
             for name in STATS:
-                pl_module.log(build_name("adv_distance", attack=attack, norm=norm, stat=name), float(stats[name]))
-            kept = values[~values.isnan()]
-            report[attack] = {"norm": norm, **stats, "values": sorted(kept.tolist())}
-            report[attack]["misclassified"] = len(values) - len(kept)
+                if name in stats:
+                    pl_module.log(build_name("adv_distance", attack=attack, norm=norm, stat=name), float(stats[name]))
+            attacked = torch.where(values.isnan(), math.inf, values)  # undefined: not flipped
+            report[attack] = {"norm": norm, **stats, "values": sorted(attacked[attacked > 0].tolist())}
         return report
 
     def describe(self) -> dict[str, Any]:

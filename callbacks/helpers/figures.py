@@ -144,14 +144,15 @@ def distance_figure(distances: dict[str, dict]) -> Figure:
         xs = np.concatenate([[0.0], finite * scale])
         acc = np.array([len(values) - k for k in range(len(finite) + 1)]) / max(total, 1)
         ax.step(xs, acc, where="post")
-        if d["n"]:
+        if d["n"] and np.isfinite(d["median"]):
             ax.axvline(d["median"] * scale, color="grey", ls="--", lw=1, label=f"median {d['median'] * scale:.3g}")
             ax.legend()
         unit = {"linf": "L-inf (x/255)", "l2": "L2 (pixel units)", "l0": "L0 (share of values)"}[d["norm"]]
         ax.set_xlabel(f"{attack} distance, {unit}")
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1)
-        ax.set_title(f"{attack}: n={d['n']}, fooled {d['fooled']:.0%}" if d["n"] else attack)
+        title = f"{attack}: n={d['n']} ({d['misclassified']} misclassified), fooled {d['fooled']:.0%}"
+        ax.set_title(title if d["n"] else attack, fontsize=9)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -41,6 +41,20 @@ TAG_ROLE, TAG_SWEEP, TAG_POINT, TAG_VALUES, TAG_LABEL = (
 PARENT_TAG = "mlflow.parentRunId"
 #: the parent run's swept axes, in the sweep file's order
 TAG_AXES = "sweep.axes"
+#: params that do not decide a run's result (or that a point repeats over): left out when comparing runs' settings
+NOT_SETTINGS = (
+    "seed_everything",
+    "trainer.logger",
+    "ckpt_path",
+    "system_metrics",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+    "trainer.default_root_dir",
+    "data.root",
+    "data.download",
+    "data.cache_dir",
+    "data.num_workers",
+)
 #: near-constant flags a tested run carries (the module's, clean; RobustnessEvaluation's, per attack and threat)
 CLEAN_FLAG, ROBUST_FLAG = "test.near_constant", "robustness.near_constant"
 
@@ -87,6 +101,8 @@ class RunRow:
 
     #: the run's tags ``test.near_constant`` and ``robustness.near_constant``, when it has them
     flags: dict[str, str] = field(default_factory=dict)
+    #: for a run made outside a sweep, the settings that decide its result (params without seed and bookkeeping)
+    config: dict[str, str] = field(default_factory=dict)
 
     @property
     def near_constant(self) -> list[str]:
@@ -146,15 +162,30 @@ class Group:
         """The labels of runs of this group flagged as near-constant, with where."""
         return [f"{run.name}: {','.join(run.near_constant)}" for run in self.runs if run.near_constant]
 
+    @property
+    def not_repeats(self) -> list[str]:
+        """Why this group's runs are not repeats of one point over seeds: settings that differ between them (runs
+        named alike outside a sweep), or a seed used twice."""
+        found = []
+        keys = sorted({k for run in self.runs for k in run.config})
+        differ = [k for k in keys if len({run.config.get(k) for run in self.runs}) > 1]
+        if differ:
+            found.append(f"settings differ: {', '.join(differ[:4])}{' ...' if len(differ) > 4 else ''}")
+        seeds = [str(run.seed) for run in self.runs if run.seed is not None]
+        if len(seeds) != len(set(seeds)):
+            found.append("a seed repeats")
+        return found
+
     def as_dict(self, keys: Iterable[str]) -> dict[str, Any]:
         out: dict[str, Any] = {"group": self.label, "values": self.values, "n": len(self.runs)}
         out["runs"] = [f"{run.name} ({run.run_id[:8]})" for run in self.runs]
         out["near_constant"] = self.near_constant
+        out["not_repeats"] = self.not_repeats
         for key in keys:
             s = self.stats(key)
             if s is not None:
                 name = key.removeprefix(SUMMARY)
-                out[f"{name}/mean"], out[f"{name}/std"] = s[0], s[1]
+                out[f"{name}/mean"], out[f"{name}/std"], out[f"{name}/n"] = s
         return out
 
 
@@ -170,7 +201,8 @@ def row_from_run(run: Any) -> RunRow:
         if "seed_everything" in run.data.params:
             values["seed_everything"] = run.data.params["seed_everything"]
     flags = {key: tags[key] for key in (CLEAN_FLAG, ROBUST_FLAG) if key in tags}
-    return RunRow(run.info.run_id, name, run.info.status, values, summary_metrics(run.data.metrics), flags)
+    config = {} if TAG_VALUES in tags else {k: v for k, v in run.data.params.items() if not k.startswith(NOT_SETTINGS)}
+    return RunRow(run.info.run_id, name, run.info.status, values, summary_metrics(run.data.metrics), flags, config)
 
 
 def group_rows(rows: Sequence[RunRow]) -> list[Group]:
@@ -250,7 +282,7 @@ def _cell(group: dict[str, Any], column: str) -> str:
     """``mean ± std`` over a group's seeds; one run alone has no spread to show."""
     if f"{column}/mean" not in group:
         return ""
-    if group["n"] < 2:
+    if group.get(f"{column}/n", group["n"]) < 2:
         return f"{group[column + '/mean']:.3f}"
     return f"{group[column + '/mean']:.3f} ± {group[column + '/std']:.3f}"
 
@@ -267,7 +299,12 @@ def format_table(report: dict[str, Any]) -> str:
     lines = ["| point | n | " + " | ".join(cols) + " | flags | runs |", "|---|---|" + "---|" * (len(cols) + 2)]
     for g in report["groups"]:
         cells = [_cell(g, c) for c in cols]
-        flags = "near-constant: " + "; ".join(g["near_constant"]) if g.get("near_constant") else ""
+        flags = "; ".join(
+            [
+                *(["near-constant: " + "; ".join(g["near_constant"])] if g.get("near_constant") else []),
+                *g.get("not_repeats", []),
+            ]
+        )
         runs = ", ".join(g.get("runs", []))
         lines.append(f"| {g['group']} | {g['n']} | " + " | ".join(cells) + f" | {flags} | {runs} |")
     note = f"adversarial columns: worst case over attacks, per sample, by {METRIC_NAMES.get(metric, metric)}"

@@ -188,7 +188,7 @@ class MLflowRunLogger(MLFlowLogger):
         from lightning.fabric.utilities.logger import _convert_params
 
         # LightningCLI's bookkeeping keys (``_instantiator``, ``_class_path``) are not hyperparameters.
-        flat = _flatten(_convert_params(params) or {})
+        flat = flatten_params(_convert_params(params) or {})
         # as MLflow stores them: str (Lightning's logger would flatten again and drop an empty list or mapping)
         params = {k: str(v) for k, v in flat.items() if not k.startswith("_")}
         if self.resumed:
@@ -218,7 +218,7 @@ class MLflowRunLogger(MLFlowLogger):
             self._announce("finished" if status == "success" else status.upper())
 
 
-def _flatten(params: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_params(params: Any, prefix: str = "") -> dict[str, Any]:
     """Nested params as dotted keys: "." as in the config's params (``data.subsample.test``), not Lightning's "/";
     an empty list or mapping is kept as a value (``l2_eps: []`` is a setting too; Lightning's flattening drops it)."""
     if isinstance(params, Namespace):
@@ -227,5 +227,5 @@ def _flatten(params: Any, prefix: str = "") -> dict[str, Any]:
         return {prefix.removesuffix("."): params}
     flat: dict[str, Any] = {}
     for key, value in params.items():
-        flat |= _flatten(value, f"{prefix}{key}.")
+        flat |= flatten_params(value, f"{prefix}{key}.")
     return flat

@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from medrobust.callbacks.helpers.mlflow_logger_lookup import mlflow_logger
-from medrobust.experiments.tracking.mlflow_logger import MLflowRunLogger
+from medrobust.experiments.tracking.mlflow_logger import MLflowRunLogger, flatten_params
 from medrobust.utilities.tracking_uri import redact_uri
 
 #: settings that say how to run, not what is run: a resume may change them without a new config version
@@ -87,7 +87,7 @@ def config_params(config: dict[str, Any]) -> dict[str, Any]:
     trainer = dict(config.get("trainer") or {})
     callbacks = trainer.pop("callbacks", None) or []
     config["trainer"] = trainer
-    params = _flatten({k: v for k, v in config.items() if k != "trainer" or v})
+    params = flatten_params({k: v for k, v in config.items() if k != "trainer" or v})
     seen: dict[str, int] = {}
     for entry in callbacks if isinstance(callbacks, list) else [callbacks]:
         if not isinstance(entry, dict) or "class_path" not in entry:
@@ -96,19 +96,9 @@ def config_params(config: dict[str, Any]) -> dict[str, Any]:
         seen[name] = seen.get(name, 0) + 1
         key = name if seen[name] == 1 else f"{name}_{seen[name]}"
         params[f"callbacks.{key}"] = entry["class_path"]
-        params |= _flatten(entry.get("init_args") or {}, f"callbacks.{key}.")
+        if entry.get("init_args"):
+            params |= flatten_params(entry["init_args"], f"callbacks.{key}.")
     return params
-
-
-def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat |= _flatten(value, f"{name}.")
-        else:
-            flat[name] = value
-    return flat
 
 
 def _redact(value: Any) -> Any:

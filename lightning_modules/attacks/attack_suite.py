@@ -10,11 +10,13 @@ from torch import nn
 
 from medrobust.lightning_modules.attacks.pgd import PGD
 from medrobust.lightning_modules.attacks.threat import Threat
+from medrobust.lightning_modules.attacks.threat_model import seeded_starts
 from medrobust.lightning_modules.losses import attack_loss
 from medrobust.lightning_modules.nets.modes import attack_mode
 from medrobust.utilities.errors import InputError
 
-AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``(net, x, y, ids) -> x_adv``; ``ids`` are the samples' global dataset ids (or None), which seed random starts
+AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 ATTACKS = ("fgsm", "pgd", "autoattack", "square")
 #: the attacks that assume a softmax classifier (torchattacks' ports: cross-entropy and DLR losses)
 SOFTMAX_ONLY = ("autoattack", "square")
@@ -87,10 +89,15 @@ def build_attack(
     autoattack_steps: int = 100,
     square_queries: int = 5000,
     seed: int = 0,
+    random_start: bool = True,
 ) -> AttackFn:
-    """A function ``(net, x, y) -> x_adv`` for ``spec``.
+    """A function ``(net, x, y, ids) -> x_adv`` for ``spec``.
 
-    FGSM and PGD are ours (:class:`PGD`; cross-entropy, or BCE for multi-label). AutoAttack and Square are
+    FGSM and PGD are ours (:class:`PGD`; cross-entropy, or BCE for multi-label), and keep per sample the first
+    iterate that fools the model, not the last. PGD starts from a random point of the ball (``random_start``; Madry
+    et al.'s evaluation): one drawn per image from ``seed`` and its global dataset id ``ids``, so an image gets the same
+    start however the split is batched or shared among processes (without ids: torch's global generator). FGSM
+    starts at ``x``. Further restarts (``spec.restarts``) are random. AutoAttack and Square are
     torchattacks' ports of Croce & Hein's code, built here with the original step counts (torchattacks' own
     ``AutoAttack`` runs APGD for 10 steps, not 100) and constructed at call time on the batch's device; they run in
     full precision even inside a bf16 autocast context (their buffers are fp32).
@@ -99,17 +106,28 @@ def build_attack(
     loss_fn = attack_loss(task)
     threat = spec.threat.ball()
     if spec.attack == "fgsm":
-        pgd = PGD(threat, steps=1, alpha=spec.eps, random_start=False, loss_fn=loss_fn, task=task)
-        return lambda net, x, y: pgd.perturb(net, x, y)
+        fgsm = PGD(threat, 1, alpha=spec.eps, random_start=False, loss_fn=loss_fn, task=task, keep_first_success=True)
+        return lambda net, x, y, ids=None: fgsm.perturb(net, x, y)
     if spec.attack == "pgd":
-        # One restart starts at x: deterministic and independent of how samples are batched (or split over
-        # processes). Several restarts need random starts.
-        restarts = spec.restarts
-        pgd = PGD(threat, spec.steps, restarts=restarts, random_start=restarts > 1, loss_fn=loss_fn, task=task)
-        return lambda net, x, y: pgd.perturb(net, x, y)
+        random = random_start or spec.restarts > 1
+        pgd = PGD(
+            threat,
+            spec.steps,
+            restarts=spec.restarts,
+            random_start=random,
+            loss_fn=loss_fn,
+            task=task,
+            keep_first_success=True,
+        )
+
+        def run_pgd(net: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+            start = seeded_starts(threat, x, ids, seed) if random_start and ids is not None else None
+            return pgd.perturb(net, x, y, x_init=start)
+
+        return run_pgd
     components = autoattack_components(num_classes) if spec.attack == "autoattack" else ["square"]
 
-    def run(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def run(net: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         import torchattacks
 
         norm = {"linf": "Linf", "l2": "L2"}[spec.norm]

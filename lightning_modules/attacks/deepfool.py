@@ -43,11 +43,14 @@ def deepfool(
     steps: int = 50,
     overshoot: float = 0.02,
     overshoot_on: str = "total",
+    stuck: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Adversarial images: each sample moved until its prediction is not ``y`` (or ``steps`` are spent).
 
     Samples misclassified from the start are returned unchanged. ``overshoot_on``: ``"total"`` or ``"step"`` (see the
-    module docstring).
+    module docstring). A sample whose step is 0/0 (the gradient of the logit difference to its nearest boundary
+    vanishes, as in a dead-ReLU region) stops where it is, and is marked ``True`` in ``stuck`` (a bool tensor of the
+    batch's length, filled in place) when one is given: DeepFool found no direction, which is not a distance.
     """
     if steps < 1 or overshoot < 0 or overshoot_on not in ("total", "step"):
         raise InputError(
@@ -75,6 +78,14 @@ def deepfool(
             ratio[rows, label] = float("inf")  # the label itself is not a boundary
             nearest = ratio.argmin(1)
             f_k, w_k, n_k = f_diff[rows, nearest], w_diff[rows, nearest], norms[rows, nearest]
+            flat = ~(n_k > 0)  # zero (or NaN) gradient difference: no step to take
+            if flat.any():
+                if stuck is not None:
+                    stuck[active[flat]] = True
+                keep = ~flat
+                active, f_k, w_k, n_k = active[keep], f_k[keep], w_k[keep], n_k[keep]
+                if len(active) == 0:
+                    break
             delta = (f_k.abs() / n_k**2).view(-1, *[1] * (x.ndim - 1)) * w_k
             if overshoot_on == "step":
                 x_adv[active] = (x_adv[active] + (1 + overshoot) * delta).clamp(0, 1).to(x_adv.dtype)

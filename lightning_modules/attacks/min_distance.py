@@ -9,8 +9,11 @@ adversarial examples):
 * ``min_linf``: L-inf, by bisection over eps: PGD (from the clean image) at eps_max first, then ``bisections`` halvings
   of each fooled sample's bracket ``[lo, hi]``; the distance is the final ``hi``, within ``eps_max / 2**bisections``.
 
-Only correctly classified samples have a distance; a misclassified one gets NaN (it needs none), and one the attack
-could not flip gets ``inf``. :func:`distance_summary` turns a vector of these into the reported numbers.
+One rule for every attack: a misclassified sample is at distance 0 (it needs no perturbation; dropping it would make
+a less accurate model look more robust), one the attack could not flip is at ``inf``, and one where the attack is
+undefined (DeepFool's 0/0 step) is NaN, which :func:`distance_summary` counts (``undefined``) and treats as ``inf``.
+:func:`distance_summary` turns a vector of these into the reported numbers; no reported number is NaN for a
+non-empty vector.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from medrobust.lightning_modules.nets.modes import eval_mode
 
 #: attack -> the norm its distance is measured in
 DISTANCE_ATTACKS = {"deepfool": "l2", "jsma": "l0", "min_linf": "linf"}
-_NOT_FLIPPED = 1e30
 
 
 @dataclass(frozen=True)
@@ -79,46 +81,68 @@ def min_linf(net: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: Distanc
 def minimal_distances(
     attack: str, net: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, settings: DistanceSettings
 ) -> torch.Tensor:
-    """``(N,)`` distances of ``attack`` (see the module docstring): NaN where ``x`` is misclassified already, ``inf``
-    where the attack did not change the prediction."""
-    correct = ~_wrong(net, x, y)
-    out = torch.full((len(x),), math.nan, dtype=x.dtype, device=x.device)
-    idx = correct.nonzero().flatten()
-    if len(idx) == 0:
+    """``(N,)`` distances of ``attack`` (see the module docstring): 0 where ``x`` is misclassified already, ``inf``
+    where the attack did not change the prediction, NaN where it was undefined. The search runs in fp32 (at least),
+    outside any autocast: a bf16 run measures the same distances as an fp32 one."""
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.to(torch.promote_types(x.dtype, torch.float32))  # fp32 at least (a float64 network stays so)
+        correct = ~_wrong(net, x, y)
+        out = torch.zeros(len(x), dtype=x.dtype, device=x.device)
+        idx = correct.nonzero().flatten()
+        if len(idx) == 0:
+            return out.cpu()
+        xs, ys = x[idx], y[idx]
+        if attack == "min_linf":
+            out[idx] = min_linf(net, xs, ys, settings)
+            return out.cpu()
+        undefined = torch.zeros(len(idx), dtype=torch.bool, device=x.device)
+        if attack == "deepfool":
+            s = settings
+            x_adv = deepfool(net, xs, ys, s.deepfool_steps, s.deepfool_overshoot, s.deepfool_overshoot_on, undefined)
+            dist = (x_adv - xs).flatten(1).norm(dim=1)
+        else:
+            x_adv = jsma(net, xs, ys, num_classes, settings.jsma_theta, settings.jsma_gamma)
+            dist = ((x_adv - xs).flatten(1) != 0).to(x.dtype).mean(1)
+        dist = torch.where(_wrong(net, x_adv, ys), dist, torch.full_like(dist, math.inf))
+        out[idx] = torch.where(undefined, torch.full_like(dist, math.nan), dist)
         return out.cpu()
-    xs, ys = x[idx], y[idx]
-    if attack == "min_linf":
-        out[idx] = min_linf(net, xs, ys, settings)
-        return out.cpu()
-    if attack == "deepfool":
-        x_adv = deepfool(
-            net, xs, ys, settings.deepfool_steps, settings.deepfool_overshoot, settings.deepfool_overshoot_on
-        )
-        dist = (x_adv - xs).flatten(1).norm(dim=1)
-    else:
-        x_adv = jsma(net, xs, ys, num_classes, settings.jsma_theta, settings.jsma_gamma)
-        dist = ((x_adv - xs).flatten(1) != 0).to(x.dtype).mean(1)
-    out[idx] = torch.where(_wrong(net, x_adv, ys), dist, torch.full_like(dist, math.inf))
-    return out.cpu()
 
 
 def distance_summary(distances: torch.Tensor) -> dict[str, float]:
-    """Over the correctly classified samples (non-NaN): their count ``n``, the share the attack flipped
-    (``fooled``), and the quartiles and median of the distance (``inf`` where over half were not flipped; NaN for
-    none)."""
-    d = distances[~distances.isnan()].double()
+    """Over every measured sample (misclassified ones at 0, undefined ones counted and taken as ``inf``): their count
+    ``n``, ``misclassified`` and ``undefined`` counts, the share of the correctly classified ones the attack flipped
+    (``fooled``), and the quartiles and median of the distance (``inf`` where more than that share was not flipped).
+    NaN only for an empty vector (and ``fooled``/``mean_fooled`` when nothing was correct or flipped)."""
+    d = distances.double()
+    undefined = int(d.isnan().sum())
+    d = torch.where(d.isnan(), math.inf, d)
     n = len(d)
     if n == 0:
-        return {"n": 0, "fooled": math.nan, "median": math.nan, "q25": math.nan, "q75": math.nan}
-    # inf (not flipped) as a huge stand-in, so that interpolating between two of them stays "not flipped"
-    q = torch.quantile(d.clamp(max=_NOT_FLIPPED), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
-    q = torch.where(q >= _NOT_FLIPPED / 2, math.inf, q)
-    finite = d[d.isfinite()]
+        return {"n": 0, "misclassified": 0, "undefined": 0, "fooled": math.nan}
+    misclassified = int((d == 0).sum())
+    flipped = d[(d > 0) & d.isfinite()]
+    q = [_quantile(d, p) for p in (0.25, 0.5, 0.75)]
+    correct = n - misclassified
     return {
         "n": n,
-        "fooled": float(len(finite) / n),
+        "misclassified": misclassified,
+        "undefined": undefined,
+        "fooled": float(len(flipped) / correct) if correct else math.nan,
         "median": float(q[1]),
         "q25": float(q[0]),
         "q75": float(q[2]),
-        "mean_fooled": float(finite.mean()) if len(finite) else math.nan,
+        "mean_fooled": float(flipped.mean()) if len(flipped) else math.nan,
     }
+
+
+def _quantile(d: torch.Tensor, p: float) -> float:
+    """``torch.quantile``'s linear interpolation, where a quantile that reaches into the ``inf`` values is ``inf``
+    (a huge finite stand-in interpolated to 2.5e29 between 0.3 and "not flipped")."""
+    values = d.sort().values
+    pos = p * (len(values) - 1)
+    lo, frac = math.floor(pos), pos - math.floor(pos)
+    low = float(values[lo])
+    if frac == 0 or math.isinf(low):
+        return low
+    high = float(values[lo + 1])
+    return math.inf if math.isinf(high) else low + frac * (high - low)

@@ -35,6 +35,11 @@ class PGD:
             attacks on more than the logits (an adaptive attack on a detector's features as well). Restarts still
             rank by ``loss_fn``.
         task: ``"multiclass"`` or ``"multilabel"``: how restarts decide whether a sample is fooled.
+        keep_first_success: per sample, return the first iterate (the start included) that fools the model, not the
+            last one: a later step can undo a success, so the last iterate overstates robust accuracy. For a
+            multi-label task, the first iterate with the most wrong labels. A sample never fooled gets the last.
+            Costs one forward pass more per run (the final iterate's). Evaluation wants it; adversarial training
+            (Madry et al.) uses the last iterate.
 
     Example:
         >>> from medrobust.lightning_modules.attacks.threat_model import LinfThreat
@@ -55,6 +60,7 @@ class PGD:
         loss_fn: LossFn = cross_entropy_sum,
         task: str = "multiclass",
         objective: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        keep_first_success: bool = False,
     ) -> None:
         if steps < 1 or restarts < 1:
             raise InputError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
@@ -66,6 +72,7 @@ class PGD:
         self.loss_fn = loss_fn
         self.task = task
         self.objective = objective
+        self.keep_first_success = keep_first_success
 
     def perturb(
         self, net: nn.Module, x: torch.Tensor, target: torch.Tensor, x_init: torch.Tensor | None = None
@@ -96,15 +103,22 @@ class PGD:
             x_adv = self.threat.project(start.clone(), x)
         else:
             x_adv = self.threat.random_init(x) if self.random_start else x.clone()
+        kept = _FirstSuccess(x_adv, self.task) if self.keep_first_success else None
         for _ in range(self.steps):
             x_adv.requires_grad_(True)
             if self.objective is not None:
-                loss = self.objective(net, x_adv, target)
+                loss, logits = self.objective(net, x_adv, target), None
             else:
-                loss = self.loss_fn(net(x_adv), target)
+                logits = net(x_adv)
+                loss = self.loss_fn(logits, target)
+            if kept is not None:
+                kept.offer(net, x_adv.detach(), logits, target)
             (grad,) = torch.autograd.grad(loss, x_adv)
             x_adv = self.threat.project(self.threat.step(x_adv.detach(), grad, self.alpha), x)
-        return x_adv.detach()
+        if kept is None:
+            return x_adv.detach()
+        kept.offer(net, x_adv.detach(), None, target)
+        return kept.best
 
     def _score(self, net: nn.Module, x_adv: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per sample: how many labels are wrong, and the loss."""
@@ -115,3 +129,21 @@ class PGD:
 
     def _max_errors(self, target: torch.Tensor) -> int:
         return target.shape[1] if self.task == "multilabel" else 1
+
+
+class _FirstSuccess:
+    """Per sample, the first iterate with the most wrong labels seen so far: for a single-label task the first that
+    fools the model; a sample never fooled gets the last iterate (the highest loss reached), as without tracking."""
+
+    def __init__(self, start: torch.Tensor, task: str) -> None:
+        self.best = start.detach().clone()
+        self.wrong = torch.full((len(start),), -1, dtype=torch.long, device=start.device)
+        self.task = task
+
+    def offer(self, net: nn.Module, x_adv: torch.Tensor, logits: torch.Tensor | None, target: torch.Tensor) -> None:
+        with torch.no_grad():
+            logits = net(x_adv) if logits is None else logits.detach()
+            wrong = errors(logits, target, self.task)
+        better = (wrong > self.wrong) | ((wrong == 0) & (self.wrong <= 0))  # none wrong yet: follow the ascent
+        self.best[better] = x_adv[better]
+        self.wrong = torch.maximum(wrong, self.wrong)

@@ -47,8 +47,8 @@ class ThreatModel(ABC):
         self.eps = eps if isinstance(eps, torch.Tensor) else parse_eps(eps)
 
     @abstractmethod
-    def random_init(self, x: torch.Tensor) -> torch.Tensor:
-        """A random point of the ball around ``x``."""
+    def random_init(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A random point of the ball around ``x`` (drawn from ``generator``, else from torch's global one)."""
 
     @abstractmethod
     def step(self, x_adv: torch.Tensor, grad: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -75,9 +75,9 @@ class LinfThreat(ThreatModel):
 
     norm = "linf"
 
-    def random_init(self, x: torch.Tensor) -> torch.Tensor:
+    def random_init(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         # The same draw as torchattacks' PGD, so both start from the same point for the same seed.
-        return (x + torch.empty_like(x).uniform_(-self.eps, self.eps)).clamp_(0, 1)
+        return (x + torch.empty_like(x).uniform_(-self.eps, self.eps, generator=generator)).clamp_(0, 1)
 
     def step(self, x_adv: torch.Tensor, grad: torch.Tensor, alpha: float) -> torch.Tensor:
         return x_adv + alpha * grad.sign()
@@ -94,11 +94,11 @@ class L2Threat(ThreatModel):
 
     norm = "l2"
 
-    def random_init(self, x: torch.Tensor) -> torch.Tensor:
+    def random_init(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         # torchattacks' PGDL2 start: a random direction scaled to a radius uniform in [0, eps].
-        delta = torch.empty_like(x).normal_()
+        delta = torch.empty_like(x).normal_(generator=generator)
         norms = delta.flatten(1).norm(dim=1).view(-1, *[1] * (x.ndim - 1))
-        radius = torch.zeros_like(norms).uniform_(0, 1)
+        radius = torch.zeros_like(norms).uniform_(0, 1, generator=generator)
         return (x + delta / norms * radius * self.eps).clamp_(0, 1)
 
     def step(self, x_adv: torch.Tensor, grad: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -111,3 +111,14 @@ class L2Threat(ThreatModel):
 
     def distance(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return (x_adv - x).flatten(1).norm(dim=1)
+
+
+def seeded_starts(threat: ThreatModel, x: torch.Tensor, ids: torch.Tensor, seed: int) -> torch.Tensor:
+    """One random start per sample, drawn from a generator seeded by ``seed`` and the sample's global dataset id:
+    the same start for the same image however the test split is batched or shared among processes."""
+    starts = []
+    for i, sample_id in enumerate(ids.tolist()):
+        # CPU generators keep 32 bits of a seed: seed and id are combined within them (distinct for ids below 1e6)
+        generator = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(sample_id)) % 2**32)
+        starts.append(threat.random_init(x[i : i + 1].detach().cpu().float(), generator=generator))
+    return torch.cat(starts).to(device=x.device, dtype=x.dtype)

@@ -101,12 +101,13 @@ def top_prediction_share(counts: torch.Tensor) -> float:
 
 def near_constant(counts: torch.Tensor, threshold: float = CONSTANT_SHARE) -> bool:
     """Whether a single-label classifier gives one class at least ``threshold`` of its predictions, and a larger
-    share than that class has among the labels (so a model that predicts a 96% majority class 96% of the time is
+    share than that same class has among the labels (so a model that predicts a 96% majority class 96% of the time is
     not flagged, and one that predicts it always is). Never for multi-label counts ``(L, 2, 2)``: there a label's
     majority value is mostly its prevalence (ChestMNIST's findings are rare), not a collapsed model."""
     if counts.ndim == 3:
         return False
     share = top_prediction_share(counts)
     labels = counts.sum(1).double()
-    label_share = float(labels.max() / labels.sum().clamp_min(1))
+    top = int(counts.sum(0).argmax())  # the most predicted class: compared with its own share of the labels
+    label_share = float(labels[top] / labels.sum().clamp_min(1))
     return share >= threshold and share > label_share + 1e-9
