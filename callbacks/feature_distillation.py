@@ -115,6 +115,7 @@ class FeatureDistillation(Callback):
         if stage != "fit":
             return
         self.check_inputs(trainer, pl_module, stage)
+        self._check_same_teacher(trainer)
         device = trainer.strategy.root_device
         self.teacher.net.to(device)
         pl_module.request_features(self.name, [layer.student for layer in self.layers])
@@ -162,24 +163,39 @@ class FeatureDistillation(Callback):
         # what the source resolved to: the run that trained it and the bytes of its checkpoint
         resolved = {f"{self.name}.teacher.run_id": self.teacher.run_id, f"{self.name}.teacher.md5": self.teacher.md5}
         params |= {k: v for k, v in resolved.items() if v is not None}
-        self._check_same_teacher(logger, resolved)
         params |= {f"{self.name}.teacher.data.{k}": v for k, v in data.items() if k in _DATA_KEYS and v is not None}
         params[f"{self.name}.layers"] = ", ".join(
             f"{x.student}->{x.teacher}:{x.loss}*{x.weight:g}" for x in self.layers
         )
         log_params_once(logger, params)
 
-    def _check_same_teacher(self, logger: Any, resolved: dict[str, str | None]) -> None:
+    def _check_same_teacher(self, trainer: Trainer) -> None:
         """A resumed run goes on with the teacher it started with: ``mlflow:<experiment>/<name>`` resolves to the
-        newest run of that name, which may since have been retrained."""
+        newest run of that name, which may since have been retrained. Rank zero reads the run; every process
+        raises."""
+        logger = mlflow_logger(trainer)
+        problem = ""
+        if logger is not None and trainer.global_rank == 0:
+            resolved = {
+                f"{self.name}.teacher.run_id": self.teacher.run_id,
+                f"{self.name}.teacher.md5": self.teacher.md5,
+            }
+            problem = self._teacher_changed(logger, resolved)
+        problem = trainer.strategy.broadcast(problem, src=0)
+        if problem:
+            raise InputError(problem)
+
+    def _teacher_changed(self, logger: Any, resolved: dict[str, str | None]) -> str:
+        """Why the teacher ``resolved`` is not the one the run's params record (empty when it is, or none is)."""
         logged = logger.experiment.get_run(logger.run_id).data.params
         md5_key, run_key = f"{self.name}.teacher.md5", f"{self.name}.teacher.run_id"
-        if md5_key in logged and logged[md5_key] != resolved[md5_key]:
-            raise InputError(
-                f"This run was distilled from teacher {logged.get(run_key)} (checkpoint MD5 {logged[md5_key]}); "
-                f"{self.source!r} now resolves to {resolved[run_key]} (MD5 {resolved[md5_key]}). Resume with the "
-                f"first teacher: --trainer.callbacks.teacher=runs:/{logged.get(run_key)}/checkpoints/best.ckpt"
-            )
+        if md5_key not in logged or logged[md5_key] == resolved[md5_key]:
+            return ""
+        return (
+            f"This run was distilled from teacher {logged.get(run_key)} (checkpoint MD5 {logged[md5_key]}); "
+            f"{self.source!r} now resolves to {resolved[run_key]} (MD5 {resolved[md5_key]}). Resume with the "
+            f"first teacher: --trainer.callbacks.teacher=runs:/{logged.get(run_key)}/checkpoints/best.ckpt"
+        )
 
     def _check_compatible(self, pl_module: LightningModule) -> None:
         hp = self.teacher.hparams

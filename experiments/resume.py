@@ -122,7 +122,7 @@ def find_resume_point(
         )
         raise InputError(
             f"--ckpt_path last: a run this config names is still being written by a live process on this host:\n"
-            f"{listing}\n  Wait for it (or stop it) before resuming."
+            f"{listing}\n  Wait for it (or stop it) before resuming, or name a checkpoint: --ckpt_path <file>."
         )
     # killed before its first checkpoint: the run this config names goes on from epoch 0, in the same run
     bare = [r for r in runs if r.info.run_id not in candidates and _abandoned_fit(r)] if explicit else []

@@ -173,6 +173,19 @@ def test_minimal_distances_are_measured_in_fp32_inside_a_bf16_autocast() -> None
         assert distance_summary(mixed)["median"] == pytest.approx(median, rel=0.01)
 
 
+def test_minimal_distances_of_a_bf16_network_are_measured_on_an_fp32_copy() -> None:
+    """Review of issue 25.4: a bf16-true network (parameters in bf16) met fp32 images and crashed after training."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    x = torch.rand(8, 1, 4, 4)
+    y = net(x).argmax(1)
+    low = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval().to(torch.bfloat16)
+    low.load_state_dict(net.state_dict())
+    d = minimal_distances("deepfool", low, x, y, 3, DistanceSettings())
+    assert d.dtype == torch.float32 and next(low.parameters()).dtype == torch.bfloat16  # the network is untouched
+    assert not torch.isnan(d).any()
+
+
 def test_deepfool_stops_where_its_step_is_undefined_and_the_summary_counts_it() -> None:
     """Issue 25.5: on a flat region (zero gradient) DeepFool's step is 0/0; the sample is marked undefined, counted,
     and taken as not flipped: never a NaN median."""

@@ -17,18 +17,20 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from typing_extensions import override
 
-from medrobust.utilities.processes import pid_alive
+from medrobust.utilities.processes import host, pid_alive
 
 
 def save_atomic(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
-    """``torch.save`` into ``.<name>.tmp-<pid>`` beside ``path``, fsync, rename over ``path``, fsync the folder."""
+    """``torch.save`` into ``.<name>.tmp-<host>-<pid>`` beside ``path``, fsync, rename over ``path``, fsync the
+    folder. Leftovers of this host's killed writers are removed first (another host's, on a shared file system, are
+    left alone: their writer may be alive)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(".*.tmp-*"):  # left by writers killed mid-write (not a live one's), any file
+    for stale in path.parent.glob(f".*.tmp-{host()}-*"):  # left by writers killed mid-write (not a live one's)
         pid = stale.name.rpartition("-")[2]
         if pid.isdigit() and not pid_alive(int(pid)):
             stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{host()}-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
             torch.save(checkpoint, f)
@@ -47,7 +49,7 @@ def save_atomic(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
 def link_atomic(target: str | os.PathLike, link: str | os.PathLike) -> None:
     """Make ``link`` a relative symbolic link to ``target``, replacing what was there in one rename."""
     link = Path(link)
-    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    tmp = link.with_name(f".{link.name}.tmp-{host()}-{os.getpid()}")
     tmp.unlink(missing_ok=True)
     os.symlink(os.path.relpath(target, link.parent), tmp)
     os.replace(tmp, link)

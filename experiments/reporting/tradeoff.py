@@ -189,6 +189,12 @@ class Group:
         return out
 
 
+def _bookkeeping(key: str) -> bool:
+    """A param that does not make runs different points: :data:`NOT_SETTINGS`, or a teacher's resolved identity
+    (each seed of a study may have its own teacher)."""
+    return key.startswith(NOT_SETTINGS) or key.endswith((".teacher.run_id", ".teacher.md5", ".teacher.source"))
+
+
 def row_from_run(run: Any) -> RunRow:
     tags = run.data.tags
     name = tags.get("mlflow.runName", run.info.run_id[:8])
@@ -201,7 +207,8 @@ def row_from_run(run: Any) -> RunRow:
         if "seed_everything" in run.data.params:
             values["seed_everything"] = run.data.params["seed_everything"]
     flags = {key: tags[key] for key in (CLEAN_FLAG, ROBUST_FLAG) if key in tags}
-    config = {} if TAG_VALUES in tags else {k: v for k, v in run.data.params.items() if not k.startswith(NOT_SETTINGS)}
+    params = run.data.params
+    config = {} if TAG_VALUES in tags else {k: v for k, v in params.items() if not _bookkeeping(k)}
     return RunRow(run.info.run_id, name, run.info.status, values, summary_metrics(run.data.metrics), flags, config)
 
 

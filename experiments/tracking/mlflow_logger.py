@@ -207,7 +207,10 @@ class MLflowRunLogger(MLFlowLogger):
                 self.experiment.set_tag(self.run_id, REQUEUED_TAG, "true")
                 self.experiment.set_terminated(self.run_id, "KILLED")
                 self._announce("requeued (KILLED, to be resumed)")
+                self._requeued = True
             return
+        if getattr(self, "_requeued", False):
+            return  # SLURM's SIGTERM after the requeue ends the job: the run stays KILLED, to be resumed
         if self._keep_open and status == "success":
             self._keep_open = False
             if self._initialized and self._checkpoint_callback:

@@ -97,7 +97,8 @@ def build_attack(
     iterate that fools the model, not the last. PGD starts from a random point of the ball (``random_start``; Madry
     et al.'s evaluation): one drawn per image from ``seed`` and its global dataset id ``ids``, so an image gets the same
     start however the split is batched or shared among processes (without ids: torch's global generator). FGSM
-    starts at ``x``. Further restarts (``spec.restarts``) are random. AutoAttack and Square are
+    starts at ``x``. Further restarts (``spec.restarts``) draw from torch's generator, which the evaluation seeds per
+    batch: with restarts, numbers depend on the batching. AutoAttack and Square are
     torchattacks' ports of Croce & Hein's code, built here with the original step counts (torchattacks' own
     ``AutoAttack`` runs APGD for 10 steps, not 100) and constructed at call time on the batch's device; they run in
     full precision even inside a bf16 autocast context (their buffers are fp32).
@@ -121,8 +122,9 @@ def build_attack(
         )
 
         def run_pgd(net: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
-            start = seeded_starts(threat, x, ids, seed) if random_start and ids is not None else None
-            return pgd.perturb(net, x, y, x_init=start)
+            if not random_start:  # the first run from the image; further restarts are random
+                return pgd.perturb(net, x, y, x_init=x)
+            return pgd.perturb(net, x, y, x_init=seeded_starts(threat, x, ids, seed) if ids is not None else None)
 
         return run_pgd
     components = autoattack_components(num_classes) if spec.attack == "autoattack" else ["square"]

@@ -75,6 +75,7 @@ def deepfool(
             w_diff = jac - jac[rows, label][:, None]  # (n, C, ...)
             norms = w_diff.flatten(2).norm(dim=2)
             ratio = f_diff.abs() / norms
+            ratio = ratio.nan_to_num(nan=float("inf"))  # 0/0 for a class tied with the label: not a boundary
             ratio[rows, label] = float("inf")  # the label itself is not a boundary
             nearest = ratio.argmin(1)
             f_k, w_k, n_k = f_diff[rows, nearest], w_diff[rows, nearest], norms[rows, nearest]

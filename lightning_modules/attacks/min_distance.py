@@ -18,6 +18,7 @@ non-empty vector.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -59,7 +60,13 @@ def min_linf(net: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: Distanc
     shape = (-1, *[1] * (x.ndim - 1))
 
     def fooled(idx: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        pgd = PGD(LinfThreat(eps.view(shape)), settings.linf_pgd_steps, random_start=False, loss_fn=cross_entropy_sum)
+        pgd = PGD(
+            LinfThreat(eps.view(shape)),
+            settings.linf_pgd_steps,
+            random_start=False,
+            loss_fn=cross_entropy_sum,
+            keep_first_success=True,
+        )
         return _wrong(net, pgd.perturb(net, x[idx], y[idx]), y[idx])
 
     dist = torch.full((len(x),), math.inf, dtype=x.dtype, device=x.device)
@@ -84,6 +91,9 @@ def minimal_distances(
     """``(N,)`` distances of ``attack`` (see the module docstring): 0 where ``x`` is misclassified already, ``inf``
     where the attack did not change the prediction, NaN where it was undefined. The search runs in fp32 (at least),
     outside any autocast: a bf16 run measures the same distances as an fp32 one."""
+    low = [p for p in net.parameters() if p.is_floating_point() and p.element_size() < 4]
+    if low:  # a bf16-true or 16-true network: measured on an fp32 copy of it
+        net = copy.deepcopy(net).float()
     with torch.autocast(x.device.type, enabled=False):
         x = x.to(torch.promote_types(x.dtype, torch.float32))  # fp32 at least (a float64 network stays so)
         correct = ~_wrong(net, x, y)
@@ -111,7 +121,8 @@ def minimal_distances(
 def distance_summary(distances: torch.Tensor) -> dict[str, float]:
     """Over every measured sample (misclassified ones at 0, undefined ones counted and taken as ``inf``): their count
     ``n``, ``misclassified`` and ``undefined`` counts, the share of the correctly classified ones the attack flipped
-    (``fooled``), and the quartiles and median of the distance (``inf`` where more than that share was not flipped).
+    (``fooled``), and the quartiles and median of the distance (``inf`` once the quantile reaches a sample not
+    flipped: a median of ``inf`` when at least half of all samples were not).
     NaN only for an empty vector (and ``fooled``/``mean_fooled`` when nothing was correct or flipped)."""
     d = distances.double()
     undefined = int(d.isnan().sum())

@@ -38,8 +38,9 @@ class PGD:
         keep_first_success: per sample, return the first iterate (the start included) that fools the model, not the
             last one: a later step can undo a success, so the last iterate overstates robust accuracy. For a
             multi-label task, the first iterate with the most wrong labels. A sample never fooled gets the last.
-            Costs one forward pass more per run (the final iterate's). Evaluation wants it; adversarial training
-            (Madry et al.) uses the last iterate.
+            The image itself is offered first, so a sample misclassified already stays so. Costs one or two
+            forward passes more per run (the final iterate's; the image's when the start is elsewhere). Evaluation
+            wants it; adversarial training (Madry et al.) uses the last iterate.
 
     Example:
         >>> from medrobust.lightning_modules.attacks.threat_model import LinfThreat
@@ -64,6 +65,10 @@ class PGD:
     ) -> None:
         if steps < 1 or restarts < 1:
             raise InputError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
+        if keep_first_success and objective is not None:
+            raise InputError(
+                "keep_first_success judges the classifier alone; an attack with an objective keeps the last"
+            )
         self.threat = threat
         self.steps = steps
         self.alpha = alpha if alpha is not None else 2.5 * threat.eps / steps
@@ -104,6 +109,8 @@ class PGD:
         else:
             x_adv = self.threat.random_init(x) if self.random_start else x.clone()
         kept = _FirstSuccess(x_adv, self.task) if self.keep_first_success else None
+        if kept is not None and not torch.equal(x_adv, x):
+            kept.offer(net, x, None, target)  # the image itself first: one misclassified already stays so
         for _ in range(self.steps):
             x_adv.requires_grad_(True)
             if self.objective is not None:

@@ -116,9 +116,9 @@ class L2Threat(ThreatModel):
 def seeded_starts(threat: ThreatModel, x: torch.Tensor, ids: torch.Tensor, seed: int) -> torch.Tensor:
     """One random start per sample, drawn from a generator seeded by ``seed`` and the sample's global dataset id:
     the same start for the same image however the test split is batched or shared among processes."""
-    starts = []
+    starts, cpu = [], x.detach().cpu().float()  # one copy per batch, not one per image
     for i, sample_id in enumerate(ids.tolist()):
         # CPU generators keep 32 bits of a seed: seed and id are combined within them (distinct for ids below 1e6)
         generator = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(sample_id)) % 2**32)
-        starts.append(threat.random_init(x[i : i + 1].detach().cpu().float(), generator=generator))
+        starts.append(threat.random_init(cpu[i : i + 1], generator=generator))
     return torch.cat(starts).to(device=x.device, dtype=x.dtype)
