@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from medrobust.experiments.tracking.mlflow_logger import OWNER_COMMAND, OWNER_HOST, OWNER_PID
 from medrobust.utilities.errors import InputError
 from medrobust.utilities.processes import host, pid_alive
 
@@ -117,9 +118,7 @@ def find_resume_point(
     unfinished = {k: v for k, v in candidates.items() if v[0].info.status != "FINISHED" or run_id is not None}
     live = [run for run, _ in unfinished.values() if _owner_alive(run)] if first_process else []
     if live:
-        listing = "\n".join(
-            f"  {r.info.run_id} ({r.info.run_name}): process {r.data.tags['medrobust.pid']}" for r in live
-        )
+        listing = "\n".join(f"  {r.info.run_id} ({r.info.run_name}): process {r.data.tags[OWNER_PID]}" for r in live)
         raise InputError(
             f"--ckpt_path last: a run this config names is still being written by a live process on this host:\n"
             f"{listing}\n  Wait for it (or stop it) before resuming, or name a checkpoint: --ckpt_path <file>."
@@ -160,23 +159,30 @@ def find_resume_point(
     return None
 
 
+def _owner_here(run: Any) -> int | None:
+    """The id of the process on this host that last wrote ``run`` (its ``medrobust.host``/``medrobust.pid`` tags);
+    ``None`` for a run written on another host or by no recorded process."""
+    tags = run.data.tags
+    if tags.get(OWNER_HOST) != host() or not tags.get(OWNER_PID):
+        return None
+    return int(tags[OWNER_PID])
+
+
 def _abandoned_fit(run: Any) -> bool:
     """A ``fit`` run, outside any sweep, left RUNNING by a process on this host that is gone (what a kill leaves
     behind), or KILLED by a requeue. A FAILED run (an error, reported when it happened; its config may since have
     been changed), a run of another host, of a live process, or of a ``test`` is never continued this way."""
     tags = run.data.tags
-    if run.info.status not in ("RUNNING", "KILLED") or "sweep.role" in tags or tags.get("medrobust.command") != "fit":
+    if run.info.status not in ("RUNNING", "KILLED") or "sweep.role" in tags or tags.get(OWNER_COMMAND) != "fit":
         return False
-    return tags.get("medrobust.host") == host() and not pid_alive(int(tags.get("medrobust.pid", "0") or 0))
+    pid = _owner_here(run)
+    return pid is not None and not pid_alive(pid)
 
 
 def _owner_alive(run: Any) -> bool:
     """A RUNNING run whose writing process is alive on this host (another terminal is training it)."""
-    tags = run.data.tags
-    if run.info.status != "RUNNING" or tags.get("medrobust.host") != host() or "medrobust.pid" not in tags:
-        return False
-    pid = int(tags["medrobust.pid"] or 0)
-    return pid != os.getpid() and pid_alive(pid)
+    pid = _owner_here(run) if run.info.status == "RUNNING" else None
+    return pid is not None and pid != os.getpid() and pid_alive(pid)
 
 
 def is_complete(path: Path) -> bool:

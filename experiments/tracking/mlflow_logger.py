@@ -122,6 +122,8 @@ class MLflowRunLogger(MLFlowLogger):
         self.command: str | None = None
         self._keep_open = False
         self._checked_in = False
+        #: Lightning's SLURM requeue handler ended this run as KILLED: the SIGTERM that follows leaves it so
+        self._requeued = False
         #: set by :class:`~medrobust.experiments.tracking.mlflow_save_config.MLflowSaveConfig`, which logs the whole
         #: config as params
         self.params_from_config = False
@@ -209,7 +211,7 @@ class MLflowRunLogger(MLFlowLogger):
                 self._announce("requeued (KILLED, to be resumed)")
                 self._requeued = True
             return
-        if getattr(self, "_requeued", False):
+        if self._requeued:
             return  # SLURM's SIGTERM after the requeue ends the job: the run stays KILLED, to be resumed
         if self._keep_open and status == "success":
             self._keep_open = False
