@@ -19,6 +19,7 @@ SEEDS = (0, 1, 2)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # two quickstart fits, about 9 minutes on 2 cores: near the suite's 10-minute cap
 @pytest.mark.skipif(not (SHARED_MEDMNIST / "pneumoniamnist.npz").is_file(), reason="needs the real PneumoniaMNIST")
 def test_quickstart_auroc_bf16_within_a_point_of_fp32(tmp_path) -> None:
     """The quickstart as configured (10 epochs, real PneumoniaMNIST), seeds 0-2, in fp32 and on the fast path: the

@@ -122,6 +122,7 @@ def test_the_recipes_shortened_in_process(tmp_path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # three five-minute recipes, past the suite's 10-minute cap (CI: 10-13 min)
 @pytest.mark.skipif(not SHARED_MEDMNIST.is_dir(), reason="the recipes use the real PneumoniaMNIST in ../shared")
 def test_the_recipes_verbatim(tmp_path) -> None:
     """Each recipe's block as the page writes it, in bash, from a checkout's root; about five minutes each on 2
