@@ -24,7 +24,12 @@ from medrobust.lightning_modules.attacks.attack_suite import (
     check_attacks,
     default_attacks,
 )
-from medrobust.lightning_modules.attacks.masking_checks import black_box_check, white_box_checks
+from medrobust.lightning_modules.attacks.masking_checks import (
+    TALLIES,
+    black_box_tallies,
+    masking_verdict,
+    white_box_tallies,
+)
 from medrobust.lightning_modules.attacks.min_distance import DistanceSettings
 from medrobust.lightning_modules.attacks.threat import Threat, check_budget
 from medrobust.lightning_modules.metrics.confusion import (
@@ -41,6 +46,7 @@ from medrobust.lightning_modules.metrics.confusion import (
 from medrobust.lightning_modules.metrics.metric_names import build_name
 from medrobust.lightning_modules.nets.modes import eval_mode
 from medrobust.utilities.console import own_line
+from medrobust.utilities.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +83,10 @@ class RobustnessEvaluation(EvaluationCallback):
     Budget attacks run inside the trainer's precision context (``precision: bf16-mixed`` attacks in bf16 autocast, as
     the clean test forward is), so a fast-path run is evaluated as it runs.
 
-    Gradient-masking checks in the spirit of AutoAttack's (:mod:`~medrobust.lightning_modules.attacks.masking_checks`),
-    logged as tags ``robustness.check.*`` and warned about when they fail.
+    Gradient-masking checks in the spirit of AutoAttack's (:mod:`~medrobust.lightning_modules.attacks.masking_checks`)
+    on one global sample of test images, the first ``sanity_max_samples`` by index (inside ``max_samples``), counted
+    per sample and summed over batches and processes: logged as tags ``robustness.check.*`` (with ``n`` and
+    ``black_box_n``, the samples judged) and warned about when they fail.
 
     Args:
         attacks: any of ``"fgsm"``, ``"pgd"``, ``"autoattack"``, ``"square"``; default: fgsm, pgd and autoattack, or
@@ -100,6 +108,8 @@ class RobustnessEvaluation(EvaluationCallback):
             larger share than that class has among the labels:
             :func:`~medrobust.lightning_modules.metrics.confusion.near_constant`).
         sanity_checks: run the gradient-masking checks.
+        sanity_max_samples: run them on the first this many test samples by index (``None``: every attacked one);
+            the black-box check runs Square and PGD on each, so its cost grows with this number.
         sanity_square_queries: query budget of the black-box check.
         seed: seed of random starts and of torchattacks' attacks.
         distance_attacks: any of ``"deepfool"``, ``"jsma"``, ``"min_linf"``; default ``["deepfool"]`` (cheap: a few
@@ -126,6 +136,7 @@ class RobustnessEvaluation(EvaluationCallback):
         constant_share: float = CONSTANT_SHARE,
         sanity_checks: bool = True,
         sanity_square_queries: int = 300,
+        sanity_max_samples: int | None = 256,
         seed: int = 0,
         distance_attacks: list[str] | None = None,
         distance: DistanceSettings | None = None,
@@ -149,7 +160,10 @@ class RobustnessEvaluation(EvaluationCallback):
         self.max_samples = max_samples
         self.autoattack_max_samples = autoattack_max_samples
         self.constant_share = constant_share
+        if sanity_max_samples is not None and (isinstance(sanity_max_samples, bool) or sanity_max_samples < 1):
+            raise InputError(f"sanity_max_samples: a positive number of test samples or None, got {sanity_max_samples}")
         self.sanity_checks, self.sanity_square_queries = sanity_checks, sanity_square_queries
+        self.sanity_max_samples = sanity_max_samples
         self.seed = seed
         self.pgd_random_start = pgd_random_start
         self.specs: list[AttackSpec] = []
@@ -157,6 +171,7 @@ class RobustnessEvaluation(EvaluationCallback):
         self._seconds: dict[str, float] = {}
         self._seen = 0
         self._checks: dict[str, Any] = {}
+        self._tallies = dict.fromkeys(TALLIES, 0.0)
 
     def check_inputs(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """The attacks against the task, the L2 budgets against the image size: before the ``medrobust`` command
@@ -182,6 +197,7 @@ class RobustnessEvaluation(EvaluationCallback):
     @override
     def start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._seen, self._checks, self._seconds = 0, {}, {}
+        self._tallies = dict.fromkeys(TALLIES, 0.0)
         self.distances.reset()
         task, c = pl_module.task, pl_module.num_classes
         self._fns = {
@@ -208,11 +224,12 @@ class RobustnessEvaluation(EvaluationCallback):
         x, y, ids = x[:limit], y[:limit], ids[:limit] if ids is not None else None
         self._seen += limit
         expensive = within(ids, self.autoattack_max_samples, limit)
+        checked = within(ids, self.sanity_max_samples, limit) if self.sanity_checks else 0
         net, task = pl_module.net, pl_module.task
         with torch.inference_mode(False), trainer.precision_plugin.forward_context():
             x, y = x.clone(), y.clone()
-            if self.sanity_checks and batch_idx == 0:
-                self._checks |= white_box_checks(net, x, y, task)
+            if checked > 0:
+                self._tally(white_box_tallies(net, x[:checked], y[:checked], task))
             torch.manual_seed(self.seed + batch_idx)
             preds = {"clean": self._predict(net, x, y, "clean", pl_module)}
             for spec in self.specs:
@@ -227,8 +244,8 @@ class RobustnessEvaluation(EvaluationCallback):
                 if k > 0:
                     worst = worst_case_predictions([preds["clean"][:k], *(preds[lb][:k] for lb in labels)], y[:k], task)
                     self._add(f"{WORST}/{threat.label}", worst, y[:k], pl_module)
-            if self.sanity_checks and batch_idx == 0 and task != "multilabel":
-                self._checks |= self._black_box_check(net, x, y, pl_module.num_classes)
+            if checked > 0 and task != "multilabel":
+                self._tally(self._black_box_tallies(net, x[:checked], y[:checked], pl_module.num_classes))
             for attack, seconds in self.distances.measure(net, x, y, ids, pl_module.num_classes).items():
                 self._seconds[attack] = self._seconds.get(attack, 0.0) + seconds
         if trainer.is_global_zero:
@@ -250,11 +267,16 @@ class RobustnessEvaluation(EvaluationCallback):
             self._counts[key] + confusion_from_predictions(pred, y, pl_module.task, pl_module.num_classes).cpu()
         )
 
-    def _black_box_check(self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
+    def _tally(self, counts: dict[str, float]) -> None:
+        for name, value in counts.items():
+            self._tallies[name] += value
+
+    def _black_box_tallies(self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
         linf = [t.eps for t in self.grid if t.norm == "linf" and t.eps > 0]
         if not linf:
             return {}
-        return black_box_check(net, x, y, num_classes, max(linf), self.pgd_steps, self.sanity_square_queries, self.seed)
+        eps, steps, queries = max(linf), self.pgd_steps, self.sanity_square_queries
+        return black_box_tallies(net, x, y, num_classes, eps, steps, queries, self.seed)
 
     @override
     def finish(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any] | None:
@@ -291,6 +313,10 @@ class RobustnessEvaluation(EvaluationCallback):
                         name = build_name("adv_attack", attack=row["attack"], threat=threat.label, stat=stat)
                     pl_module.log(name, float(value), sync_dist=False)
         distances = self.distances.finish(trainer, pl_module)
+        if self.sanity_checks:  # every rank takes part, even one that saw no batch
+            local = torch.tensor([self._tallies[name] for name in TALLIES], dtype=torch.float64)
+            tallies = trainer.strategy.reduce(local.to(pl_module.device), reduce_op="sum").cpu()
+            self._checks = masking_verdict(dict(zip(TALLIES, tallies.tolist(), strict=True)))
         failed = [name for name, ok in self._checks.items() if isinstance(ok, bool) and not ok]
         if failed:
             rank_zero_warn(f"Gradient-masking checks failed: {failed}; robust accuracy may be overestimated.")
@@ -328,4 +354,5 @@ class RobustnessEvaluation(EvaluationCallback):
             "max_samples": self.max_samples,
             "autoattack_max_samples": self.autoattack_max_samples,
             "seed": self.seed,
+            "sanity_max_samples": self.sanity_max_samples if self.sanity_checks else None,
         } | self.distances.describe()

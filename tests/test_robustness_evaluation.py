@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -18,6 +19,7 @@ from medrobust.datamodules.medmnist import MedMNISTDataModule
 from medrobust.experiments.cli import MedRobustCLI
 from medrobust.experiments.tracking.mlflow_logger import MLflowRunLogger
 from medrobust.lightning_modules.classifier import ClassifierModule
+from medrobust.utilities.errors import InputError
 
 
 @pytest.fixture
@@ -76,6 +78,42 @@ def test_softmax_outputs_fail_the_logit_check(tmp_path, trained) -> None:
     assert callback.report["checks"]["outputs_are_logits"] is False
 
 
+class QuantisedWhenBright(torch.nn.Module):
+    """Rounds the input of bright images (a gradient-masking defence: zero input gradient), passes the others."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bright = (x.flatten(1).mean(1) > 0.8).view(-1, *[1] * (x.dim() - 1))
+        return torch.where(bright, torch.round(x * 4) / 4, x)
+
+
+def test_masking_checks_judge_a_global_sample_not_the_first_batch(tmp_path, trained) -> None:
+    """Issue 25.2: the masking checks count every sample of their global sample, over every batch. Here the test
+    images after the first batch (ids 16-23) are bright and the network rounds bright inputs: their input gradient is
+    zero. On the first batch alone the check passed; over the 24 samples a third have no gradient, and it fails. A
+    sample of 20 (the first 20 by index) judges 20."""
+    model, dm = trained
+    arrays = dict(np.load(dm.path))
+    arrays["test_images"][16:] = 250
+    path = tmp_path / "bright.npz"
+    np.savez_compressed(path, **arrays)
+    dm = MedMNISTDataModule("pathmnist", path=str(path), batch_size=16)
+    model.net.backbone = torch.nn.Sequential(QuantisedWhenBright(), model.net.backbone)
+    callback = RobustnessEvaluation(attacks=["fgsm"], linf_eps=["8/255"], l2_eps=[], sanity_square_queries=5)
+    with pytest.warns(UserWarning, match="nonzero_input_grad"):
+        quiet_trainer(tmp_path, callbacks=[callback]).test(model, dm, verbose=False)
+    checks = callback.report["checks"]
+    assert checks["n"] == checks["black_box_n"] == 24 and checks["nonzero_input_grad"] is False
+    assert checks["nonzero_input_grad_fraction"] == pytest.approx(16 / 24)
+    assert checks["outputs_are_logits"] and checks["deterministic"]
+    sample = RobustnessEvaluation(attacks=["fgsm"], linf_eps=["8/255"], l2_eps=[], sanity_max_samples=20)
+    with pytest.warns(UserWarning, match="nonzero_input_grad"):
+        quiet_trainer(tmp_path, callbacks=[sample]).test(model, dm, verbose=False)
+    assert sample.report["checks"]["n"] == 20 and sample.report["checks"]["nonzero_input_grad_fraction"] == 16 / 20
+    assert sample.report["settings"]["sanity_max_samples"] == 20
+    with pytest.raises(InputError, match="sanity_max_samples"):
+        RobustnessEvaluation(sanity_max_samples=0)
+
+
 def test_max_samples(tmp_path, trained) -> None:
     model, dm = trained
     callback = RobustnessEvaluation(
@@ -130,8 +168,6 @@ def test_multilabel_gets_its_attacks_and_autoattack_is_refused_before_training(t
     first training step, not after the whole fit."""
     from lightning.pytorch import Callback
 
-    from medrobust.utilities.errors import InputError
-
     dm = MedMNISTDataModule("chestmnist", path=str(synthetic_npz("chestmnist")), batch_size=16)
     default = RobustnessEvaluation(linf_eps=["8/255"], l2_eps=[], pgd_steps=2, sanity_checks=False)
     trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0, callbacks=[default])
@@ -167,7 +203,8 @@ ROBUST = {
                     "linf_eps": ["2/255", "8/255"],
                     "l2_eps": [0.5],
                     "pgd_steps": 5,
-                    "sanity_checks": False,
+                    "sanity_square_queries": 20,
+                    "sanity_max_samples": 30,  # the masking checks' global sample (issue 25.2)
                     # one global budget: the first 37 and 21 test images by index, on 1 process and on 2
                     "max_samples": 37,
                     "distance_max_samples": 21,
@@ -230,6 +267,8 @@ def test_medrobust_test_on_a_checkpoint_single_and_ddp(tmp_path, monkeypatch) ->
         json.loads(Path(client.download_artifacts(r.info.run_id, "robustness.json")).read_text()) for r in test_runs
     ]
     assert all(r["n"] == 37 for report in reports for r in report["results"])  # the budget's samples, each once
+    checks = [report["checks"] for report in reports]
+    assert checks[0]["n"] == checks[0]["black_box_n"] == 30 and checks[1] == pytest.approx(checks[0])
     deepfool = [report["distances"]["deepfool"] for report in reports]
     assert all(d["n"] == len(d["values"]) + d["misclassified"] == 21 for d in deepfool)
     assert deepfool[0]["values"] == pytest.approx(deepfool[1]["values"])
