@@ -94,6 +94,11 @@ class FeatureDistillation(Callback):
     def state_key(self) -> str:
         return self._generate_state_key(name=self.name)
 
+    def init_ancestors(self) -> list[str]:
+        """The teacher, by checkpoint MD5: the student's initial weights are drawn independently of the teacher's
+        (:mod:`~medrobust.lightning_modules.nets.independent_init`)."""
+        return [f"teacher:{self.teacher.md5 or self.teacher.run_id or self.source}"] if self.teacher is not None else []
+
     # ------------------------------------------------------------------------------------------ registration
     def check_inputs(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Load the teacher and check it against the student: the ``medrobust`` command calls this before it creates

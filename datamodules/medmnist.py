@@ -35,6 +35,7 @@ from medrobust.datamodules.tensor_dataset import TensorImageDataset, identity_co
 from medrobust.utilities.errors import InputError
 from medrobust.utilities.hashing import file_md5
 from medrobust.utilities.mlflow_source import is_remote
+from medrobust.utilities.seeds import run_seed
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ class MedMNISTDataModule(LightningDataModule):
         subsample: keep a seeded random subset for quick runs: a count (``int``: at most that many per split, so a
             smaller split is kept whole) or fraction (``float``) for every split, or a dict per split such as
             ``{"train": 1000, "val": 0.5}`` (a count larger than its split is refused).
-        subsample_seed: seed of that subset, independent of the training seed.
+        subsample_seed: seed of that subset; ``None``: the run's seed (``seed_everything``), so that each seed of a
+            study draws its own subset; set a number to keep one subset across seeds.
         shifts: extra test splits, after the in-distribution one: ``"corruptions"`` (every MedMNIST-C corruption of the
             dataset at severities 1-5), ``"corruption:<name>[@<k>]"``, ``"resolution:<size>"`` (the official test
             split at another size, fed at that size), ``"ood:<flag>"`` (another dataset's test split, labels -1).
@@ -101,7 +103,7 @@ class MedMNISTDataModule(LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         subsample: Subsample = None,
-        subsample_seed: int = 0,
+        subsample_seed: int | None = None,
         shifts: list[str] | None = None,
         shift_seed: int = 0,
         cache_dir: str | None = None,
@@ -303,7 +305,7 @@ class MedMNISTDataModule(LightningDataModule):
             n = min(n, len(dataset))  # one count for every split: "at most n", so a small validation split is kept
         if not 0 < n <= len(dataset):
             raise InputError(f"subsample {amount!r} for {split} is outside 1..{len(dataset)} samples")
-        generator = torch.Generator().manual_seed(self.subsample_seed + SPLITS.index(split))
+        generator = torch.Generator().manual_seed(self.subset_seed() + SPLITS.index(split))
         keep = torch.randperm(len(dataset), generator=generator)[:n].sort().values
         return dataset.subset(keep)
 
@@ -365,6 +367,21 @@ class MedMNISTDataModule(LightningDataModule):
             return labels.sum(0).long(), len(labels)
         return torch.bincount(labels, minlength=self.num_classes), len(labels)
 
+    def subset_seed(self) -> int:
+        """The seed of the subsample: ``subsample_seed``, else the run's."""
+        return self.subsample_seed if self.subsample_seed is not None else run_seed()
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints: the subsample's seed as resolved, so a teacher's data is rebuilt as it was drawn."""
+        return {"subset_seed": self.subset_seed()} if self.subsample else {}
+
+    def init_ancestors(self) -> list[str]:
+        """A dataset fetched from an MLflow run (a constructed one, ``medrobust construct``) by its MD5: a model trained
+        on it starts from other weights than the source model that made it
+        (:mod:`~medrobust.lightning_modules.nets.independent_init`)."""
+        return [f"data:{self.md5}"] if self.source_uri is not None and self.md5 is not None else []
+
     def describe(self) -> dict[str, Any]:
         """What a run records about its data (call after ``setup``)."""
         return {
@@ -372,6 +389,7 @@ class MedMNISTDataModule(LightningDataModule):
             "size": self.spec.size,
             "file": str(self.file.resolve()),
             "md5": self.md5,
+            "subsample_seed": self.subset_seed() if self.subsample else None,
             "official": self.path is None,
             "source_uri": self.source_uri,
             "url": self.spec.url if self.path is None else None,

@@ -17,10 +17,12 @@ from medrobust.lightning_modules.losses import task_loss
 from medrobust.lightning_modules.metrics.confusion import CONSTANT_SHARE, near_constant, top_prediction_share
 from medrobust.lightning_modules.metrics.metric_names import metric_name
 from medrobust.lightning_modules.metrics.task_metrics import ConfusionCounts, classification_metrics
+from medrobust.lightning_modules.nets.independent_init import ancestors_of, derived_seed, redraw
 from medrobust.lightning_modules.nets.normalized_classifier import NormalizedClassifier
 from medrobust.lightning_modules.training_seams import Batch, TrainingSeams, TrainingStep, TrainingThreat
 from medrobust.utilities.console import own_line
 from medrobust.utilities.errors import InputError
+from medrobust.utilities.seeds import run_seed
 
 __all__ = ["ClassifierModule", "TrainingStep", "TrainingThreat"]
 
@@ -133,9 +135,28 @@ class ClassifierModule(TrainingSeams, LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self._independent_init()
         weights = self.hparams.get("class_weights")
         if stage == "fit" and weights is not None:
             self.class_weight = self._class_weight(weights).to(self.device)
+
+    def _independent_init(self) -> None:
+        """Draw the network again when the run derives from another model (a teacher, a constructed dataset's
+        source): :mod:`~medrobust.lightning_modules.nets.independent_init`. A resumed fit restores its checkpoint's
+        weights over these afterwards."""
+        trainer = self._trainer
+        if trainer is None:
+            return
+        ancestors = ancestors_of([*trainer.callbacks, trainer.datamodule])
+        if not ancestors:
+            return
+        seed = derived_seed(run_seed(), ancestors)
+        redraw(self.net, self.hparams, seed)
+        for logger in self.loggers:  # MLflowRunLogger's log_params: hyperparameters come from the config there
+            getattr(logger, "log_params", logger.log_hyperparams)(
+                {"init.seed": seed, "init.independent_of": ",".join(ancestors)}
+            )
 
     def _class_weight(self, weights: str | list[float]) -> torch.Tensor:
         if weights != "balanced":

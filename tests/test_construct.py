@@ -120,6 +120,8 @@ def test_file_round_trips_through_mlflow_and_data_path(tmp_path, synthetic_npz, 
     )  # fmt: skip
     fit_run = client.search_runs([client.get_experiment_by_name("fit").experiment_id])[0]
     assert fit_run.data.tags["data.md5"] == md5 and fit_run.data.tags["data.source_uri"] == "mlflow:built/det_run"
+    # issue 25.10: a model trained on a constructed dataset draws its initial weights apart from its source's
+    assert fit_run.data.params["init.independent_of"] == f"data:{md5}"
     assert md5 in {i.dataset.digest for i in fit_run.inputs.dataset_inputs}
 
 

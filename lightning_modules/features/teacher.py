@@ -67,7 +67,11 @@ def load_teacher(source: str, tracking_uri: str | None = None, what: str = "Teac
     net.load_state_dict(state)
     net.eval().requires_grad_(False)
     run_id = run_id or (checkpoint.get("mlflow") or {}).get("run_id")
-    return Teacher(net, hparams, checkpoint.get("datamodule_hyper_parameters"), source, run_id, md5)
+    data = checkpoint.get("datamodule_hyper_parameters")
+    drawn = (checkpoint.get("MedMNISTDataModule") or {}).get("subset_seed")
+    if data is not None and data.get("subsample_seed") is None and drawn is not None:
+        data = dict(data) | {"subsample_seed": drawn}  # the subset its own run's seed drew
+    return Teacher(net, hparams, data, source, run_id, md5)
 
 
 def _load(path: Path, source: str, what: str) -> dict[str, Any]:

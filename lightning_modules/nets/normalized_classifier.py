@@ -82,16 +82,16 @@ class NormalizedClassifier(nn.Module):
         return cls(Normalize(mean, std, in_chans), backbone)
 
     @classmethod
-    def from_hparams(cls, hparams: Mapping[str, Any]) -> NormalizedClassifier:
+    def from_hparams(cls, hparams: Mapping[str, Any], pretrained: bool = False) -> NormalizedClassifier:
         """The network a ClassifierModule with these hyperparameters builds (``model_name``, ``num_classes``,
-        ``in_chans``, ``mean``, ``std``, ``small_input``, ``input_size``, ``timm_kwargs``), freshly initialised and
-        never pretrained: the skeleton a checkpoint's weights are loaded into, or an untrained twin of a trained
-        model."""
+        ``in_chans``, ``mean``, ``std``, ``small_input``, ``input_size``, ``timm_kwargs``), freshly initialised and,
+        unless ``pretrained``, never pretrained: the skeleton a checkpoint's weights are loaded into, or an untrained
+        twin of a trained model."""
         return cls.from_timm(
             hparams["model_name"],
             hparams["num_classes"],
             hparams["in_chans"],
-            False,
+            pretrained,
             hparams.get("mean"),
             hparams.get("std"),
             bool(hparams.get("small_input", False)),
