@@ -31,3 +31,16 @@ def test_inf_distances_are_read_and_never_flagged() -> None:
     assert cell["mean"] == math.inf and math.isnan(cell["range"])
     rows = {"a": network([0.93, 0.93], [math.inf, 0.1]), "b": network([0.93, 0.93], [0.2, 0.2])}
     assert flagged_pairs(rows) == []
+
+
+def test_balanced_accuracy_is_the_headline_of_the_study_tables() -> None:
+    """Issue 25.8: on imbalanced PneumoniaMNIST a majority-class network keeps its plain accuracy under attack, so the
+    study tables and the trade-off report compare balanced accuracy, clean and under attack."""
+    from medrobust.experiments.studies.architectures import COLUMNS
+    from medrobust.experiments.studies.nonrobust_features import METRICS
+    from medrobust.experiments.studies.saliency_alignment import CONTEXT
+
+    robust = {k: v for k, v in COLUMNS.items() if k.startswith(("fgsm_", "pgd_", "worst_"))}
+    assert robust and all(v.endswith("/bal_acc") or "adv_bal_acc" in v for v in robust.values())
+    assert [m for m in METRICS if m.startswith("adv_")] == [m for m in METRICS if m.startswith("adv_bal_acc/")]
+    assert not any("adv_acc" in v or v == "test/acc" for v in CONTEXT.values())

@@ -44,6 +44,7 @@ def test_grid_points_labels_and_keys(tmp_path) -> None:
             base=[str(SWEEP_BASE)],
         )
     )
+    assert spec.metric == "bal_acc"  # issue 25.8: balanced accuracy unless the file says otherwise
     points = spec.expand()
     assert [p.label for p in points] == [
         "eps=0,seed=0",

@@ -57,8 +57,9 @@ def report_main(argv: list[str]) -> int:
     parser.add_argument(
         "--metric",
         choices=METRICS,
-        default="auto",
-        help="what the figures and Pareto fronts compare (auto: balanced accuracy on imbalanced test labels)",
+        default="bal_acc",
+        help="what the figures and Pareto fronts compare (default: balanced accuracy; auto: balanced accuracy on "
+        "imbalanced test labels, else accuracy)",
     )
     ns = parser.parse_args(argv)
     uri = resolve_tracking_uri(ns.tracking_uri)

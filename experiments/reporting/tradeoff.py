@@ -4,9 +4,10 @@ rebuilt from what runs recorded (their ``summary/*`` metrics, :mod:`medrobust.li
 Reading only: nothing here writes into any run; :mod:`~medrobust.experiments.reporting.tradeoff_record` writes a
 report into the one run given, with the figures of :mod:`~medrobust.experiments.reporting.tradeoff_figures`.
 
-The trade-off compares a metric chosen by name: ``acc``, ``bal_acc``, or ``auto``, which is balanced accuracy when a
-run's test labels are imbalanced (largest class over smallest of at least :data:`IMBALANCE_RATIO`) and accuracy
-otherwise. On an imbalanced test set accuracy rewards answering the majority class, which no attack can change.
+The trade-off compares a metric chosen by name: ``bal_acc`` (the default, the headline of every study table),
+``acc``, or ``auto``, which is balanced accuracy when a run's test labels are imbalanced (largest class over smallest
+of at least :data:`IMBALANCE_RATIO`) and accuracy otherwise. On an imbalanced test set accuracy rewards answering the
+majority class, which no attack can change.
 Runs whose predictions are near-constant are flagged in the table and the figures.
 """
 

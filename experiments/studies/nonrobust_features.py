@@ -51,7 +51,7 @@ DATASETS = {
     "robust_from_pgd_at": ("robust", "pgd_at", None),
 }
 THREATS = ("linf_1_255", "linf_2_255", "linf_4_255", "linf_8_255")
-METRICS = ("clean_acc", "clean_bal_acc", "clean_auroc", "shift_bal_acc", *(f"adv_acc/{t}" for t in THREATS))
+METRICS = ("clean_acc", "clean_bal_acc", "clean_auroc", "shift_bal_acc", *(f"adv_bal_acc/{t}" for t in THREATS))
 
 
 def source_runs(client: MlflowClient, experiment_id: str) -> dict[str, str]:
@@ -121,14 +121,14 @@ def figure(result: dict) -> plt.Figure:
     eps = [0, 1, 2, 4, 8]
     for name in arms:
         cell = result[name]
-        means = [cell.get("clean_acc", {}).get("mean", np.nan)]
-        means += [cell.get(f"adv_acc/{t}", {}).get("mean", np.nan) for t in THREATS]
+        means = [cell.get("clean_bal_acc", {}).get("mean", np.nan)]
+        means += [cell.get(f"adv_bal_acc/{t}", {}).get("mean", np.nan) for t in THREATS]
         left.plot(eps, means, marker="o", label=name)
     left.set_xlabel("L-inf PGD-20 budget (/255)")
-    left.set_ylabel("test accuracy (mean over seeds)")
+    left.set_ylabel("test balanced accuracy (mean over seeds)")
     left.set_ylim(0, 1)
     left.legend(fontsize=8)
-    left.set_title("Accuracy under attack, on the original test split")
+    left.set_title("Balanced accuracy under attack, on the original test split")
     xs = np.arange(len(arms))
     for offset, metric, label in ((-0.2, "clean_bal_acc", "clean"), (0.2, "shift_bal_acc", "MedMNIST-C mean")):
         cells = [result[a].get(metric, {}) for a in arms]
@@ -167,8 +167,8 @@ def examples(client: MlflowClient, built: dict, original: np.ndarray, n: int = 6
 
 def print_table(result: dict, built: dict) -> None:
     print(
-        "\n| training set | seeds | clean acc | clean bal acc | clean AUROC | "
-        + " | ".join(THREATS)
+        "\n| training set | seeds | clean bal acc | clean acc | clean AUROC | "
+        + " | ".join(f"bal acc {t}" for t in THREATS)
         + " | MedMNIST-C bal acc |"
     )
     print("|---|---|---|---|---|" + "---|" * len(THREATS) + "---|")
@@ -179,7 +179,7 @@ def print_table(result: dict, built: dict) -> None:
             v = cell.get(metric)
             return f"{v['mean']:.3f}±{v['std']:.3f}" if v else "-"
 
-        row = [show(m) for m in ("clean_acc", "clean_bal_acc", "clean_auroc", *(f"adv_acc/{t}" for t in THREATS))]
+        row = [show(m) for m in ("clean_bal_acc", "clean_acc", "clean_auroc", *(f"adv_bal_acc/{t}" for t in THREATS))]
         print(f"| {name} | {cell['seeds']} | " + " | ".join(row) + f" | {show('shift_bal_acc')} |")
     print("\nconstructions (the source model's agreement with the new label; L2 change; remaining feature gap):")
     for name, info in built.items():

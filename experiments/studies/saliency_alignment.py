@@ -37,10 +37,10 @@ METRICS = ("energy", "pointing", "iou", "sensitivity", "rank_corr")
 PER_CLASS = ("energy_class0", "energy_class1")
 RANDOMISED = ("energy_randomised", "pointing_randomised")
 CONTEXT = {
-    "clean_acc": "test/acc",
+    "clean_bal_acc": "test/bal_acc",  # balanced accuracy is the headline (issue 25.8)
     "clean_auroc": "test/auroc",
-    "adv_acc_2/255": "summary/adv_acc/linf_2_255",
-    "adv_acc_8/255": "summary/adv_acc/linf_8_255",
+    "adv_bal_acc_2/255": "summary/adv_bal_acc/linf_2_255",
+    "adv_bal_acc_8/255": "summary/adv_bal_acc/linf_8_255",
     "flipped_auroc": "test/shortcut/flipped/auroc",
 }
 

@@ -38,11 +38,12 @@ def main() -> None:
     for run in runs:
         for key in run.data.metrics:
             parsed = parse_name(key)
-            if parsed and parsed[0] == "adv_attack" and parsed[1]["stat"] == "acc" and parsed[1]["attack"] in attacks:
+            headline = parsed and parsed[0] == "adv_attack" and parsed[1]["stat"] == "bal_acc"
+            if headline and parsed[1]["attack"] in attacks:
                 adv[key] = (parsed[1]["attack"], Threat.from_label(parsed[1]["threat"]))
     adv_keys = sorted(adv, key=adv.get)
-    columns = ["test/acc", "test/bal_acc", "test/auroc", *adv_keys]
-    short = [c.replace("test/adv/", "").replace("/acc", "").replace("test/", "") for c in columns]
+    columns = ["test/bal_acc", "test/acc", "test/auroc", *adv_keys]  # balanced accuracy first, under attack too
+    short = [c.replace("test/adv/", "").replace("/bal_acc", "").replace("test/", "") for c in columns]
     print("| run | seeds | " + " | ".join(short) + " |")
     print("|---|---|" + "---|" * len(columns))
     for name, members in sorted(groups.items()):

@@ -11,7 +11,7 @@ A sweep file names base configs and what to vary::
       seed_everything: [0, 1]
     points: []                             # more points, each a mapping (optional)
     launcher: null                         # e.g. "torchrun --standalone --nproc_per_node=4" (default: this python)
-    metric: auto                           # what the trade-off figures and fronts compare: acc, bal_acc or auto
+    metric: bal_acc                        # what the trade-off figures and fronts compare: bal_acc, acc or auto
 
 Override keys are dotted paths into the config (``trainer.max_epochs``, ``data.batch_size``); ``callbacks.<Class>``
 addresses the entry of ``trainer.callbacks`` with that class (``callbacks.AdversarialTraining.eps``), and a
@@ -107,7 +107,7 @@ class SweepSpec:
             points=points,
             launcher=raw.get("launcher"),
             args=[str(a) for a in raw.get("args") or []],
-            metric=_metric(path, raw.get("metric", "auto")),
+            metric=_metric(path, raw.get("metric", "bal_acc")),
         )
 
     @property
