@@ -88,11 +88,22 @@ def test_callback_overrides() -> None:
         ({"base": ["missing.yaml"]}, r"base config .*missing.yaml does not exist"),
         ({"grid": {"seed_everything": []}}, r"grid axis 'seed_everything' must be a non-empty list"),
         ({"grid": {"seed_everything": [1, 1]}}, r"the same point twice"),
+        # issue 25.7: one checkpoint-selection rule for every arm
+        (
+            {"points": [{"seed_everything": 0}, {"seed_everything": 1, "checkpoint.rule": "last"}]},
+            r"different rules \(clean_auroc: seed=0; last: .*seed=1\)",
+        ),
+        ({"grid": {"checkpoint.rule": ["last", "robust_bal_acc"]}}, r"different rules .*mixed_selection: true"),
     ],
 )
 def test_bad_sweep_files(tmp_path, spec, match) -> None:
     with pytest.raises(SweepError, match=match):
         SweepSpec.load(write_sweep(tmp_path / "bad.yaml", **spec)).expand()
+
+
+def test_a_study_of_selection_rules_says_so(tmp_path) -> None:
+    spec = {"grid": {"checkpoint.rule": ["last", "clean_auroc"]}, "mixed_selection": True}
+    assert len(SweepSpec.load(write_sweep(tmp_path / "rules.yaml", **spec)).expand()) == 2
 
 
 def test_bad_sweep_file_exits_2_with_one_message(tmp_path) -> None:

@@ -12,10 +12,16 @@ A sweep file names base configs and what to vary::
     points: []                             # more points, each a mapping (optional)
     launcher: null                         # e.g. "torchrun --standalone --nproc_per_node=4" (default: this python)
     metric: bal_acc                        # what the trade-off figures and fronts compare: bal_acc, acc or auto
+    mixed_selection: false                 # true: points may select checkpoints by different rules (see below)
 
 Override keys are dotted paths into the config (``trainer.max_epochs``, ``data.batch_size``); ``callbacks.<Class>``
 addresses the entry of ``trainer.callbacks`` with that class (``callbacks.AdversarialTraining.eps``), and a
 ``null`` value for ``callbacks.<Class>`` removes it.
+
+Every point of a sweep selects its checkpoint by the same rule (``checkpoint.rule``): arms of a comparison differ
+only in what is compared, and a rule that favours one arm's own objective (clean AUROC for the baseline, robust
+accuracy for the defence) is a difference of its own. A sweep whose points resolve to different rules is refused,
+naming them, unless the file says ``mixed_selection: true`` (a study of the rules themselves).
 """
 
 from __future__ import annotations
@@ -33,7 +39,18 @@ from medrobust.experiments.config_merge import merge_configs
 from medrobust.experiments.reporting.tradeoff import METRICS, display_value, short_key
 from medrobust.utilities.errors import InputError
 
-SPEC_KEYS = {"name", "experiment", "base", "overrides", "grid", "points", "launcher", "args", "metric"}
+SPEC_KEYS = {
+    "name",
+    "experiment",
+    "base",
+    "overrides",
+    "grid",
+    "points",
+    "launcher",
+    "args",
+    "metric",
+    "mixed_selection",
+}
 
 
 class SweepError(InputError):
@@ -69,7 +86,8 @@ class SweepSpec:
     points: list[dict[str, Any]] = field(default_factory=list)
     launcher: str | None = None
     args: list[str] = field(default_factory=list)
-    metric: str = "auto"
+    metric: str = "bal_acc"
+    mixed_selection: bool = False
 
     @classmethod
     def load(cls, path: str | Path) -> SweepSpec:
@@ -108,6 +126,7 @@ class SweepSpec:
             launcher=raw.get("launcher"),
             args=[str(a) for a in raw.get("args") or []],
             metric=_metric(path, raw.get("metric", "bal_acc")),
+            mixed_selection=bool(raw.get("mixed_selection", False)),
         )
 
     @property
@@ -125,7 +144,24 @@ class SweepSpec:
         keys = [p.key for p in points]
         if len(set(keys)) != len(keys):
             raise SweepError(f"{self.path}: the sweep lists the same point twice")
+        if not self.mixed_selection:
+            self._check_one_rule(points)
         return points
+
+    def _check_one_rule(self, points: list[Point]) -> None:
+        rules: dict[str, list[str]] = {}
+        for point in points:
+            rule = (self.compose(point).get("checkpoint") or {}).get("rule", "clean_auroc")  # base.yaml's default
+            rules.setdefault(str(rule), []).append(point.label)
+        if len(rules) > 1:
+            found = "; ".join(
+                f"{rule}: {', '.join(labels[:3])}{' ...' if len(labels) > 3 else ''}" for rule, labels in rules.items()
+            )
+            raise SweepError(
+                f"{self.path}: the points select checkpoints by different rules ({found}). Arms of a comparison "
+                "should differ only in what is compared: set one checkpoint.rule for all (last, or one named rule), "
+                "or mixed_selection: true for a study of the rules themselves"
+            )
 
     def base_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {}
