@@ -450,6 +450,13 @@ def test_a_killed_sweep_relaunches_without_rerunning_or_duplicating(tmp_path) ->
     assert "--ckpt_path=" in second_try.stdout, second_try.stdout[-2000:]  # resumed from its last checkpoint
     epochs = [m.step for m in client.get_metric_history(after["seed=1"].info.run_id, "val/auroc")]
     assert len(epochs) >= 3
+    # issue 25.9/25.21: a changed base config or override never lets old children count as the new protocol's
+    spec = yaml.safe_load(path.read_text())
+    spec["overrides"]["trainer.max_epochs"] = 4
+    path.write_text(yaml.safe_dump(spec))
+    changed = sweep(path, cwd=tmp_path, uri=uri)
+    assert changed.returncode == 2 and "run with other configs" in changed.stderr, changed.stderr[-2000:]
+    assert "seed=0, seed=1" in changed.stderr and len(sweep_runs(client)) == 3
 
 
 @pytest.mark.slow  # about a minute; test_robustness_evaluation keeps a DDP run in the default run

@@ -67,7 +67,9 @@ def arm(params: dict[str, str]) -> str:
     """The arm of a child run from its params."""
     if "data.shortcut.kind" in params:
         name = "distilled" if "callbacks.FeatureDistillation.teacher" in params else "erm"
-        return name + ("_random" if params.get("data.shortcut.position") == "random" else "")
+        # the marker at random positions is the study; the top-left corner, where timm's ImageNet stem looked before
+        # training, is its labelled control (issue 25.9)
+        return name + ("_fixed_corner_control" if params.get("data.shortcut.position", "fixed") == "fixed" else "")
     eps = params.get("callbacks.AdversarialTraining.eps", "0")
     if eps in ("0", "0.0"):
         return "standard"

@@ -58,7 +58,7 @@ class Study:
 
 
 STUDIES = {
-    "pneumonia": Study("pneumonia", "teacher_clean10", (0, 1)),
+    "pneumonia": Study("pneumonia", "teacher_clean10", (0, 1, 2)),
     "breast": Study("breast", "teacher_clean20", (0, 1, 2)),
 }
 METRICS = ("flipped_auroc", "flipped_dtpr", "aligned_auroc", "absent_auroc", "absent_bal_acc")
@@ -88,6 +88,15 @@ def arm(run) -> str:
     return "distill" if "callbacks.FeatureDistillation" in params else "erm"
 
 
+def shortcut_of(params: dict[str, str]) -> str:
+    """The shortcut of a child run: its kind, and for a marker at the top-left corner (where timm's ImageNet stem
+    looked before training) the label of the control arm (issue 25.9)."""
+    kind = params["data.shortcut.kind"]
+    if kind in ("patch", "text") and params.get("data.shortcut.position", "fixed") == "fixed":
+        return f"{kind}_fixed_corner_control"
+    return kind
+
+
 def table(client: MlflowClient, experiment_id: str, parent_id: str) -> dict:
     cells: dict[tuple[str, str], list[dict[str, float]]] = {}
     for run in child_runs(client, experiment_id, parent_id):
@@ -100,7 +109,7 @@ def table(client: MlflowClient, experiment_id: str, parent_id: str) -> dict:
             for k in ("auroc", "bal_acc", "dtpr")
         }
         values["seed"] = float(run.data.params.get("seed_everything", "nan"))
-        cells.setdefault((run.data.params["data.shortcut.kind"], arm(run)), []).append(values)
+        cells.setdefault((shortcut_of(run.data.params), arm(run)), []).append(values)
     out: dict = {}
     for (kind, name), rows in sorted(cells.items()):
         entry = {"n_seeds": len(rows), "seeds": [r["seed"] for r in rows]}

@@ -10,6 +10,7 @@ from it in the same run. For a cluster, create the runs once (``--plan-only``) a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shlex
@@ -48,6 +49,8 @@ from medrobust.utilities.processes import host, pid_alive
 from medrobust.utilities.tracking_uri import has_credentials, redact_uri
 
 TAG_HOST, TAG_PID, TAG_HEARTBEAT, TAG_ATTEMPT = "sweep.host", "sweep.pid", "sweep.heartbeat", "sweep.attempt"
+#: the MD5 of the config a child was composed from: a relaunch never counts a child run with another config as done
+TAG_CONFIG = "sweep.config_md5"
 LOGGER_CLASS = "medrobust.experiments.tracking.mlflow_logger.MLflowRunLogger"
 
 
@@ -230,6 +233,7 @@ class SweepRunner:
                     TAG_POINT: point.key,
                     TAG_LABEL: point.label,
                     TAG_VALUES: json.dumps(point.values, default=str),
+                    TAG_CONFIG: self.config_digest(point),
                 },
             )
             run_id, attempt = run.info.run_id, 1
@@ -287,11 +291,34 @@ class SweepRunner:
             return status
         return run.info.status
 
+    def config_digest(self, point: Point) -> str:
+        """MD5 of the point's composed config (base configs, overrides, its values), as a child records it."""
+        text = json.dumps(self.spec.compose(point), sort_keys=True, default=str)
+        return hashlib.md5(text.encode()).hexdigest()
+
+    def check_same_configs(self, children: dict[str, Any]) -> None:
+        """Refuse to go on with a parent whose children ran other configs than the sweep file now composes (a base
+        config or an override changed since): a relaunch would count their results as this protocol's."""
+        changed = [
+            p.label
+            for p in self.points
+            if p.key in children and children[p.key].data.tags.get(TAG_CONFIG) != self.config_digest(p)
+        ]
+        if changed:
+            shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+            raise SweepError(
+                f"sweep {self.spec.name!r} (parent run {self.parent_id}) has children run with other configs than "
+                f"the sweep file composes now ({shown}; changed base configs or overrides, or made before "
+                f"medrobust recorded {TAG_CONFIG}): continuing would mix two protocols in one table. Give the sweep a "
+                "new name: (a new parent run), or restore the configs it ran with"
+            )
+
     # ------------------------------------------------------------------------------------------------- run
     def run(self) -> int:
         self.ensure_parent()
         self.mark_stale(self.children())
         children = self.children()
+        self.check_same_configs(children)
         self.say(self.plan(children))
         todo = [p for p in self.points if self.only is None or p.index in self.only]
         remaining = []
