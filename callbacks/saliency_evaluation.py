@@ -27,9 +27,12 @@ from medrobust.lightning_modules.saliency.attributions import (
     initial_network,
 )
 from medrobust.lightning_modules.saliency.saliency_metrics import (
+    BOUNDED,
     COLUMNS,
+    chance_and_ceiling,
     energy_in_mask,
     max_sensitivity,
+    normalised,
     perturbations,
     pointing_game,
     rank_stability,
@@ -52,7 +55,10 @@ class SaliencyEvaluation(Callback):
 
     * ``energy``: the share of the map's positive mass inside the mask;
     * ``pointing``: the pointing game, tie-aware (a flat map does not score);
-    * ``iou``: IoU of the map's top ``topk`` share of pixels with the mask;
+    * ``iou``: IoU of the map's top ``topk`` share of pixels with the mask (tied pixels share the last places);
+    * each of the three beside its chance level and ceiling (``<score>_chance``, ``iou_ceiling``; energy's and
+      pointing's ceiling is 1) and normalised, ``<score>_norm`` = (x - chance) / (ceiling - chance): 0 at chance,
+      1 at the best a map can do against that mask (a 4x4 marker caps top-10% IoU at 0.21 at 28 px);
     * ``sensitivity`` and ``rank_corr``: on the first ``stability_samples`` of them, the largest relative change of
       the map over ``stability_perturbations`` uniform perturbations of L-inf radius ``stability_radius``, and the
       mean Spearman correlation of the map before and after.
@@ -211,7 +217,9 @@ class SaliencyEvaluation(Callback):
             if method in control:
                 table = gather_rows(trainer, torch.cat(control[method]), pl_module.device)
                 randomised = summarise(table)
-                out["methods"][method] |= {f"{m}_randomised": randomised[m] for m in ("energy", "pointing", "iou")}
+                out["methods"][method] |= {
+                    f"{m}_randomised": randomised[m] for m in (*BOUNDED, *(f"{b}_norm" for b in BOUNDED))
+                }
         out["gradcam_layer"] = getattr(self.explainers.get("gradcam"), "layer", None)
         out["indices"] = chosen.tolist()
         if trainer.is_global_zero and self.grid_images > 0:
@@ -245,17 +253,25 @@ class SaliencyEvaluation(Callback):
         out = {}
         for method, explainer in explainers.items():
             maps = explainer(x, target)
+            column = {
+                "energy": energy_in_mask(maps, masks),
+                "pointing": pointing_game(maps, masks),
+                "iou": topk_iou(maps, masks, self.topk),
+                "correct": (pred == y).float(),
+                "label": y.float(),
+            }
+            column |= chance_and_ceiling(masks, self.topk)
+            for score in BOUNDED:
+                ceiling = column.get(f"{score}_ceiling", 1.0)
+                column[f"{score}_norm"] = normalised(column[score], column[f"{score}_chance"], ceiling)
             scores = torch.full((len(x), len(COLUMNS)), math.nan)
-            scores[:, 0] = energy_in_mask(maps, masks).cpu()
-            scores[:, 1] = pointing_game(maps, masks).cpu()
-            scores[:, 2] = topk_iou(maps, masks, self.topk).cpu()
-            scores[:, 5] = (pred == y).float().cpu()
-            scores[:, 6] = y.float().cpu()
+            for name, values in column.items():
+                scores[:, COLUMNS.index(name)] = values.float().cpu()
             if stable.any():
                 keep = stable.nonzero().flatten().to(x.device)
-                scores[stable, 3], scores[stable, 4] = self._stability(
-                    explainer, x[keep], target[keep], index[stable], maps[keep]
-                )
+                sensitivity, rank_corr = self._stability(explainer, x[keep], target[keep], index[stable], maps[keep])
+                scores[stable, COLUMNS.index("sensitivity")] = sensitivity
+                scores[stable, COLUMNS.index("rank_corr")] = rank_corr
             out[method] = scores
         return out
 

@@ -28,10 +28,13 @@ from medrobust.lightning_modules.saliency.attributions import (
     deeplift_blockers,
     gradcam_layer,
     initial_network,
+    upsample_cells,
 )
 from medrobust.lightning_modules.saliency.saliency_metrics import (
+    chance_and_ceiling,
     energy_in_mask,
     max_sensitivity,
+    normalised,
     perturbations,
     pointing_game,
     rank_stability,
@@ -67,11 +70,47 @@ def test_metrics_on_maps_with_known_answers() -> None:
     assert pointing_game(flat, torch.ones(1, 8, 8, dtype=torch.uint8)).item() == 0.0  # even a full mask
     assert energy_in_mask(flat, mask).item() == pytest.approx(9 / 64)
     assert math.isnan(energy_in_mask(-torch.ones(1, 8, 8), mask).item())  # no positive mass: no share
-    # top-10% IoU: the top 6 of 64 pixels (ties at the threshold included) against the 9-pixel mask
+    # top-10% IoU: the top 6 of 64 pixels against the 9-pixel mask
     top6 = torch.zeros(1, 8, 8)
     top6[0, 2, 2:5], top6[0, 3, 2:5] = 2.0, 2.0
     assert topk_iou(top6, mask, k=0.1).item() == pytest.approx(6 / 9)
-    assert topk_iou(flat, mask, k=0.1).item() == pytest.approx(9 / 64)  # a flat map takes every pixel
+
+
+def test_topk_ties_share_the_last_places_and_scores_sit_between_chance_and_ceiling() -> None:
+    """Issue 25.12: a ReLU'd map with 3 positive pixels, all inside the mask, took every zero pixel as "tied" in its
+    top 10% (6 of 64): IoU 9/64, as if the map knew nothing. Now the 61 tied zeros share the 3 remaining places at
+    random, in expectation; a flat map is exactly at chance; the ceiling of 6 pixels against 9 is 6/9."""
+    mask = _square_mask()  # 9 of 64 pixels
+    relu = torch.zeros(1, 8, 8)
+    relu[0, 2, 2:5] = 1.0
+    inside = 3 + 3 * 6 / 61  # 3 sure hits, 3 places among 61 tied pixels of which 6 are in the mask
+    assert topk_iou(relu, mask, k=0.1).item() == pytest.approx(inside / (6 + 9 - inside))
+    bounds = chance_and_ceiling(mask, k=0.1)
+    flat = torch.ones(1, 8, 8)
+    assert topk_iou(flat, mask, k=0.1).item() == pytest.approx(bounds["iou_chance"].item())
+    assert bounds["iou_chance"].item() == pytest.approx((6 * 9 / 64) / (6 + 9 - 6 * 9 / 64))
+    assert bounds["iou_ceiling"].item() == pytest.approx(6 / 9)
+    assert bounds["energy_chance"].item() == bounds["pointing_chance"].item() == pytest.approx(9 / 64)
+    top6 = torch.zeros(1, 8, 8)
+    top6[0, 2, 2:5], top6[0, 3, 2:5] = 2.0, 2.0  # the best any top-6 set can do against this mask
+    iou = topk_iou(top6, mask, k=0.1)
+    assert normalised(iou, bounds["iou_chance"], bounds["iou_ceiling"]).item() == pytest.approx(1.0)
+    assert normalised(bounds["iou_chance"], bounds["iou_chance"], bounds["iou_ceiling"]).item() == 0.0
+    # the issue's examples at 28 px: a 7x7 mask caps top-10% IoU at 0.63, a 4x4 marker at 0.21
+    for side, cap in ((7, 49 / 78), (4, 16 / 78)):
+        marker = _square_mask(side=28, top=3, left=5, size=side)
+        assert chance_and_ceiling(marker, k=0.1)["iou_ceiling"].item() == pytest.approx(cap)
+
+
+def test_gradcam_puts_each_cell_on_the_pixels_it_covers() -> None:
+    """Issue 25.12: a one-hot 4x4 Grad-CAM map at 28 px is one 7x7 block of ones; bilinear upsampling spread it."""
+    cam = torch.zeros(1, 1, 4, 4)
+    cam[0, 0, 1, 2] = 1.0
+    block = torch.zeros(1, 1, 28, 28)
+    block[0, 0, 7:14, 14:21] = 1.0
+    assert torch.equal(upsample_cells(cam, (28, 28)), block)
+    odd = upsample_cells(cam, (30, 30))  # sides that do not divide: each pixel takes its centre's cell
+    assert set(odd.unique().tolist()) == {0.0, 1.0} and odd.sum() == pytest.approx(30 * 30 / 16, abs=30)
 
 
 def test_metric_inputs_are_checked() -> None:

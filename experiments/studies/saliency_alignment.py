@@ -33,9 +33,22 @@ from medrobust.experiments.sweeping.sweep_store import child_runs
 from medrobust.lightning_modules.saliency.attributions import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = ("energy", "pointing", "iou", "sensitivity", "rank_corr")
+#: each bounded score beside its chance level and ceiling, and normalised: (x - chance) / (ceiling - chance)
+METRICS = (
+    "energy",
+    "energy_chance",
+    "energy_norm",
+    "pointing",
+    "pointing_norm",
+    "iou",
+    "iou_chance",
+    "iou_ceiling",
+    "iou_norm",
+    "sensitivity",
+    "rank_corr",
+)
 PER_CLASS = ("energy_class0", "energy_class1")
-RANDOMISED = ("energy_randomised", "pointing_randomised")
+RANDOMISED = ("energy_randomised", "energy_norm_randomised", "pointing_randomised")
 CONTEXT = {
     "clean_bal_acc": "test/bal_acc",  # balanced accuracy is the headline (issue 25.8)
     "clean_auroc": "test/auroc",

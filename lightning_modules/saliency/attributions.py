@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from captum.attr import DeepLift, IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion, Saliency
+from captum.attr import DeepLift, IntegratedGradients, LayerGradCam, Occlusion, Saliency
 from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
 from torch import nn
 
@@ -191,7 +191,15 @@ class Explainer:
                 perturbations_per_eval=16,
             )
         cam = LayerGradCam(net, self._module).attribute(x, target=target, relu_attributions=True)
-        return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
+        return upsample_cells(cam, (x.shape[-2], x.shape[-1]))
+
+
+def upsample_cells(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A ``(N, 1, h, w)`` Grad-CAM map at the image's ``size``: each cell's value on the pixels it covers (an
+    ``H/h x W/w`` block where the sides divide; otherwise each pixel takes the cell its centre falls in). Bilinear
+    upsampling, captum's default, would spread a cell's value onto its neighbours' pixels, so a map scored against a
+    mask would credit cells for pixels they never saw."""
+    return torch.nn.functional.interpolate(cam, size=size, mode="nearest-exact")
 
 
 def initial_network(net: nn.Module, hparams: Mapping[str, Any], seed: int) -> nn.Module:
