@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -19,6 +20,7 @@ from medrobust.lightning_modules.attacks.threat import parse_eps
 from medrobust.lightning_modules.metrics.metric_names import build_name
 from medrobust.lightning_modules.nets.modes import eval_mode
 from medrobust.lightning_modules.saliency.attributions import (
+    EXPLAINED,
     METHODS,
     AttributionSettings,
     Explainer,
@@ -80,7 +82,11 @@ class SaliencyEvaluation(Callback):
         splits: which masked test splits (``id``, ``shortcut/aligned``, ...); default every masked split.
         num_samples: images per split (with a non-empty mask), drawn with ``seed``.
         batch_size: images explained at once.
-        target: explain the logit of the true ``label`` or of the ``prediction``.
+        target: explain the true ``label``'s output or the ``prediction``'s.
+        explain: which output: ``logit``, or ``margin``, a binary two-logit head's signed margin ``z_target -
+            z_other`` (:class:`~medrobust.lightning_modules.saliency.signed_margin.SignedMargin`: the softmax depends
+            on the difference only, and the two classes' maps are then exact negatives); ``auto``: ``margin`` for two
+            classes, else ``logit``. Logged as param ``saliency.explain``.
         topk: the share of pixels of the IoU's top-k.
         stability_samples: how many of the images get the stability metrics (each costs ``stability_perturbations``
             more maps per method).
@@ -117,8 +123,12 @@ class SaliencyEvaluation(Callback):
         grid_images: int = 6,
         randomised_control: bool = True,
         seed: int = 0,
+        explain: str = "auto",
     ) -> None:
         self.methods = None if methods is None else check_methods(methods)
+        if explain not in ("auto", *EXPLAINED):
+            raise InputError(f"explain must be one of auto, {', '.join(EXPLAINED)}, got {explain!r}")
+        self.explain = explain
         if target not in ("label", "prediction"):
             raise InputError(f"target must be 'label' or 'prediction', got {target!r}")
         if num_samples < 1 or batch_size < 1 or stability_samples < 0 or stability_perturbations < 1:
@@ -140,6 +150,8 @@ class SaliencyEvaluation(Callback):
         Trainer has its data (``setup``)."""
         if pl_module.task == "multilabel":
             raise InputError("SaliencyEvaluation explains one class per image; multi-label tasks are not supported")
+        if self.explain == "margin" and pl_module.num_classes != 2:
+            raise InputError(f"explain: margin needs a two-logit head; this model has {pl_module.num_classes} classes")
         datamodule = trainer.datamodule
         if datamodule is None:  # before the run: the Trainer has no data yet (checked again in setup)
             return
@@ -164,6 +176,8 @@ class SaliencyEvaluation(Callback):
             methods = [m for m in METHODS if m != "deeplift" or not blockers]
             if blockers:
                 rank_zero_warn(f"SaliencyEvaluation: deeplift left out; captum has no DeepLIFT rule for {blockers}")
+        explain = self.explain if self.explain != "auto" else "margin" if pl_module.num_classes == 2 else "logit"
+        self.attribution = replace(self.attribution, explain=explain)
         shape = (datamodule.in_chans, datamodule.spec.size, datamodule.spec.size)
         # built now, so an unsupported method or an unknown layer is refused before training
         self.explainers = {m: Explainer(pl_module.net, m, shape, self.attribution) for m in methods}
@@ -325,6 +339,7 @@ class SaliencyEvaluation(Callback):
             "methods": list(self.explainers),
             "num_samples": self.num_samples,
             "target": self.target,
+            "explain": self.attribution.explain,
             "topk": self.topk,
             "stability_samples": self.stability_samples,
             "stability_perturbations": self.stability_perturbations,

@@ -204,6 +204,24 @@ def test_attributions_of_a_linear_model_are_its_weights_times_input() -> None:
     torch.testing.assert_close(maps("occlusion"), (w * x).sum(1), atol=1e-5, rtol=1e-4)
 
 
+def test_signed_margin_maps_of_the_two_classes_are_exact_negatives() -> None:
+    """Issue 25.13: on a binary two-logit head the maps explain z_y - z_other; the linear methods' maps of class 0 are
+    then exactly minus those of class 1 (a logit's maps are not: they depend on a shift both logits share)."""
+    net = NormalizedClassifier.from_timm("test_resnet", num_classes=2, in_chans=1).eval()
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    zeros, ones = torch.zeros(3, dtype=torch.long), torch.ones(3, dtype=torch.long)
+    margin = AttributionSettings(ig_steps=8, explain="margin")
+    for method in ("integrated_gradients", "occlusion", "deeplift"):
+        explainer = Explainer(net, method, (1, 28, 28), margin)
+        torch.testing.assert_close(explainer(x, zeros), -explainer(x, ones), atol=1e-6, rtol=0)
+        logit = Explainer(net, method, (1, 28, 28), AttributionSettings(ig_steps=8))
+        assert not torch.allclose(logit(x, zeros), -logit(x, ones), atol=1e-4), method
+    with pytest.raises(InputError, match="two-logit head"):
+        Explainer(Linear(classes=3), "gradient", (2, 6, 6), margin)(torch.rand(1, 2, 6, 6), torch.tensor([0]))
+    with pytest.raises(InputError, match="explain must be one of"):
+        Explainer(net, "gradient", (1, 28, 28), AttributionSettings(explain="softmax"))
+
+
 def test_explainers_restore_modes_and_work_inside_inference_mode() -> None:
     net = NormalizedClassifier.from_timm("test_resnet", num_classes=2, in_chans=1)
     net.train()

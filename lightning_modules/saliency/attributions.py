@@ -1,7 +1,9 @@
 """Saliency maps through captum: gradient, integrated gradients, occlusion, DeepLIFT and Grad-CAM, as ``(N, H, W)``.
 
-Every method explains the logit of ``target`` for images in [0, 1] (the baseline of integrated gradients, occlusion
-and DeepLIFT is the black image, zero in pixel units; normalisation lives inside the network). Channels are summed
+Every method explains the logit of ``target``, or on a binary two-logit head its signed margin ``z_target - z_other``
+(``explain: margin``, :class:`~medrobust.lightning_modules.saliency.signed_margin.SignedMargin`), for images in
+[0, 1] (the baseline of integrated gradients, occlusion and DeepLIFT is the black image, zero in pixel units;
+normalisation lives inside the network). Channels are summed
 (occlusion, whose window spans every channel, gives each the same value: one is taken). Maps are computed in eval
 mode with gradients on, inside Lightning's inference-mode test loop too, and every submodule's mode is put back
 (:func:`~medrobust.lightning_modules.nets.modes.attack_mode`).
@@ -32,11 +34,14 @@ from torch import nn
 from medrobust.lightning_modules.features.feature_taps import capture, feature_names, resolve_tap
 from medrobust.lightning_modules.nets.modes import attack_mode
 from medrobust.lightning_modules.nets.normalized_classifier import NormalizedClassifier
+from medrobust.lightning_modules.saliency.signed_margin import SignedMargin
 from medrobust.utilities.errors import InputError
 
 log = logging.getLogger(__name__)
 
 METHODS = ("gradient", "integrated_gradients", "occlusion", "deeplift", "gradcam")
+#: what the maps explain: the target's logit, or a two-logit head's signed margin
+EXPLAINED = ("logit", "margin")
 #: the fewest positions per side for which a Grad-CAM map is worth upsampling
 GRADCAM_MIN_SIDE = 4
 #: nonlinear modules outside torch.nn.modules.activation that captum's DeepLIFT would also pass through as gradients
@@ -53,12 +58,14 @@ class AttributionSettings:
         occlusion_stride: its stride; default half the window.
         gradcam_layer: the backbone module Grad-CAM reads (``layer3``, ``stages.2``); default
             :func:`gradcam_layer`'s choice.
+        explain: ``logit`` (the target's logit) or ``margin`` (a two-logit head's ``z_target - z_other``).
     """
 
     ig_steps: int = 32
     occlusion_window: int | None = None
     occlusion_stride: int | None = None
     gradcam_layer: str | None = None
+    explain: str = "logit"
 
 
 def check_methods(methods: Sequence[str]) -> list[str]:
@@ -128,7 +135,10 @@ class Explainer:
         self, net: nn.Module, method: str, image_shape: tuple[int, int, int], settings: AttributionSettings
     ) -> None:
         check_methods([method])
+        if settings.explain not in EXPLAINED:
+            raise InputError(f"explain must be one of {', '.join(EXPLAINED)}, got {settings.explain!r}")
         self.net, self.method, self.image_shape, self.settings = net, method, tuple(image_shape), settings
+        self._explained = SignedMargin(net) if settings.explain == "margin" else net
         self.layer: str | None = None
         if method == "deeplift":
             blockers = deeplift_blockers(net)
@@ -170,7 +180,7 @@ class Explainer:
         return maps.sum(1)
 
     def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        net, zeros = self.net, torch.zeros_like(x)
+        net, zeros = self._explained, torch.zeros_like(x)
         if self.method == "gradient":
             return Saliency(net).attribute(x, target=target, abs=True)
         if self.method == "integrated_gradients":
