@@ -15,7 +15,8 @@ from typing_extensions import override
 
 from medrobust.callbacks.evaluation.outputs import gather_rows
 from medrobust.callbacks.evaluation.reporting import report
-from medrobust.callbacks.helpers.saliency_figures import saliency_grid
+from medrobust.callbacks.evaluation.saliency_cascade import Kept, cascade_metrics, cascade_similarity
+from medrobust.callbacks.helpers.saliency_figures import cascade_figure, saliency_grid
 from medrobust.lightning_modules.attacks.threat import parse_eps
 from medrobust.lightning_modules.metrics.metric_names import build_name
 from medrobust.lightning_modules.nets.modes import eval_mode
@@ -26,8 +27,8 @@ from medrobust.lightning_modules.saliency.attributions import (
     Explainer,
     check_methods,
     deeplift_blockers,
-    initial_network,
 )
+from medrobust.lightning_modules.saliency.randomisation import initial_network, map_similarity
 from medrobust.lightning_modules.saliency.saliency_metrics import (
     BOUNDED,
     COLUMNS,
@@ -98,10 +99,17 @@ class SaliencyEvaluation(Callback):
         gradcam_layer: the backbone layer of Grad-CAM (default: the deepest with at least 4x4 positions).
         grid_images: images in the figure.
         randomised_control: also score the same architecture at its initial, untrained weights (timm's
-            initialisation, seeded) on the same images and targets, logged as ``<metric>_randomised`` for energy,
-            pointing and IoU: the model-randomisation sanity check of Adebayo et al. (2018). An architecture can put
-            mass on a region before any training (timm's ResNet-18 at 28 px favours the top-left corner), so a trained
-            model's alignment means something only above its control's.
+            initialisation, seeded, zero-init residual gammas revived:
+            :mod:`~medrobust.lightning_modules.saliency.randomisation`) on the same images and targets, logged as
+            ``<metric>_randomised`` for energy, pointing and IoU, and how alike the trained and randomised maps are,
+            ``spearman_randomised`` and ``ssim_randomised`` (absolute maps): the model-randomisation sanity check of
+            Adebayo et al. (2018). An architecture can put mass on a region before any training (timm's ResNet-18 at
+            28 px favours the top-left corner), so a trained model's alignment means something only above its
+            control's, and maps that stay alike after randomisation do not show what the model learned.
+        cascade_samples: on this many of the first split's images, the cascading randomisation of Adebayo et al.:
+            the trained network's top-level modules at their initial weights one more at a time, from the head to
+            the stem, logged as ``cascade_<k>_<module>_{spearman,ssim}`` against the trained maps (``k`` the number
+            of modules randomised) and drawn in ``plots/saliency_cascade.png``; 0 skips it.
         seed: seed of the image choice, the perturbations and the control's weights.
     """
 
@@ -124,6 +132,7 @@ class SaliencyEvaluation(Callback):
         randomised_control: bool = True,
         seed: int = 0,
         explain: str = "auto",
+        cascade_samples: int = 16,
     ) -> None:
         self.methods = None if methods is None else check_methods(methods)
         if explain not in ("auto", *EXPLAINED):
@@ -133,6 +142,9 @@ class SaliencyEvaluation(Callback):
             raise InputError(f"target must be 'label' or 'prediction', got {target!r}")
         if num_samples < 1 or batch_size < 1 or stability_samples < 0 or stability_perturbations < 1:
             raise InputError("num_samples, batch_size and stability_perturbations must be >= 1")
+        if cascade_samples < 0:
+            raise InputError(f"cascade_samples: a number of images >= 0 (0 skips the cascade), got {cascade_samples}")
+        self.cascade_samples = cascade_samples
         if not 0.0 < topk <= 1.0:
             raise InputError(f"topk must be a share of the pixels in (0, 1], got {topk}")
         self.splits, self.num_samples, self.batch_size, self.target = splits, num_samples, batch_size, target
@@ -192,15 +204,15 @@ class SaliencyEvaluation(Callback):
         if unknown or not names:
             raise InputError(f"No evidence masks for test splits {unknown or names}; masked splits: {list(available)}")
         self._report, self._grids = {"settings": self.settings(), "splits": {}}, {}
-        self._control = {}
+        self._control, self._initial = {}, None
+        if self.randomised_control or self.cascade_samples:
+            self._initial = initial_network(pl_module.net, pl_module.hparams, self.seed).to(pl_module.device)
         if self.randomised_control:
-            control = initial_network(pl_module.net, pl_module.hparams, self.seed).to(pl_module.device)
-            self._control = {
-                method: Explainer(control, method, explainer.image_shape, self.attribution)
-                for method, explainer in self.explainers.items()
-            }
-        for name in names:
-            self._report["splits"][name] = self._evaluate(trainer, pl_module, name, available[name])
+            self._control = {method: self._twin(self._initial, method) for method in self.explainers}
+        for k, name in enumerate(names):
+            self._report["splits"][name] = self._evaluate(
+                trainer, pl_module, name, available[name], with_cascade=k == 0
+            )
         for name, split in self._report["splits"].items():
             for method, values in split["methods"].items():
                 for metric, value in values.items():
@@ -209,21 +221,39 @@ class SaliencyEvaluation(Callback):
                         key = build_name("saliency", where=where, method=method, stat=metric)
                         pl_module.log(key, value, sync_dist=False)
 
-    def _evaluate(self, trainer: Trainer, pl_module: LightningModule, name: str, dataset: Any) -> dict[str, Any]:
+    def _twin(self, net: torch.nn.Module, method: str) -> Explainer:
+        """``method`` on another network of the same architecture, reading the same Grad-CAM layer."""
+        explainer = self.explainers[method]
+        settings = replace(self.attribution, gradcam_layer=explainer.layer or self.attribution.gradcam_layer)
+        return Explainer(net, method, explainer.image_shape, settings)
+
+    def _evaluate(
+        self, trainer: Trainer, pl_module: LightningModule, name: str, dataset: Any, with_cascade: bool = False
+    ) -> dict[str, Any]:
         chosen = self.choose(dataset.masks)
         mine = chosen[trainer.global_rank :: trainer.world_size]
         rows = {method: [torch.zeros(0, len(COLUMNS))] for method in self.explainers}
         control = {method: [torch.zeros(0, len(COLUMNS))] for method in self._control}
+        alike = {method: [torch.zeros(0, 2)] for method in self._control}
+        kept: Kept = {method: [] for method in self.explainers}  # the cascade's images and their trained maps
         position = {int(i): p for p, i in enumerate(chosen)}
         for start in range(0, len(mine), self.batch_size):
             index = mine[start : start + self.batch_size]
             stable = torch.tensor([position[int(i)] < self.stability_samples for i in index])
             inputs = self._inputs(pl_module, dataset, index)  # one forward for the model and its control
-            for method, scores in self._explain(inputs, index, stable, self.explainers).items():
+            trained = self._explain(inputs, index, stable, self.explainers)
+            for method, (scores, _) in trained.items():
                 rows[method].append(scores)
             none = torch.zeros(len(index), dtype=torch.bool)
-            for method, scores in self._explain(inputs, index, none, self._control).items():
+            for method, (scores, maps) in self._explain(inputs, index, none, self._control).items():
                 control[method].append(scores)
+                similar = map_similarity(trained[method][1], maps)
+                alike[method].append(torch.stack([similar["spearman"], similar["ssim"]], 1).cpu())
+            early = torch.tensor([position[int(i)] < self.cascade_samples for i in index])
+            if with_cascade and early.any():
+                keep = early.nonzero().flatten().to(inputs[0].device)
+                for method, (_, maps) in trained.items():
+                    kept[method].append((inputs[0][keep], inputs[3][keep], maps[keep]))
         out = {"n": len(chosen), "n_without_mask": int((~dataset.masks.flatten(1).any(1)).sum()), "methods": {}}
         for method in self.explainers:
             table = gather_rows(trainer, torch.cat(rows[method]), pl_module.device)
@@ -234,6 +264,17 @@ class SaliencyEvaluation(Callback):
                 out["methods"][method] |= {
                     f"{m}_randomised": randomised[m] for m in (*BOUNDED, *(f"{b}_norm" for b in BOUNDED))
                 }
+                similar = gather_rows(trainer, torch.cat(alike[method]), pl_module.device)
+                out["methods"][method] |= {
+                    "spearman_randomised": float(similar[:, 0].nanmean()) if len(similar) else math.nan,
+                    "ssim_randomised": float(similar[:, 1].nanmean()) if len(similar) else math.nan,
+                }
+        if with_cascade and self.cascade_samples:
+            out["cascade"] = cascade_similarity(trainer, pl_module, self._initial, kept, self._twin)
+            for method, stages in out["cascade"].items():
+                out["methods"][method] |= cascade_metrics(stages)
+            if trainer.is_global_zero:
+                self._grids["cascade"] = cascade_figure(out["cascade"])
         out["gradcam_layer"] = getattr(self.explainers.get("gradcam"), "layer", None)
         out["indices"] = chosen.tolist()
         if trainer.is_global_zero and self.grid_images > 0:
@@ -260,8 +301,8 @@ class SaliencyEvaluation(Callback):
         index: torch.Tensor,
         stable: torch.Tensor,
         explainers: dict[str, Explainer],
-    ) -> dict[str, torch.Tensor]:
-        """Per method, one row of :data:`COLUMNS` per image (NaN where not computed); ``inputs`` from
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per method, one row of :data:`COLUMNS` per image (NaN where not computed) and the maps; ``inputs`` from
         :meth:`_inputs`."""
         x, y, pred, target, masks = inputs
         out = {}
@@ -286,7 +327,7 @@ class SaliencyEvaluation(Callback):
                 sensitivity, rank_corr = self._stability(explainer, x[keep], target[keep], index[stable], maps[keep])
                 scores[stable, COLUMNS.index("sensitivity")] = sensitivity
                 scores[stable, COLUMNS.index("rank_corr")] = rank_corr
-            out[method] = scores
+            out[method] = (scores, maps)
         return out
 
     def _stability(
@@ -347,6 +388,7 @@ class SaliencyEvaluation(Callback):
             "ig_steps": self.attribution.ig_steps,
             "occlusion": list(self.explainers["occlusion"].window) if "occlusion" in self.explainers else None,
             "randomised_control": self.randomised_control,
+            "cascade_samples": self.cascade_samples,
             "seed": self.seed,
         }
 

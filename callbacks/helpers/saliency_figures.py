@@ -40,3 +40,24 @@ def saliency_grid(
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def cascade_figure(cascade: dict[str, dict[str, dict[str, float]]]) -> plt.Figure:
+    """Cascading randomisation: per method, the Spearman correlation and SSIM of the maps with the trained network's
+    as more of its modules (head first) are randomised; a method that shows the model falls towards 0."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for method, stages in cascade.items():
+        names = list(stages)
+        for ax, metric in zip(axes, ("spearman", "ssim"), strict=True):
+            ax.plot(range(1, len(names) + 1), [stages[s][metric] for s in names], marker="o", label=method)
+            ax.set_xticks(range(1, len(names) + 1), [f"+{s}" for s in names], rotation=45, fontsize=7)
+    for ax, label in zip(axes, ("Spearman rank correlation (|maps|)", "SSIM (|maps|)"), strict=True):
+        ax.set_ylabel(label)
+        ax.set_xlabel("modules randomised, from the head (cumulative)")
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_ylim(-0.2, 1.05)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Cascading model randomisation (Adebayo et al. 2018): trained maps against randomised ones")
+    fig.tight_layout()
+    return fig

@@ -48,7 +48,13 @@ METRICS = (
     "rank_corr",
 )
 PER_CLASS = ("energy_class0", "energy_class1")
-RANDOMISED = ("energy_randomised", "energy_norm_randomised", "pointing_randomised")
+RANDOMISED = (
+    "energy_randomised",
+    "energy_norm_randomised",
+    "pointing_randomised",
+    "spearman_randomised",
+    "ssim_randomised",
+)
 CONTEXT = {
     "clean_bal_acc": "test/bal_acc",  # balanced accuracy is the headline (issue 25.8)
     "clean_auroc": "test/auroc",

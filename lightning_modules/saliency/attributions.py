@@ -20,11 +20,9 @@ Known pitfalls, handled here rather than rediscovered:
 
 from __future__ import annotations
 
-import copy
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from captum.attr import DeepLift, IntegratedGradients, LayerGradCam, Occlusion, Saliency
@@ -33,7 +31,6 @@ from torch import nn
 
 from medrobust.lightning_modules.features.feature_taps import capture, feature_names, resolve_tap
 from medrobust.lightning_modules.nets.modes import attack_mode
-from medrobust.lightning_modules.nets.normalized_classifier import NormalizedClassifier
 from medrobust.lightning_modules.saliency.signed_margin import SignedMargin
 from medrobust.utilities.errors import InputError
 
@@ -210,20 +207,3 @@ def upsample_cells(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     upsampling, captum's default, would spread a cell's value onto its neighbours' pixels, so a map scored against a
     mask would credit cells for pixels they never saw."""
     return torch.nn.functional.interpolate(cam, size=size, mode="nearest-exact")
-
-
-def initial_network(net: nn.Module, hparams: Mapping[str, Any], seed: int) -> nn.Module:
-    """``net``'s architecture at its initial weights, for the model-randomisation check (Adebayo et al. 2018): rebuilt
-    from timm with the module's hyperparameters (``model_name``, ``num_classes``, ...; never pretrained), else a copy
-    of ``net`` with every ``reset_parameters`` called. Seeded without touching the global random state, built outside
-    inference mode (its weights must take part in autograd), in eval mode on the CPU."""
-    with torch.random.fork_rng(devices=[]), torch.inference_mode(False):
-        torch.manual_seed(seed)
-        if "model_name" in hparams:
-            fresh = NormalizedClassifier.from_hparams(hparams)
-        else:
-            fresh = copy.deepcopy(net).cpu()
-            for module in fresh.modules():
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
-        return fresh.eval()
