@@ -13,6 +13,7 @@ from typing_extensions import override
 from medrobust.callbacks.evaluation.evaluation_callback import EvaluationCallback, TestBatch
 from medrobust.callbacks.evaluation.outputs import auroc, gather_rows
 from medrobust.lightning_modules.metrics.confusion import accuracy, balanced_accuracy, confusion_from_predictions
+from medrobust.lightning_modules.metrics.group_gaps import group_gaps
 from medrobust.lightning_modules.metrics.metric_names import build_name
 from medrobust.lightning_modules.metrics.task_metrics import scores
 from medrobust.utilities.errors import InputError
@@ -24,9 +25,13 @@ class ShortcutEvaluation(EvaluationCallback):
     Needs a :class:`~medrobust.datamodules.medmnist.MedMNISTDataModule` with ``shortcut``; its shortcut splits' batches
     carry per-sample group labels (1: the sample carries the feature). Logs per split
     ``test/shortcut/<split>/<metric>``: ``auroc``, ``bal_acc``, ``acc``, ``tpr_carrier`` and ``tpr_clean`` (the
-    true-positive rate of the shortcut's target class among samples with and without the feature), and the bias gap
-    ``dtpr`` = ``tpr_carrier - tpr_clean`` where both groups have positives (not on ``absent``, where nobody carries
-    it). ``summary/*`` gets ``shortcut_auroc/<split>``, ``shortcut_bal_acc/<split>`` and ``shortcut_dtpr/<split>``. Also
+    true-positive rate of the shortcut's target class among samples with and without the feature), ``fpr_carrier``
+    and ``fpr_clean``, the bias gaps ``dtpr`` = ``tpr_carrier - tpr_clean``, ``dfpr`` and the equalised-odds gap
+    ``eo_gap`` = max(|dtpr|, |dfpr|), each with a bootstrap 95% interval (``<gap>_lo``, ``<gap>_hi``), the group sizes
+    (``n_pos_carrier``, ...) and ``<gap>_small_group`` (1 where a gap rests on fewer than 30 samples:
+    :mod:`~medrobust.lightning_modules.metrics.group_gaps`); gaps need both groups, so ``absent`` (where nobody
+    carries the feature) has none. ``summary/*`` gets ``shortcut_auroc/<split>``, ``shortcut_bal_acc/<split>``,
+    ``shortcut_dtpr/<split>`` and ``shortcut_eo_gap/<split>``, the gaps only where no group is small. Also
     ``shortcut.json`` and ``plots/shortcut_examples.png``.
     """
 
@@ -82,21 +87,17 @@ class ShortcutEvaluation(EvaluationCallback):
 def shortcut_metrics(
     probs: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, target: int, num_classes: int
 ) -> dict[str, float]:
-    """AUROC, accuracies, and the target class's TPR with and without the feature, and their gap (NaN if undefined)."""
+    """AUROC, accuracies, and the target class's group gaps between samples with and without the feature
+    (:func:`~medrobust.lightning_modules.metrics.group_gaps.group_gaps`: TPR and FPR per group, ``dtpr``, ``dfpr``,
+    the equalised-odds gap, bootstrap intervals, group sizes; NaN where undefined)."""
     pred = probs.argmax(1)
     counts = confusion_from_predictions(pred, labels, "multiclass", num_classes)
-    positive = labels == target
-    tpr = {}
-    for key, carries in (("tpr_carrier", groups == 1), ("tpr_clean", groups == 0)):
-        chosen = positive & carries
-        tpr[key] = float((pred[chosen] == target).float().mean()) if chosen.any() else math.nan
     both = len(labels.unique()) > 1
     return {
         "auroc": auroc(probs, labels, "multiclass", num_classes) if both else math.nan,
         "bal_acc": float(balanced_accuracy(counts)),
         "acc": accuracy(counts),
-        **tpr,
-        "dtpr": tpr["tpr_carrier"] - tpr["tpr_clean"],
+        **group_gaps(pred, labels, groups, target),
         "carrier_share": float(groups.float().mean()) if len(groups) else math.nan,
         "n": len(labels),
     }

@@ -89,6 +89,36 @@ def test_bias_gap_is_the_tpr_difference_between_groups() -> None:
     assert math.isnan(only_clean["dtpr"])
 
 
+def test_equalised_odds_gaps_intervals_and_small_groups_on_known_predictions() -> None:
+    """Issue 25.16: carriers 40 positives (30 found: TPR 0.75) and 40 negatives (12 called positive: FPR 0.3); clean
+    40 positives (10 found: 0.25) and 20 negatives (2: 0.1). dTPR 0.5, dFPR 0.2, equalised-odds gap 0.5, each with a
+    bootstrap interval around it; the clean negatives (20) are a small group: dFPR is flagged, dTPR is not, and the
+    summary keeps dTPR only."""
+    from medrobust.lightning_modules.metrics.group_gaps import group_gaps
+    from medrobust.lightning_modules.metrics.summary import summary_metrics
+
+    def block(n: int, hits: int, label: int, group: int) -> list[tuple[int, int, int]]:
+        return [(label, group, int(i < hits) if label == 1 else 1 - int(i < hits)) for i in range(n)]
+
+    rows = block(40, 30, 1, 1) + block(40, 28, 0, 1) + block(40, 10, 1, 0) + block(20, 18, 0, 0)
+    labels, groups, pred = (torch.tensor(column) for column in zip(*rows, strict=True))
+    gaps = group_gaps(pred, labels, groups, target=1)
+    assert gaps["tpr_carrier"] == 0.75 and gaps["tpr_clean"] == 0.25 and gaps["dtpr"] == pytest.approx(0.5)
+    assert gaps["fpr_carrier"] == pytest.approx(0.3) and gaps["fpr_clean"] == pytest.approx(0.1)
+    assert gaps["dfpr"] == pytest.approx(0.2) and gaps["eo_gap"] == pytest.approx(0.5)
+    assert gaps["n_pos_carrier"] == gaps["n_neg_carrier"] == gaps["n_pos_clean"] == 40 and gaps["n_neg_clean"] == 20
+    for gap in ("dtpr", "dfpr", "eo_gap"):
+        assert gaps[f"{gap}_lo"] < gaps[gap] < gaps[f"{gap}_hi"], gap
+    assert gaps["dtpr_lo"] > 0.25 and gaps["dtpr_hi"] < 0.75  # sd of the difference ~0.10
+    assert gaps["dtpr_small_group"] == 0.0 and gaps["dfpr_small_group"] == 1.0 and gaps["eo_gap_small_group"] == 1.0
+    assert gaps == group_gaps(pred, labels, groups, target=1)  # seeded: the same intervals every time
+    probs = torch.nn.functional.one_hot(pred, 2).float()
+    logged = {f"test/shortcut/flipped/{k}": v for k, v in shortcut_metrics(probs, labels, groups, 1, 2).items()}
+    summary = summary_metrics(logged)
+    assert summary["summary/shortcut_dtpr/flipped"] == pytest.approx(0.5)
+    assert "summary/shortcut_eo_gap/flipped" not in summary  # it rests on 20 clean negatives
+
+
 def test_teacher_run_then_distilled_student_in_one_process(tmp_path, tracking_uri, pneumonia_data_args) -> None:
     """The study's configs end to end, in this process: a teacher run, then a student distilled from it by MLflow
     name, evaluated on shortcut splits (the DDP test below, marked slow, also re-evaluates on one process)."""
@@ -120,8 +150,11 @@ def test_teacher_run_then_distilled_student_in_one_process(tmp_path, tracking_ur
     for name in ("layer2", "layer3", "layer4", "logits"):
         assert f"train/loss/distill/{name}_epoch" in metrics
     assert params["distill.teacher.source"] == "mlflow:tests/teacher"
-    for key in ("summary/shortcut_auroc/flipped", "summary/shortcut_dtpr/flipped", "summary/shortcut_auroc/absent"):
-        assert 0 <= metrics[key] <= 1 or key.endswith("dtpr"), key
+    for key in ("summary/shortcut_auroc/flipped", "summary/shortcut_auroc/absent"):
+        assert 0 <= metrics[key] <= 1, key
+    # 64 test images: the gaps rest on groups under 30 samples, flagged, logged, and left out of the summary
+    assert metrics["test/shortcut/flipped/dtpr_small_group"] == 1.0 and "test/shortcut/flipped/dtpr" in metrics
+    assert "summary/shortcut_dtpr/flipped" not in metrics
     assert 0 <= metrics["test/adv/pgd3/linf_2_255/bal_acc"] <= 1 and metrics["test/adv/worst/linf_2_255/n"] == 64
 
 
@@ -176,7 +209,7 @@ def test_teacher_run_then_distilled_student_on_two_ddp_processes(tmp_path, pneum
         assert f"train/loss/distill/{name}_epoch" in metrics
     assert params["distill.teacher.source"] == "mlflow:tests/teacher_clean10_s0"
     assert params["distill.teacher.data.subsample.train"] == "256" and "callbacks.ShortcutEvaluation" in params
-    assert {"summary/shortcut_auroc/flipped", "summary/shortcut_dtpr/flipped", "summary/shortcut_auroc/absent"} <= set(
+    assert {"summary/shortcut_auroc/flipped", "test/shortcut/flipped/dtpr", "summary/shortcut_auroc/absent"} <= set(
         metrics
     )
     # re-evaluation of the selected checkpoint, one process, without the callback: the same numbers

@@ -14,8 +14,10 @@ sweep reports line runs up:
   not a worst case;
 * ``summary/shift_bal_acc``, ``summary/shift_auroc``: the mean over corruptions and severities; ``summary/shift_be``
   and ``summary/shift_rbe``: MedMNIST-C's BE and rBE, where the run has them;
-* ``summary/shortcut_auroc/<split>``, ``summary/shortcut_bal_acc/<split>``, ``summary/shortcut_dtpr/<split>``: the
-  shortcut test splits (``aligned``, ``flipped``, ``absent``; ShortcutEvaluation), ``dtpr`` being the bias gap;
+* ``summary/shortcut_auroc/<split>``, ``summary/shortcut_bal_acc/<split>``, ``summary/shortcut_dtpr/<split>``,
+  ``summary/shortcut_eo_gap/<split>``: the shortcut test splits (``aligned``, ``flipped``, ``absent``;
+  ShortcutEvaluation), ``dtpr`` being the bias gap and ``eo_gap`` the equalised-odds gap, each only where no group
+  behind it has fewer than 30 samples;
 * ``summary/saliency_<metric>/<method>`` (``energy``, ``pointing``, ``iou``, ``sensitivity``, ``rank_corr``): saliency
   alignment with the in-distribution split's evidence masks (SaliencyEvaluation); on another masked split, such as a
   shortcut's, ``summary/saliency_<metric>/<method>/<split>`` (``shortcut_aligned``);
@@ -40,7 +42,7 @@ CLEAN = {
     "test/class_ratio": "test_class_ratio",
 }
 SHIFT = {"test/shift/mean/bal_acc": "shift_bal_acc", "test/shift/be": "shift_be", "test/shift/rbe": "shift_rbe"}
-SHORTCUT = ("auroc", "bal_acc", "dtpr")
+SHORTCUT = ("auroc", "bal_acc", "dtpr", "eo_gap")
 DETECT = ("auroc", "tnr_at_tpr95")
 SALIENCY = ("energy", "pointing", "iou", "sensitivity", "rank_corr")
 WORST = ("acc", "bal_acc", "n", "top_pred_share")
@@ -60,7 +62,9 @@ def summary_metrics(metrics: dict[str, float]) -> dict[str, float]:
         elif family == "adv_distance" and f["stat"] == "median":
             out[build_name("summary_adv_distance", norm=f["norm"], attack=f["attack"])] = float(value)
         elif family == "shortcut" and f["stat"] in SHORTCUT:
-            out[build_name("summary_shortcut", stat=f["stat"], split=f["split"])] = float(value)
+            small = metrics.get(build_name("shortcut", split=f["split"], stat=f"{f['stat']}_small_group"))
+            if small != 1.0:  # a gap on a group under 30 samples stays out of the summary
+                out[build_name("summary_shortcut", stat=f["stat"], split=f["split"])] = float(value)
         elif family == "saliency" and f["stat"] in SALIENCY:
             split = "/" + f["where"].strip("/").replace("/", "_") if f["where"] else ""
             out[build_name("summary_saliency", stat=f["stat"], method=f["method"], split=split)] = float(value)
