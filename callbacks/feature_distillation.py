@@ -85,6 +85,7 @@ class FeatureDistillation(Callback):
         self.source, self.logit_weight, self.temperature = teacher, logit_weight, temperature
         self.probe_data, self.aux_lr, self.name = probe_data, aux_lr, name
         self.teacher: Teacher | None = None
+        self._test_teacher: nn.Module | None = None
         self._teacher_probes: dict[str, nn.Linear] = {}
         self._step: TrainingStep | None = None
         self._cached: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
@@ -115,8 +116,18 @@ class FeatureDistillation(Callback):
             resolve_tap(self.teacher.net.backbone, layer.teacher)
             resolve_tap(pl_module.net.backbone, layer.student)
 
+    def scoring_teacher(self) -> nn.Module | None:
+        """The teacher network for evaluation callbacks to score beside the student in a test
+        (:class:`~medrobust.callbacks.ShortcutEvaluation` does): the one this fit distilled from, or, in a
+        ``medrobust test`` whose config names this callback, its source loaded for the test; ``None`` otherwise."""
+        return self._test_teacher
+
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "test" and self._test_teacher is None:
+            logger = mlflow_logger(trainer)
+            teacher = load_teacher(self.source, getattr(logger, "tracking_uri", None))
+            self._test_teacher = teacher.net.to(trainer.strategy.root_device)
         if stage != "fit":
             return
         self.check_inputs(trainer, pl_module, stage)
@@ -156,6 +167,7 @@ class FeatureDistillation(Callback):
             pl_module.remove_auxiliary_module(self._aux(layer, "adapter"))
             pl_module.remove_auxiliary_module(self._aux(layer, "probe"))
         pl_module.remove_loss_term(f"{self.name}/logits")
+        self._test_teacher = self.teacher.net if self.teacher is not None else None  # scored in the test after fit
         self.teacher, self._teacher_probes, self._step, self._cached = None, {}, None, None
 
     @override

@@ -16,7 +16,11 @@ from medrobust.lightning_modules.metrics.confusion import accuracy, balanced_acc
 from medrobust.lightning_modules.metrics.group_gaps import group_gaps
 from medrobust.lightning_modules.metrics.metric_names import build_name
 from medrobust.lightning_modules.metrics.task_metrics import scores
+from medrobust.lightning_modules.nets.modes import eval_mode
 from medrobust.utilities.errors import InputError
+
+#: what is logged of a distillation teacher scored on the same splits (``teacher_<stat>``)
+TEACHER_STATS = ("auroc", "bal_acc", "acc", "dtpr", "dfpr", "eo_gap", "dtpr_small_group", "eo_gap_small_group")
 
 
 class ShortcutEvaluation(EvaluationCallback):
@@ -31,7 +35,10 @@ class ShortcutEvaluation(EvaluationCallback):
     (``n_pos_carrier``, ...) and ``<gap>_small_group`` (1 where a gap rests on fewer than 30 samples:
     :mod:`~medrobust.lightning_modules.metrics.group_gaps`); gaps need both groups, so ``absent`` (where nobody
     carries the feature) has none. ``summary/*`` gets ``shortcut_auroc/<split>``, ``shortcut_bal_acc/<split>``,
-    ``shortcut_dtpr/<split>`` and ``shortcut_eo_gap/<split>``, the gaps only where no group is small. Also
+    ``shortcut_dtpr/<split>`` and ``shortcut_eo_gap/<split>``, the gaps only where no group is small. Where a
+    callback offers a teacher (``scoring_teacher()``: :class:`~medrobust.callbacks.FeatureDistillation`), the teacher
+    is scored on the same images, ``teacher_<stat>`` (:data:`TEACHER_STATS`), so a student's gap reads beside the
+    one it was distilled from. Also
     ``shortcut.json`` and ``plots/shortcut_examples.png``.
     """
 
@@ -49,6 +56,12 @@ class ShortcutEvaluation(EvaluationCallback):
         # Every split starts with an empty row on every rank, so a rank without batches still joins the gathers.
         empty = {"scores": torch.zeros(0, c), "labels": torch.zeros(0, dtype=torch.long)}
         empty["groups"] = torch.zeros(0, dtype=torch.long)
+        # a distillation teacher, scored on the same images (issue 25.15): is the student's gap the teacher's?
+        self._teacher = next(
+            (t for cb in trainer.callbacks if (t := getattr(cb, "scoring_teacher", lambda: None)()) is not None), None
+        )
+        if self._teacher is not None:
+            empty["teacher"] = torch.zeros(0, c)
         self._rows = {n: {k: [v] for k, v in empty.items()} for n in self.splits if n.startswith("shortcut/")}
 
     @override
@@ -59,6 +72,10 @@ class ShortcutEvaluation(EvaluationCallback):
         rows["scores"].append(scores(pl_module.task, batch.outputs.detach()).float().cpu())
         rows["labels"].append(batch.y.long().cpu())
         rows["groups"].append(batch.extra[0].long().cpu())
+        if self._teacher is not None:
+            with torch.no_grad(), eval_mode(self._teacher):
+                logits = self._teacher(batch.x.to(pl_module.device))
+            rows["teacher"].append(scores(pl_module.task, logits).float().cpu())
 
     @override
     def finish(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any] | None:
@@ -66,8 +83,12 @@ class ShortcutEvaluation(EvaluationCallback):
             return None
         c, splits = pl_module.num_classes, {}
         for split, rows in self._rows.items():
-            probs, labels, groups = (gather_rows(trainer, torch.cat(rows[k]), pl_module.device) for k in rows)
-            splits[split] = shortcut_metrics(probs, labels, groups, self._target, c)
+            gathered = {k: gather_rows(trainer, torch.cat(v), pl_module.device) for k, v in rows.items()}
+            labels, groups = gathered["labels"], gathered["groups"]
+            splits[split] = shortcut_metrics(gathered["scores"], labels, groups, self._target, c)
+            if "teacher" in gathered:
+                teacher = shortcut_metrics(gathered["teacher"], labels, groups, self._target, c)
+                splits[split] |= {f"teacher_{k}": teacher[k] for k in TEACHER_STATS}
         metrics = {
             build_name("shortcut", split=split.removeprefix("shortcut/"), stat=key): value
             for split, values in splits.items()

@@ -155,6 +155,10 @@ def test_teacher_run_then_distilled_student_in_one_process(tmp_path, tracking_ur
     # 64 test images: the gaps rest on groups under 30 samples, flagged, logged, and left out of the summary
     assert metrics["test/shortcut/flipped/dtpr_small_group"] == 1.0 and "test/shortcut/flipped/dtpr" in metrics
     assert "summary/shortcut_dtpr/flipped" not in metrics
+    # issue 25.15: the teacher is scored on the same shortcut splits, in the student's run
+    for split in ("aligned", "flipped", "absent"):
+        assert 0 <= metrics[f"test/shortcut/{split}/teacher_bal_acc"] <= 1, split
+    assert "test/shortcut/flipped/teacher_dtpr" in metrics and "test/shortcut/absent/teacher_dtpr" not in metrics
     assert 0 <= metrics["test/adv/pgd3/linf_2_255/bal_acc"] <= 1 and metrics["test/adv/worst/linf_2_255/n"] == 64
 
 
