@@ -43,7 +43,7 @@ class FeatureDistillation(Callback):
     Each entry of ``layers`` adds a loss term ``train/loss/<name>/<layer>`` (see
     :mod:`~medrobust.lightning_modules.features.distillation_losses`): ``mse``/``cosine`` feature matching through a
     trainable 1x1 adapter, ``attention`` transfer, or ``probe_kl``: per layer a linear probe on pooled features of
-    each network, the teacher's fitted once at setup on the teacher's own training data (``probe_data``) and frozen,
+    each network, the teacher's fitted once at setup on data the teacher never trained on (``probe_data``) and frozen,
     the student's trained jointly; the loss is ``T^2 * KL(teacher probe || student probe)``. ``logit_weight`` adds
     Hinton's ``T^2``-scaled KL on the final logits (``train/loss/<name>/logits``). Adapters and student probes are
     auxiliary modules of the student (own parameter group, ``aux_lr``), saved for resume and left out when the
@@ -55,8 +55,11 @@ class FeatureDistillation(Callback):
             string is a layer distilled into the same-named teacher layer with ``probe_kl``.
         logit_weight: weight of the final-logit KD term (0: none).
         temperature: ``T`` of the probe and logit KL terms.
-        probe_data: data the teacher's probes are fitted on: ``"teacher"`` (the training split the teacher's
-            checkpoint records) or ``"student"`` (the student's training split).
+        probe_data: data the teacher's probes are fitted on: ``"teacher"``, the validation split of the data the
+            teacher's checkpoint records, out of sample for the teacher (a probe fitted on the few images a teacher
+            memorised reads its memory, not its features); or ``"student"``, the student's training split, refused
+            where that split carries a shortcut (the clean teacher's probes would learn the shortcut and pass it
+            into the student).
         aux_lr: learning rate of adapters and student probes (default: the optimizer's).
         name: seam name and metric prefix.
     """
@@ -249,12 +252,20 @@ class FeatureDistillation(Callback):
                 device
             )
         rank_zero_info(
-            f"{type(self).__name__}: teacher probes for {names} fitted on {len(labels)} {self.probe_data} images"
+            f"{type(self).__name__}: teacher probes for {names} fitted on {len(labels)} images "
+            f"({'the teacher data validation split' if self.probe_data == 'teacher' else 'the student training split'})"
         )
 
     def _probe_split(self, trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
         if self.probe_data == "student":
-            dataset = trainer.datamodule.datasets["train"]
+            datamodule = trainer.datamodule
+            shortcut = getattr(datamodule, "shortcut", None)
+            if shortcut is not None and getattr(shortcut, "train", True):
+                raise InputError(
+                    "probe_data: student fits the teacher's probes on the student's training split, which carries a "
+                    "shortcut: the probes would learn it and pass it into the student. Use probe_data: teacher"
+                )
+            dataset = datamodule.datasets["train"]
             return dataset.images, dataset.labels
         data = self.teacher.data_hparams
         if not data:
@@ -264,7 +275,7 @@ class FeatureDistillation(Callback):
         accepted = set(inspect.signature(MedMNISTDataModule).parameters) - {"shifts", "download"}
         datamodule = MedMNISTDataModule(**{k: v for k, v in data.items() if k in accepted})
         datamodule.setup("fit")
-        dataset = datamodule.datasets["train"]
+        dataset = datamodule.datasets["val"]  # held out from the teacher's training: its probes fit out of sample
         return dataset.images, dataset.labels
 
     def _aux(self, layer: DistillLayer, kind: str) -> str:

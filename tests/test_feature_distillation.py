@@ -149,3 +149,29 @@ def test_a_resumed_student_refuses_a_teacher_name_that_now_means_another_checkpo
     assert callback._teacher_changed(logger, same) == ""  # the teacher it started with: goes on
     changed = callback._teacher_changed(logger, {"distill.teacher.run_id": "b" * 32, "distill.teacher.md5": "2" * 32})
     assert re.search(r"distilled from teacher a{32} \(checkpoint MD5 1{32}\).*runs:/a{32}/", changed), changed
+
+
+def test_teacher_probes_fit_out_of_sample_and_student_data_with_a_shortcut_is_refused(
+    tmp_path, synthetic_npz, teacher_ckpt
+) -> None:
+    """Issue 25.17: the teacher's probes are fitted on its data's validation split (32 images here), never on the
+    64 training images it memorised; probe_data: student is refused when the student's training split carries a
+    shortcut."""
+    from medrobust.lightning_modules.features.teacher import load_teacher
+
+    distill = FeatureDistillation(str(teacher_ckpt), [{"student": "layer4", "loss": "probe_kl"}])
+    distill.teacher = load_teacher(str(teacher_ckpt))
+    images, labels = distill._probe_split(trainer=None)
+    dm = datamodule(synthetic_npz)
+    dm.setup("fit")
+    assert len(labels) == len(dm.datasets["val"]) == 32 and torch.equal(images, dm.datasets["val"].images)
+    shortcut = MedMNISTDataModule(
+        "pneumoniamnist",
+        path=str(synthetic_npz("pneumoniamnist", n=(64, 32, 32))),
+        batch_size=32,
+        shortcut={"kind": "patch", "strength": 0.95, "target_class": 1},
+    )
+    student = FeatureDistillation(str(teacher_ckpt), [{"student": "layer4", "loss": "probe_kl"}], probe_data="student")
+    model = ClassifierModule("test_resnet", shortcut.num_classes, shortcut.in_chans, shortcut.task)
+    with pytest.raises(InputError, match="carries a shortcut"):
+        quiet_trainer(tmp_path, max_steps=1, callbacks=[student]).fit(model, shortcut)
