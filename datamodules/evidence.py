@@ -8,7 +8,11 @@ visible and still carries its own evidence; the pattern is the part whose locati
 
 Patterns, one variant per class: ``bars`` (a square-wave grating whose orientation is ``180 * k / C`` degrees:
 vertical bars for class 0, horizontal for class 1 of a binary task) and ``checker`` (a checkerboard with cells of
-``k + 1`` pixels). Splits are built seeded and cached like the shift splits; the key covers the images and labels.
+``1 + k // 2`` pixels, inverted for odd ``k``). Every class's pattern must differ from every other's and not be a
+plain square at the region's size (:func:`check_distinct`): a config whose classes would share a pattern is refused,
+naming the most classes the pattern supports there (at 28 px with ``size: 0.25``, a 7 px region: bars and checker
+both serve MedMNIST's largest class count, 11). Splits are built seeded and cached like the shift splits; the key
+covers the images and labels.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from medrobust.utilities.errors import InputError
 
 PATTERNS = ("bars", "checker")
 #: bump when an injected pattern changes, so that stale caches are not reused
-EVIDENCE_VERSION = 1
+EVIDENCE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -83,9 +87,30 @@ def pattern(evidence: Evidence, label: int, num_classes: int, n: int) -> torch.T
         phase = x * math.cos(angle) + y * math.sin(angle)
         on = torch.floor(phase + 1e-9).remainder(2) == 0
     else:
-        cell = label + 1
+        cell = 1 + label // 2
         on = (torch.div(x, cell, rounding_mode="floor") + torch.div(y, cell, rounding_mode="floor")).remainder(2) == 0
+        on = on if label % 2 == 0 else ~on
     return on.float() - 0.5
+
+
+def distinct_classes(evidence: Evidence, num_classes: int, n: int) -> bool:
+    """Whether the first ``num_classes`` patterns at ``n`` px all differ and none is a plain square."""
+    tiles = [tuple(pattern(evidence, k, num_classes, n).flatten().tolist()) for k in range(num_classes)]
+    return len(set(tiles)) == num_classes and all(len(set(t)) > 1 for t in tiles)
+
+
+def check_distinct(evidence: Evidence, num_classes: int, image_side: int) -> None:
+    """Refuse a pattern that would give two classes the same evidence (or one a plain square) at this size, naming
+    the largest class count it supports there."""
+    n = side(evidence, image_side)
+    if distinct_classes(evidence, num_classes, n):
+        return
+    most = max((c for c in range(2, num_classes) if distinct_classes(evidence, c, n)), default=1)
+    raise InputError(
+        f"evidence pattern {evidence.pattern!r} in a {n}x{n} px region ({evidence.size} of {image_side} px) gives "
+        f"some of the {num_classes} classes the same pattern or a plain square; it supports at most {most} classes "
+        "at this size: use a larger evidence size, or the other pattern"
+    )
 
 
 def inject(

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, WeightedRandomSampler
 from typing_extensions import override
 
-from medrobust.datamodules.evidence import Evidence, evidence_split
+from medrobust.datamodules.evidence import Evidence, check_distinct, evidence_split
 from medrobust.datamodules.files import (
     SPLITS,
     MedMNISTFileError,
@@ -155,7 +155,9 @@ class MedMNISTDataModule(LightningDataModule):
             raise InputError("evidence patterns code one class per image; multi-label tasks are not supported")
         if self.shortcut is not None:
             raise InputError("--data.evidence and --data.shortcut both inject into the images; use one at a time")
-        return Evidence.parse(evidence)
+        parsed = Evidence.parse(evidence)
+        check_distinct(parsed, self.spec.num_classes, self.spec.size)  # before any run: distinct per class
+        return parsed
 
     def _parse_shortcut(self, shortcut: dict[str, Any] | None) -> Shortcut | None:
         if shortcut is None:

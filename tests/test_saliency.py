@@ -18,7 +18,7 @@ from scipy.stats import spearmanr
 from test_cli import TINY, artifacts, medrobust, medrobust_in_process, runs
 from torch import nn
 
-from medrobust.datamodules.evidence import Evidence, inject, pattern
+from medrobust.datamodules.evidence import Evidence, check_distinct, inject, pattern
 from medrobust.datamodules.files import MedMNISTFileError
 from medrobust.datamodules.medmnist import MedMNISTDataModule
 from medrobust.experiments.cli import MedRobustCLI
@@ -353,6 +353,26 @@ def test_evidence_pattern_carries_the_label_where_the_mask_says(tmp_path, synthe
         make(evidence={"pattern": "stripes"})
     with pytest.raises(InputError, match="one at a time"):
         make(evidence={}, shortcut={"kind": "patch"})
+
+
+@pytest.mark.parametrize("name", ["bars", "checker"])
+def test_evidence_patterns_stay_distinct_per_class_up_to_11_classes_at_28px(name, tmp_path, synthetic_npz) -> None:
+    """Issue 25.14: at 28 px (a 7 px region) every class count 2..11 gets one distinct, non-plain pattern per class
+    (checker repeated from 8 classes and gave class 6 up a plain square); a size where they cannot is refused before
+    any data is read, naming the most classes it supports."""
+    evidence = Evidence.parse({"pattern": name, "size": 0.25})
+    for classes in range(2, 12):
+        tiles = [pattern(evidence, k, classes, 7).flatten() for k in range(classes)]
+        assert all(len(t.unique()) == 2 for t in tiles), (name, classes)
+        assert len({tuple(t.tolist()) for t in tiles}) == classes, (name, classes)
+    check_distinct(evidence, 11, 28)
+    tiny = Evidence.parse({"pattern": name, "size": 0.1})  # a 3 px region
+    with pytest.raises(InputError, match=r"supports at most \d+ classes at this size"):
+        check_distinct(tiny, 11, 28)
+    path = str(synthetic_npz("organamnist"))  # 11 classes
+    with pytest.raises(InputError, match="supports at most"):
+        MedMNISTDataModule("organamnist", path=path, evidence={"pattern": name, "size": 0.1})
+    MedMNISTDataModule("organamnist", path=path, evidence={"pattern": name, "size": 0.25})
 
 
 def test_user_masks_from_the_file_are_checked(tmp_path, synthetic_npz) -> None:

@@ -53,3 +53,11 @@ def flat(config: dict) -> dict[str, str]:
         params |= {f"callbacks.{name}.{k}": str(v) for k, v in (callback.get("init_args") or {}).items()}
         params[f"callbacks.{name}"] = "present"
     return params
+
+
+def test_the_saliency_table_lists_every_class() -> None:
+    """Issue 25.14: the study table's per-class columns come from the runs, every class, in class order."""
+    from medrobust.experiments.studies.saliency_alignment import per_class
+
+    metrics = {f"test/saliency/gradient/energy_class{k}": 0.1 for k in range(11)} | {"test/saliency/gradient/iou": 0}
+    assert per_class(metrics, "test/saliency") == [f"energy_class{k}" for k in range(11)]

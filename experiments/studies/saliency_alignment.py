@@ -20,6 +20,7 @@ untrained, where the run has the control), beside clean accuracy and accuracy un
 
 from __future__ import annotations
 
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,8 @@ METRICS = (
     "sensitivity",
     "rank_corr",
 )
-PER_CLASS = ("energy_class0", "energy_class1")
+#: the per-class scores every class of the task gets (``energy_class<k>``), found in the runs: every class is listed
+PER_CLASS = ("energy_class", "pointing_class")
 RANDOMISED = (
     "energy_randomised",
     "energy_norm_randomised",
@@ -95,6 +97,13 @@ def arm(params: dict[str, str]) -> str:
     return "trades" if params.get("callbacks.AdversarialTraining.method") == "trades" else "pgd_at"
 
 
+def per_class(metrics: dict[str, float], prefix: str) -> list[str]:
+    """The per-class score names a run logged under ``prefix`` (``energy_class0`` ... for every class), sorted."""
+    pattern = re.compile(rf"{re.escape(prefix)}/[^/]+/((?:{'|'.join(PER_CLASS)})(\d+))$")
+    found = {(m.group(1), int(m.group(2))) for key in metrics if (m := pattern.match(key))}
+    return [name for name, _ in sorted(found, key=lambda item: (item[0].rstrip("0123456789"), item[1]))]
+
+
 def table(client: MlflowClient, experiment_id: str, parent_id: str, study: Study) -> dict:
     """Per arm: the seeds' values of every saliency metric per method and of the context metrics, and their spread."""
     arms: dict[str, list[dict]] = {}
@@ -105,7 +114,7 @@ def table(client: MlflowClient, experiment_id: str, parent_id: str, study: Study
         values = {
             f"{method}/{m}": metrics.get(f"{study.prefix}/{method}/{m}")
             for method in METHODS
-            for m in (*METRICS, *PER_CLASS, *RANDOMISED)
+            for m in (*METRICS, *per_class(metrics, study.prefix), *RANDOMISED)
         }
         values |= {name: metrics.get(key) for name, key in CONTEXT.items()}
         values["seed"] = float(run.data.params.get("seed_everything", "nan"))
@@ -160,11 +169,15 @@ def print_table(rows: dict, study: Study) -> None:
     print(f"{'arm':<16}{'seeds':>6}  " + "  ".join(f"{k:>15}" for k in context))
     for name, row in rows.items():
         print(f"{name:<16}{row['n_seeds']:>6}  " + "  ".join(f"{cell(row, k):>15}" for k in context))
-    print(f"\n{'method':<22}{'arm':<16}" + "".join(f"{m[:14]:>15}" for m in (*METRICS, *PER_CLASS, *RANDOMISED)))
+    classes = sorted(
+        {key.split("/", 1)[1] for r in rows.values() for key in r["cells"] if "_class" in key},
+        key=lambda k: (k.rstrip("0123456789"), int(k[len(k.rstrip("0123456789")) :])),
+    )
+    columns = (*METRICS, *classes, *RANDOMISED)  # every class of the task, not classes 0 and 1
+    print(f"\n{'method':<22}{'arm':<16}" + "".join(f"{m[:14]:>15}" for m in columns))
     for method in METHODS:
         for name, row in rows.items():
             if f"{method}/energy" in row["cells"]:
-                columns = (*METRICS, *PER_CLASS, *RANDOMISED)
                 print(f"{method:<22}{name:<16}" + "".join(f"{cell(row, f'{method}/{m}'):>15}" for m in columns))
 
 
