@@ -31,6 +31,7 @@ from medrobust.lightning_modules.detection import (
     detection_metrics,
     parse_targets,
 )
+from medrobust.lightning_modules.detection.calibration import batched_layer_scores
 from medrobust.lightning_modules.features.feature_taps import capture, pooled
 from medrobust.utilities.errors import InputError
 
@@ -171,6 +172,48 @@ def test_calibration_picks_on_validation_and_the_adaptive_attack_lowers_detectio
     x_adaptive = adaptive.perturb(net, x[:20], y[:20])
     assert (x_adaptive - x[:20]).abs().max() <= 8 / 255 + 1e-6
     assert ensemble.score(x_adaptive).mean() > ensemble.score(plain).mean()  # the attacker follows the detector
+
+
+def test_the_ensemble_cross_validates_its_regularisation_and_calibration_splits_by_image() -> None:
+    """Issue 25.19: C is chosen by cross-validation (Lee et al.'s LogisticRegressionCV), as scikit-learn's own
+    LogisticRegressionCV picks it on the same folds; the calibration halves split images, so an image and its copy
+    (an adversarial or corrupted version, same id) are never on both sides, even for an odd number of images."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    net = _net()
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(61, 1, 28, 28, generator=g)
+    y = torch.arange(61) % 3
+    mahalanobis = Mahalanobis(net, ["layer3", "layer4"], num_classes=3).fit([(x, y)])
+    ensemble = FeatureEnsemble(mahalanobis)
+    copies = (x + 0.05 * torch.randn(61, 1, 28, 28, generator=g)).clamp(0, 1)  # image j's copy is copies[j]
+    record = calibrate(ensemble, x, copies, [0.0])
+    assert record["split"].startswith("by image") and record["ensemble_c"] == ensemble.chosen_c
+    scores = batched_layer_scores(mahalanobis, torch.cat([x, copies]), 0.0).double().numpy()
+    labels = np.r_[np.ones(61), np.zeros(61)].astype(int)
+    ids = np.r_[np.arange(61), np.arange(61)]
+    standardised = (scores - scores.mean(0)) / scores.std(0)
+    folds = list(StratifiedGroupKFold(5, shuffle=True, random_state=0).split(standardised, labels, ids))
+    for train, test in folds:
+        assert not set(ids[train]) & set(ids[test])  # no image on both sides
+    theirs = LogisticRegressionCV(Cs=10, cv=folds, scoring="roc_auc", class_weight="balanced", max_iter=1000)
+    assert theirs.fit(standardised, labels).C_[0] == pytest.approx(ensemble.chosen_c)
+    fixed = FeatureEnsemble(mahalanobis, regularisation=1.0).fit_scores(torch.tensor(scores), torch.tensor(labels))
+    assert fixed.chosen_c == 1.0
+    with pytest.raises(InputError, match="regularisation"):
+        FeatureEnsemble(mahalanobis, regularisation=0)
+
+
+def test_an_inverted_detector_is_flagged_in_the_study_table(capsys) -> None:
+    from medrobust.experiments.studies.detection import figure, inverted, print_table
+
+    cell = {"auroc": {"mean": 0.31, "std": 0.02}, "tnr_at_tpr95": {"mean": 0.01}, "n_out": {"values": [10]}}
+    result = {"standard": {"_calibration": {}, "ood:breastmnist": {"mahalanobis": cell}}}
+    print_table(result)
+    assert "0.310±0.020 (0.01) INVERTED" in capsys.readouterr().out
+    assert inverted(0.31) and not inverted(0.5) and not inverted(float("nan"))
+    assert any(p.get_hatch() == "//" for p in figure(result).axes[0].patches)
 
 
 def test_bad_input_gets_a_clear_error(tmp_path, synthetic_npz) -> None:

@@ -77,6 +77,11 @@ def table(reports: list[tuple[str, float, dict]]) -> dict:
     return cells
 
 
+def inverted(auroc: float) -> bool:
+    """An AUROC below chance: the score orders outliers above in-distribution samples (flagged, never hidden)."""
+    return bool(np.isfinite(auroc) and auroc < 0.5)
+
+
 def figure(result: dict) -> plt.Figure:
     arms = [a for a in ("standard", "pgd_at") if a in result]
     fig, axes = plt.subplots(1, len(arms), figsize=(7 * len(arms), 4), squeeze=False)
@@ -88,7 +93,11 @@ def figure(result: dict) -> plt.Figure:
             means = [c.get("mean", np.nan) for c in cells]
             stds = [c.get("std", 0.0) for c in cells]
             xs = np.arange(len(targets)) + (i - (len(DETECTORS) - 1) / 2) * width
-            ax.bar(xs, means, width, yerr=stds, capsize=2, label=detector)
+            bars = ax.bar(xs, means, width, yerr=stds, capsize=2, label=detector)
+            for bar, mean in zip(bars, means, strict=True):
+                if inverted(mean):  # below chance: the score ranks the outliers as more in-distribution
+                    bar.set_hatch("//")
+                    ax.annotate("inv", (bar.get_x() + bar.get_width() / 2, mean), ha="center", va="bottom", fontsize=6)
         ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
         ax.set_xticks(range(len(targets)), targets, rotation=30, ha="right", fontsize=8)
         ax.set_ylim(0, 1)
@@ -113,10 +122,14 @@ def print_table(result: dict) -> None:
             row = []
             for detector in DETECTORS:
                 a, t = detectors.get(detector, {}).get("auroc"), detectors.get(detector, {}).get("tnr_at_tpr95")
-                row.append(f"{a['mean']:.3f}±{a['std']:.3f} ({t['mean']:.2f})" if a and t else "-")
+                flag = " INVERTED" if a and inverted(a["mean"]) else ""
+                row.append(f"{a['mean']:.3f}±{a['std']:.3f} ({t['mean']:.2f}){flag}" if a and t else "-")
             n = detectors.get("msp", {}).get("n_out", {}).get("values", [])
             print(f"| {target} | " + " | ".join(row) + f" | {'/'.join(str(int(v)) for v in n)} |")
-    print("\ncells: AUROC mean±std over seeds (TNR at 95% TPR, in-distribution positive)")
+    print(
+        "\ncells: AUROC mean±std over seeds (TNR at 95% TPR, in-distribution positive); INVERTED (hatched, 'inv' in "
+        "the figure): AUROC below 0.5, the detector ranks the outliers as more in-distribution than the test images"
+    )
 
 
 def main() -> int:

@@ -16,30 +16,54 @@ class FeatureEnsemble:
     (label 1) from outliers (label 0): OOD samples, or adversarial ones such as FGSM's when the targets must stay
     unseen (Lee et al.'s honest setting).
 
-    scikit-learn's ``LogisticRegression`` on standardised scores, classes weighted to balance; the fitted weights are
-    folded back into score units, so :meth:`combine` is a differentiable ``scores @ w + b`` (the log-odds of being
-    in-distribution) that an adaptive attack can follow.
+    scikit-learn's logistic regression on standardised scores, classes weighted to balance. Its regularisation is
+    chosen by cross-validation as Lee et al. do (``LogisticRegressionCV``: 10 values of C, 5 folds by AUROC; folds by
+    ``groups`` where given, so an image and its adversarial copy never sit on both sides), or fixed by
+    ``regularisation``. The chosen C is :attr:`chosen_c`. The fitted weights are folded back into score units, so
+    :meth:`combine` is a differentiable ``scores @ w + b`` (the log-odds of being in-distribution) that an adaptive
+    attack can follow.
     """
 
     name = "ensemble"
 
-    def __init__(self, mahalanobis: Mahalanobis, regularisation: float = 1.0) -> None:
+    def __init__(self, mahalanobis: Mahalanobis, regularisation: float | None = None) -> None:
+        if regularisation is not None and regularisation <= 0:
+            raise InputError(
+                f"regularisation: the inverse strength C > 0, or None to cross-validate; got {regularisation}"
+            )
         self.mahalanobis = mahalanobis
         self.regularisation = regularisation
         self.weight: torch.Tensor | None = None
         self.bias: torch.Tensor | None = None
+        #: the regularisation C of the last fit (cross-validated unless fixed)
+        self.chosen_c: float | None = None
 
-    def fit_scores(self, scores: torch.Tensor, is_in: torch.Tensor) -> FeatureEnsemble:
-        """Fit on ``(N, L)`` layer scores and ``(N,)`` labels (1: in-distribution, 0: outlier)."""
-        from sklearn.linear_model import LogisticRegression
+    def fit_scores(
+        self, scores: torch.Tensor, is_in: torch.Tensor, groups: torch.Tensor | None = None
+    ) -> FeatureEnsemble:
+        """Fit on ``(N, L)`` layer scores and ``(N,)`` labels (1: in-distribution, 0: outlier); ``groups`` (``(N,)``
+        image ids) keep each image's samples in one cross-validation fold."""
+        from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+        from sklearn.model_selection import StratifiedGroupKFold
 
         s, labels = scores.double().cpu().numpy(), is_in.long().cpu().numpy()
         if len(np.unique(labels)) != 2:
             raise InputError("the feature ensemble needs both in-distribution and outlier samples to fit")
         mean, scale = s.mean(axis=0), s.std(axis=0)
         scale[scale == 0] = 1.0
-        model = LogisticRegression(C=self.regularisation, class_weight="balanced", max_iter=1000)
-        model.fit((s - mean) / scale, labels)
+        folds = min(5, int(np.bincount(labels).min()))
+        if self.regularisation is not None or folds < 2:
+            model = LogisticRegression(C=self.regularisation or 1.0, class_weight="balanced", max_iter=1000)
+            model.fit((s - mean) / scale, labels)
+            self.chosen_c = float(model.C)
+        else:
+            ids = np.arange(len(labels)) if groups is None else groups.cpu().numpy()
+            cv = list(StratifiedGroupKFold(folds, shuffle=True, random_state=0).split(s, labels, ids))
+            model = LogisticRegressionCV(
+                Cs=10, cv=cv, scoring="roc_auc", class_weight="balanced", max_iter=1000, random_state=0
+            )
+            model.fit((s - mean) / scale, labels)
+            self.chosen_c = float(model.C_[0])
         w = model.coef_[0] / scale
         self.weight = torch.as_tensor(w, dtype=torch.float32)
         self.bias = torch.as_tensor(model.intercept_[0] - float(w @ mean), dtype=torch.float32)
