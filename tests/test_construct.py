@@ -22,6 +22,7 @@ from medrobust.experiments.construction.construct import construct_main
 from medrobust.lightning_modules.attacks.threat_model import L2Threat, LinfThreat
 from medrobust.lightning_modules.classifier import ClassifierModule
 from medrobust.lightning_modules.features.feature_datasets import paper_settings, quantize_within
+from medrobust.lightning_modules.nets.normalized_classifier import NormalizedClassifier
 from medrobust.utilities.errors import InputError
 from medrobust.utilities.hashing import file_md5
 
@@ -84,6 +85,48 @@ def test_representation_matching_keeps_labels_and_closes_the_feature_gap(tmp_pat
     with np.load(data) as original, np.load(out) as built:
         assert np.array_equal(built["train_labels"], original["train_labels"])
         assert not np.array_equal(built["train_images"], original["train_images"])
+
+
+def test_matching_keeps_each_images_best_iterate_and_stops_when_converged() -> None:
+    """Issue 25.18: a fixed normalised step overshoots near the optimum, so the last iterate is not the best one;
+    each image keeps its lowest-loss iterate, and with a tolerance the matching stops once none improves."""
+    from medrobust.lightning_modules.features.feature_datasets import match_representation, pre_logits
+
+    torch.manual_seed(0)
+    net = NormalizedClassifier.from_timm("test_resnet", num_classes=2, in_chans=1).eval()
+    start, target = torch.rand(6, 1, 28, 28), torch.rand(6, 1, 28, 28)
+    goal = pre_logits(net, target).detach()
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return (pre_logits(net, x) - goal).norm(dim=1)
+
+    best, ran = match_representation(net, start, target, steps=40, step=0.5)
+    assert ran == 40
+    trace, x = [loss(start)], start.clone()
+    for _ in range(40):  # the same descent, every iterate scored
+        x.requires_grad_(True)
+        (grad,) = torch.autograd.grad((pre_logits(net, x) - goal).norm(dim=1).sum(), x)
+        x = (x.detach() - 0.5 * grad / (grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-12)).clamp_(0, 1)
+        trace.append(loss(x))
+    lowest = torch.stack(trace).min(0).values
+    torch.testing.assert_close(loss(best), lowest, atol=1e-4, rtol=1e-4)
+    assert (lowest < trace[-1] - 1e-6).any()  # the last iterate is not the best for some image
+    _, stopped = match_representation(net, start, target, steps=1000, step=0.5, tolerance=1e-3, patience=20)
+    assert stopped < 1000
+
+
+def test_a_det_set_that_does_not_fool_its_source_is_marked_invalid(tmp_path, synthetic_npz, tracking_uri) -> None:
+    """Issue 25.18: D_det at a tiny budget cannot relabel: its run says construct.valid=false, with the rate."""
+    data = synthetic_npz("pneumoniamnist")
+    source = source_checkpoint(tmp_path, data, "pneumoniamnist")
+    out = tmp_path / "weak.npz"
+    args = [str(source), "--kind", "det", "--out", str(out), "--eps", "0.01", "--steps", "2", "--run-name", "weak"]
+    assert construct_main([*args, "--tracking-uri", tracking_uri, "--experiment-name", "built"]) == 0
+    client = MlflowClient(tracking_uri)
+    run = client.search_runs([client.get_experiment_by_name("built").experiment_id])[0]
+    assert run.data.tags["construct.valid"] == "false" and run.data.params["construct.min_success"] == "0.95"
+    assert run.data.metrics["construct/source_agrees_changed"] < 0.95 and run.data.metrics["construct/valid"] == 0.0
 
 
 def test_file_round_trips_through_mlflow_and_data_path(tmp_path, synthetic_npz, tracking_uri, monkeypatch) -> None:

@@ -27,9 +27,10 @@ def record(
 ) -> str:
     """Log the construction as a FINISHED run of ``ns.experiment_name``; returns its id.
 
-    Params ``construct.*`` (kind, attack settings, seed, source), tags ``lineage.*`` (source run and model, kind) and
-    ``medrobust.artifact``, metrics ``construct/*`` (:func:`medrobust.experiments.construction.construct.diagnostics`),
-    the file under
+    Params ``construct.*`` (kind, attack settings, seed, source), tags ``lineage.*`` (source run and model, kind),
+    ``construct.valid`` (``false`` for a det/rand set the source reads as relabelled on fewer than ``min_success``
+    of its changed images; the rate is metric ``construct/source_agrees_changed``) and ``medrobust.artifact``,
+    metrics ``construct/*`` (:func:`medrobust.experiments.construction.construct.diagnostics`), the file under
     ``dataset/``, and two dataset inputs with their digests: the source data (context ``source``) and the
     constructed file (context ``constructed``), whose digest a training run on it shows as well.
     """
@@ -61,6 +62,8 @@ def record(
             ),
             "medrobust.artifact": f"{ARTIFACT_DIR}/{out.name}",
             "data.md5": md5,
+            # a det/rand set whose relabelled images the source does not read as labelled is not Ilyas et al.'s
+            "construct.valid": "true" if stats.get("valid", 1.0) else "false",
         }
         for key, value in tags.items():
             client.set_tag(run_id, key, value)

@@ -77,20 +77,50 @@ def pre_logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def match_representation(
-    net: nn.Module, start: torch.Tensor, x_target: torch.Tensor, steps: int, step: float
-) -> torch.Tensor:
-    """Images near ``start`` whose penultimate features approach those of ``x_target``: ``steps`` of normalised
-    gradient descent on ``||g(x) - g(x_target)||_2`` (per sample; step ``step`` in L2), kept in [0, 1], no ball."""
+    net: nn.Module,
+    start: torch.Tensor,
+    x_target: torch.Tensor,
+    steps: int,
+    step: float,
+    tolerance: float | None = None,
+    patience: int = 50,
+) -> tuple[torch.Tensor, int]:
+    """``(images, steps run)``: images near ``start`` whose penultimate features approach those of ``x_target``: up
+    to ``steps`` of normalised gradient descent on ``||g(x) - g(x_target)||_2`` (per sample; step ``step`` in L2),
+    kept in [0, 1], no ball. Each sample keeps its best (lowest-loss) iterate, not the last: a fixed step overshoots
+    near the optimum. With ``tolerance``, it stops once no sample's best loss has improved by more than
+    ``tolerance`` (relative) in the last ``patience`` steps: the convergence criterion the record states."""
     with attack_mode(net):
         goal = pre_logits(net, x_target).detach()
         x = start.detach().clone()
-        for _ in range(steps):
+        best, best_loss = x.clone(), torch.full((len(x),), math.inf, device=x.device)
+        reference, since = best_loss.clone(), 0
+        for done in range(1, steps + 1):
             x.requires_grad_(True)
-            loss = (pre_logits(net, x) - goal).norm(dim=1).sum()
-            (grad,) = torch.autograd.grad(loss, x)
+            per_sample = (pre_logits(net, x) - goal).norm(dim=1)
+            (grad,) = torch.autograd.grad(per_sample.sum(), x)
+            better = per_sample.detach() < best_loss
+            best[better], best_loss[better] = x.detach()[better], per_sample.detach()[better]
             norms = grad.flatten(1).norm(dim=1).view(-1, *[1] * (x.ndim - 1))
             x = (x.detach() - step * grad / (norms + 1e-12)).clamp_(0, 1)
-    return x.detach()
+            since += 1
+            if tolerance is not None and since >= patience:
+                improved = (reference - best_loss) > tolerance * best_loss.abs().clamp_min(1e-12)
+                if not bool(improved.any()):
+                    return _final(net, goal, x, best, best_loss), done
+                reference, since = best_loss.clone(), 0
+        return _final(net, goal, x, best, best_loss), steps
+
+
+def _final(
+    net: nn.Module, goal: torch.Tensor, x: torch.Tensor, best: torch.Tensor, best_loss: torch.Tensor
+) -> torch.Tensor:
+    """The best iterate per sample, the last one included (it was never scored)."""
+    with torch.no_grad():
+        last = (pre_logits(net, x) - goal).norm(dim=1)
+    better = last < best_loss
+    best[better] = x[better]
+    return best.detach()
 
 
 def representation_gap(net: nn.Module, x: torch.Tensor, x_target: torch.Tensor) -> torch.Tensor:
