@@ -208,10 +208,11 @@ def test_the_ensemble_cross_validates_its_regularisation_and_calibration_splits_
 def test_an_inverted_detector_is_flagged_in_the_study_table(capsys) -> None:
     from medrobust.experiments.studies.detection import figure, inverted, print_table
 
-    cell = {"auroc": {"mean": 0.31, "std": 0.02}, "tnr_at_tpr95": {"mean": 0.01}, "n_out": {"values": [10]}}
+    auroc = {"mean": 0.31, "lo": 0.28, "hi": 0.34, "n": 3}
+    cell = {"auroc": auroc, "tnr_at_tpr95": {"mean": 0.01}, "n_out": {"values": [10]}}
     result = {"standard": {"_calibration": {}, "ood:breastmnist": {"mahalanobis": cell}}}
     print_table(result)
-    assert "0.310±0.020 (0.01) INVERTED" in capsys.readouterr().out
+    assert "0.310 [0.280, 0.340] (n=3) (0.01) INVERTED" in capsys.readouterr().out
     assert inverted(0.31) and not inverted(0.5) and not inverted(float("nan"))
     assert any(p.get_hatch() == "//" for p in figure(result).axes[0].patches)
 

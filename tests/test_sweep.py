@@ -172,7 +172,8 @@ def test_pareto_front_and_seed_groups() -> None:
     assert groups["eps=8/255"]["adv_acc/linf_8_255/std"] == pytest.approx(0.0283, abs=1e-4)
     assert report["pareto_front"]["linf_8_255"] == ["eps=8/255", "eps=0"]
     assert report["metric"] == "acc"  # no class ratio recorded: nothing says the labels are imbalanced
-    assert "| eps=0 | 2 | 0.890 ± 0.014 | 0.010 ± 0.014 |  |" in format_table(report)
+    # issue 25.20: mean [95% t interval] over seeds (2 seeds: t = 12.7, a wide interval, as it should be)
+    assert "| eps=0 | 2 | 0.890 [0.763, 1.017] | 0.010 [-0.117, 0.137] |  |" in format_table(report)
 
 
 def test_every_sweep_file_composes_into_valid_configs(tmp_path, tracking_uri) -> None:
@@ -587,7 +588,7 @@ def test_imbalanced_test_labels_compare_balanced_accuracy_and_flag_constant_clas
     assert report["near_constant"] == ["standard: clean"]
     table = format_table(report)
     assert "near-constant: standard: clean" in table and "by balanced accuracy" in table
-    assert "0.750 |" in table and "±" not in table  # one run per point: no spread to show
+    assert "0.750 |" in table and "[" not in table.split("\n\n")[0]  # one run per point: no interval to show
 
 
 def test_the_report_reads_the_label_aware_near_constant_flags_its_runs_carry() -> None:
@@ -637,4 +638,4 @@ def test_runs_named_alike_are_one_point_only_when_they_repeat_it() -> None:
         for r, s in zip(rows, "01", strict=True)
     ]
     table = format_table(build_report(same))
-    assert "differ" not in table and "repeats" not in table and "0.800 ± 0.000" in table
+    assert "differ" not in table and "repeats" not in table and "0.800 [0.800, 0.800]" in table

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from medrobust.experiments.reporting.seed_statistics import t_half_width
 from medrobust.lightning_modules.attacks.threat import Threat, parse_eps
 from medrobust.lightning_modules.metrics.confusion import CONSTANT_SHARE
 from medrobust.lightning_modules.metrics.metric_names import parse_name
@@ -287,12 +288,15 @@ def build_report(rows: Sequence[RunRow], axes: Sequence[str] = (), metric: str =
 
 
 def _cell(group: dict[str, Any], column: str) -> str:
-    """``mean ± std`` over a group's seeds; one run alone has no spread to show."""
+    """``mean [lo, hi]`` over a group's seeds, the 95% Student-t interval of the mean
+    (:mod:`~medrobust.experiments.reporting.seed_statistics`); one run alone has no interval to show."""
     if f"{column}/mean" not in group:
         return ""
-    if group.get(f"{column}/n", group["n"]) < 2:
-        return f"{group[column + '/mean']:.3f}"
-    return f"{group[column + '/mean']:.3f} ± {group[column + '/std']:.3f}"
+    n, mean, sd = group.get(f"{column}/n", group["n"]), group[column + "/mean"], group[column + "/std"]
+    if n < 2:
+        return f"{mean:.3f}"
+    half = t_half_width(sd, n)
+    return f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]"
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -315,5 +319,8 @@ def format_table(report: dict[str, Any]) -> str:
         )
         runs = ", ".join(g.get("runs", []))
         lines.append(f"| {g['group']} | {g['n']} | " + " | ".join(cells) + f" | {flags} | {runs} |")
-    note = f"adversarial columns: worst case over attacks, per sample, by {METRIC_NAMES.get(metric, metric)}"
+    note = (
+        f"cells: mean [95% t interval] over seeds; adversarial columns: worst case over attacks, per sample, by "
+        f"{METRIC_NAMES.get(metric, metric)}"
+    )
     return "\n".join([*lines, "", note])

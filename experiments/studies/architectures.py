@@ -30,6 +30,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 from mlflow import MlflowClient
 
+from medrobust.experiments.reporting.seed_statistics import interval, paired_difference, show
 from medrobust.experiments.studies.study_runs import open_store, parent_run, publish, study_parser
 from medrobust.experiments.sweeping.sweep import sweep_main
 from medrobust.experiments.sweeping.sweep_store import child_runs
@@ -67,13 +68,15 @@ def decoded(value: float) -> float:
     return math.inf if value >= 1e308 else value
 
 
-def spread_cell(values: list[float]) -> dict:
+def spread_cell(values: list[float], seeds: list[Any] | None = None) -> dict:
+    """Mean, spread and 95% t interval of one network's seeds (``seeds`` name them, for paired comparisons)."""
     finite = all(math.isfinite(v) for v in values)
-    return {
+    return (interval(values) if finite else {"lo": math.nan, "hi": math.nan, "n": len(values)}) | {
         "mean": statistics.mean(values) if finite else math.inf,
         "std": (statistics.stdev(values) if len(values) > 1 else 0.0) if finite else math.nan,
         "range": max(values) - min(values) if finite else math.nan,
         "seeds": values,
+        "by_seed": dict(zip(seeds if seeds is not None else range(len(values)), values, strict=True)),
     }
 
 
@@ -103,9 +106,10 @@ def table(client: MlflowClient, experiment_id: str, parent_id: str) -> dict[str,
         kept = [r for r in runs if r not in constant]
         cells = {}
         for column, metric in COLUMNS.items():
-            values = [decoded(run.data.metrics[metric]) for run in kept if metric in run.data.metrics]
+            present = [run for run in kept if metric in run.data.metrics]
+            values = [decoded(run.data.metrics[metric]) for run in present]
             if values:
-                cells[column] = spread_cell(values)
+                cells[column] = spread_cell(values, [run.data.params.get("seed_everything") for run in present])
         out.setdefault(flag, {})[net] = {
             "n_seeds": len(kept),
             "constant_seeds": [r.data.params.get("seed_everything") for r in constant],
@@ -116,7 +120,8 @@ def table(client: MlflowClient, experiment_id: str, parent_id: str) -> dict[str,
 
 
 def flagged_pairs(rows: dict[str, dict]) -> list[dict]:
-    """Pairs within ``AUROC_WINDOW`` of clean AUROC whose robustness differs by more than the seed spread."""
+    """Pairs within ``AUROC_WINDOW`` of clean AUROC whose robustness differs: the 95% interval of the difference
+    paired by seed excludes 0 (issue 25.20; at 2 seeds only a very consistent gap does)."""
     flags = []
     eligible = {net: row for net, row in rows.items() if row["n_seeds"] >= 2}
     for (a, ra), (b, rb) in itertools.combinations(eligible.items(), 2):
@@ -128,7 +133,8 @@ def flagged_pairs(rows: dict[str, dict]) -> list[dict]:
                 continue
             gap = abs(ca[measure]["mean"] - cb[measure]["mean"])
             spread = max(ca[measure]["range"], cb[measure]["range"])
-            if math.isfinite(gap) and math.isfinite(spread) and gap > spread:
+            paired = paired_difference(ca[measure]["by_seed"], cb[measure]["by_seed"])
+            if math.isfinite(gap) and paired["verdict"] in ("higher", "lower"):
                 flags.append(
                     {
                         "a": a,
@@ -140,6 +146,7 @@ def flagged_pairs(rows: dict[str, dict]) -> list[dict]:
                         "b_value": cb[measure]["mean"],
                         "gap": gap,
                         "seed_spread": spread,
+                        "paired": [paired["mean"], paired["lo"], paired["hi"], paired["n"]],
                     }
                 )
     return flags
@@ -168,29 +175,29 @@ def figure(study: dict[str, dict[str, dict]]) -> plt.Figure:
 
 
 def cell(c: dict) -> str:
-    return (
-        f"{c['mean']:.3f}±{c['std']:.3f}"
-        if math.isfinite(c["mean"])
-        else "inf (" + ", ".join(f"{v:.3g}" for v in c["seeds"]) + ")"
-    )
+    return show(c) if math.isfinite(c["mean"]) else "inf (" + ", ".join(f"{v:.3g}" for v in c["seeds"]) + ")"
 
 
 def print_table(study: dict[str, dict[str, dict]], flags: dict[str, list[dict]]) -> None:
     shown = ("bal_acc", "auroc", "pgd_1", "pgd_2", "pgd_4", "worst_2", "deepfool_l2", "deepfool_fooled", "jsma_l0")
     for flag, rows in study.items():
-        print(f"\n{flag}: mean ± std over seeds, networks in order of clean AUROC; accuracies balanced")
+        print(f"\n{flag}: mean [95% t interval] (n seeds), networks in order of clean AUROC; accuracies balanced")
         print(f"{'network':<34}{'seeds':>5} " + "".join(f"{c:>16}" for c in shown))
         ordered = sorted(rows.items(), key=lambda kv: -kv[1]["cells"].get("auroc", {"mean": 0})["mean"])
         for net, r in ordered:
             cells = r["cells"]
-            text = [cell(cells[c]) if c in cells else "-" for c in shown]
+            text = [cell(cells[c]) if c in cells else "-" for c in shown]  # near-constant seeds counted, left out
             left_out = f"  (constant, left out: seed {', '.join(r['constant_seeds'])})" if r["constant_seeds"] else ""
             print(f"{net:<34}{r['n_seeds']:>5} " + "".join(f" {t:>15}" for t in text) + left_out)
-        print(f"flagged pairs ({len(flags[flag])}): AUROC within {AUROC_WINDOW:.2f}, robustness gap > seed spread")
+        print(
+            f"flagged pairs ({len(flags[flag])}): AUROC within {AUROC_WINDOW:.2f}, the paired difference's 95% "
+            "interval excludes 0"
+        )
         for f in flags[flag]:
+            mean, lo, hi, n = f["paired"]
             print(
                 f"  {f['a']} ({f['auroc_a']:.3f}) vs {f['b']} ({f['auroc_b']:.3f}): {f['measure']} "
-                f"{f['a_value']:.4f} vs {f['b_value']:.4f} (gap {f['gap']:.4f} > spread {f['seed_spread']:.4f})"
+                f"{f['a_value']:.4f} vs {f['b_value']:.4f} (paired {mean:+.4f} [{lo:+.4f}, {hi:+.4f}], n={n})"
             )
 
 

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from mlflow import MlflowClient
 
+from medrobust.experiments.reporting.seed_statistics import interval, paired_difference, show, show_difference
 from medrobust.experiments.studies.study_runs import open_store, parent_run, publish, study_parser
 from medrobust.experiments.sweeping.sweep import sweep_main
 from medrobust.experiments.sweeping.sweep_store import child_runs
@@ -69,12 +70,27 @@ def table(reports: list[tuple[str, float, dict]]) -> dict:
                 for metric in METRICS:
                     values = cell.get(metric, [])
                     if values:
-                        cell[metric] = {
-                            "mean": statistics.mean(values),
+                        cell[metric] = interval(values) | {
                             "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                             "values": values,
+                            "by_seed": dict(zip(cell["seeds"], values, strict=False)),
                         }
     return cells
+
+
+def paired_arms(result: dict) -> dict[str, dict]:
+    """PGD-AT against standard training, per target and detector: the AUROC difference paired by seed."""
+    out: dict[str, dict] = {}
+    robust, standard = result.get("pgd_at", {}), result.get("standard", {})
+    for target, detectors in robust.items():
+        if target == "_calibration" or target not in standard:
+            continue
+        for detector, cell in detectors.items():
+            theirs = standard[target].get(detector, {})
+            if "auroc" in cell and "auroc" in theirs:
+                diff = paired_difference(cell["auroc"]["by_seed"], theirs["auroc"]["by_seed"])
+                out[f"pgd_at-standard/{target}/{detector}"] = diff
+    return out
 
 
 def inverted(auroc: float) -> bool:
@@ -123,12 +139,13 @@ def print_table(result: dict) -> None:
             for detector in DETECTORS:
                 a, t = detectors.get(detector, {}).get("auroc"), detectors.get(detector, {}).get("tnr_at_tpr95")
                 flag = " INVERTED" if a and inverted(a["mean"]) else ""
-                row.append(f"{a['mean']:.3f}±{a['std']:.3f} ({t['mean']:.2f}){flag}" if a and t else "-")
+                row.append(f"{show(a)} ({t['mean']:.2f}){flag}" if a and t else "-")
             n = detectors.get("msp", {}).get("n_out", {}).get("values", [])
             print(f"| {target} | " + " | ".join(row) + f" | {'/'.join(str(int(v)) for v in n)} |")
     print(
-        "\ncells: AUROC mean±std over seeds (TNR at 95% TPR, in-distribution positive); INVERTED (hatched, 'inv' in "
-        "the figure): AUROC below 0.5, the detector ranks the outliers as more in-distribution than the test images"
+        "\ncells: AUROC mean [95% t interval] (n seeds) (TNR at 95% TPR, in-distribution positive); INVERTED "
+        "(hatched, 'inv' in the figure): AUROC below 0.5, the detector ranks the outliers as more in-distribution "
+        "than the test images"
     )
 
 
@@ -141,8 +158,13 @@ def main() -> int:
             return code
     experiment_id, parent_id = parent_run(client, EXPERIMENT, SWEEP_NAME)
     result = table(load_reports(client, experiment_id, parent_id))
-    publish(client, parent_id, "detection_study.json", result, {"plots/detection_study.png": figure(result)})
+    paired = paired_arms(result)
+    payload = result | {"_paired": paired}
+    publish(client, parent_id, "detection_study.json", payload, {"plots/detection_study.png": figure(result)})
     print_table(result)
+    print("\nPGD-AT against standard training, AUROC paired by seed (a difference only where the interval excludes 0):")
+    for comparison, diff in paired.items():
+        print(f"  {comparison}: {show_difference(diff)}")
     return 0
 
 

@@ -32,6 +32,7 @@ from mlflow import MlflowClient
 
 from medrobust.datamodules.files import MedMNISTSpec, load_arrays, locate, resolve_roots
 from medrobust.experiments.construction.construct import run_construct
+from medrobust.experiments.reporting.seed_statistics import interval, paired_difference, show, show_difference
 from medrobust.experiments.studies.study_runs import open_store, parent_run, publish, study_parser
 from medrobust.experiments.sweeping.sweep import sweep_main
 from medrobust.experiments.sweeping.sweep_store import child_runs, find_parent
@@ -98,19 +99,38 @@ def table(client: MlflowClient, experiment_id: str, parent_id: str) -> dict:
     for run in child_runs(client, experiment_id, parent_id):
         if run.info.status != "FINISHED":
             continue
-        cell = cells.setdefault(arm_of(run), {"seeds": []})
-        cell["seeds"].append(int(run.data.params.get("seed_everything", -1)))
+        cell = cells.setdefault(arm_of(run), {"seeds": [], "_by_seed": {}})
+        seed = int(run.data.params.get("seed_everything", -1))
+        cell["seeds"].append(seed)
         for metric in METRICS:
             value = run.data.metrics.get(f"summary/{metric}")
             if value is not None:
                 cell.setdefault(metric, []).append(value)
+                cell["_by_seed"].setdefault(metric, {})[seed] = value
     for cell in cells.values():
+        by_seed = cell.pop("_by_seed")
         for metric in METRICS:
             values = cell.get(metric, [])
             if values:
                 spread = statistics.stdev(values) if len(values) > 1 else 0.0
-                cell[metric] = {"mean": statistics.mean(values), "std": spread, "values": values}
+                cell[metric] = interval(values) | {"std": spread, "values": values, "by_seed": by_seed[metric]}
     return cells
+
+
+def paired_with_original(result: dict) -> dict[str, dict]:
+    """Each training set against the original data's protocol, paired by seed, on clean and 2/255 balanced
+    accuracy and MedMNIST-C balanced accuracy."""
+    original = result.get("original", {})
+    out = {}
+    for name, cell in result.items():
+        if name == "original":
+            continue
+        for metric in ("clean_bal_acc", "adv_bal_acc/linf_2_255", "shift_bal_acc"):
+            if metric in cell and metric in original:
+                out[f"{name}-original/{metric}"] = paired_difference(
+                    cell[metric]["by_seed"], original[metric]["by_seed"]
+                )
+    return out
 
 
 def constructions(client: MlflowClient) -> dict:
@@ -191,12 +211,15 @@ def print_table(result: dict, built: dict) -> None:
                 "changed labels): |" + " |" * (len(THREATS) + 5)
             )
 
-        def show(metric: str, cell: dict = cell) -> str:
-            v = cell.get(metric)
-            return f"{v['mean']:.3f}±{v['std']:.3f}" if v else "-"
+        def cell_text(metric: str, cell: dict = cell) -> str:
+            return show(cell.get(metric))
 
-        row = [show(m) for m in ("clean_bal_acc", "clean_acc", "clean_auroc", *(f"adv_bal_acc/{t}" for t in THREATS))]
-        print(f"| {name} | {cell['seeds']} | " + " | ".join(row) + f" | {show('shift_bal_acc')} |")
+        shown = ("clean_bal_acc", "clean_acc", "clean_auroc", *(f"adv_bal_acc/{t}" for t in THREATS))
+        row = [cell_text(m) for m in shown]
+        print(f"| {name} | {cell['seeds']} | " + " | ".join(row) + f" | {cell_text('shift_bal_acc')} |")
+    print("\ncells: mean [95% t interval] (n seeds). Paired by seed against the original data's protocol:")
+    for comparison, diff in paired_with_original(result).items():
+        print(f"  {comparison}: {show_difference(diff)}")
     print("\nconstructions (the source model's agreement with the new label; L2 change; remaining feature gap):")
     for name, info in built.items():
         print(
@@ -235,7 +258,8 @@ def main() -> int:
         spec = MedMNISTSpec("pneumoniamnist", 28)
         original = load_arrays(spec, locate(spec, resolve_roots(None)))["train"][0]
         figures["plots/nonrobust_examples.png"] = examples(client, built, original)
-    publish(client, parent_id, "nonrobust_study.json", {"table": result, "constructions": built}, figures)
+    payload = {"table": result, "constructions": built, "paired": paired_with_original(result)}
+    publish(client, parent_id, "nonrobust_study.json", payload, figures)
     print_table(result, built)
     return 0
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from mlflow import MlflowClient
 
+from medrobust.experiments.reporting.seed_statistics import interval, paired_difference, show, show_difference
 from medrobust.experiments.studies.study_runs import open_store, parent_run, publish, study_parser
 from medrobust.experiments.sweeping.sweep import sweep_main
 from medrobust.experiments.sweeping.sweep_store import child_runs
@@ -129,9 +130,32 @@ def table(client: MlflowClient, experiment_id: str, parent_id: str, study: Study
             present = [s[key] for s in seeds if s[key] is not None]
             if present:
                 spread = statistics.stdev(present) if len(present) > 1 else 0.0
-                cells[key] = {"mean": statistics.mean(present), "std": spread, "seeds": present}
+                by_seed = {s["seed"]: s[key] for s in seeds if s[key] is not None}
+                cells[key] = interval(present) | {"std": spread, "seeds": present, "by_seed": by_seed}
         out[name] = {"n_seeds": len(seeds), "seeds": [s["seed"] for s in seeds], "runs": [s["run_id"] for s in seeds]}
         out[name]["cells"] = cells
+    return out
+
+
+#: the scores the arms are compared by, paired by seed against the baseline arm (standard training, or ERM)
+COMPARED = ("energy_norm", "iou_norm", "pointing_norm")
+
+
+def paired_arms(rows: dict) -> dict[str, dict]:
+    """Per arm other than the baseline (standard training, or ERM with the same marker placement), method and score
+    of :data:`COMPARED`: the paired difference by seed."""
+    out: dict[str, dict] = {}
+    for name, row in rows.items():
+        suffix = "_fixed_corner_control" if name.endswith("_fixed_corner_control") else ""
+        baseline = next((b + suffix for b in ("standard", "erm") if b + suffix in rows), None)
+        if baseline is None or name == baseline:
+            continue
+        for method in METHODS:
+            for score in COMPARED:
+                key = f"{method}/{score}"
+                if key in row["cells"] and key in rows[baseline]["cells"]:
+                    diff = paired_difference(row["cells"][key]["by_seed"], rows[baseline]["cells"][key]["by_seed"])
+                    out[f"{name}-{baseline}/{key}"] = diff
     return out
 
 
@@ -161,10 +185,9 @@ def figure(rows: dict, study: Study) -> plt.Figure:
 
 def print_table(rows: dict, study: Study) -> None:
     def cell(row: dict, key: str) -> str:
-        c = row["cells"].get(key)
-        return "-" if c is None else f"{c['mean']:.3f}±{c['std']:.3f}"
+        return show(row["cells"].get(key))
 
-    print(f"\n{study.sweep}: mean ± std over seeds; masks mark the {study.mask}")
+    print(f"\n{study.sweep}: mean [95% t interval] (n seeds); masks mark the {study.mask}")
     context = [k for k in CONTEXT if any(k in r["cells"] for r in rows.values())]
     print(f"{'arm':<16}{'seeds':>6}  " + "  ".join(f"{k:>15}" for k in context))
     for name, row in rows.items():
@@ -194,7 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     experiment_id, parent = parent_run(client, study.experiment, study.sweep)
     rows = table(client, experiment_id, parent, study)
     print_table(rows, study)
-    payload = {"sweep": study.sweep, "prefix": study.prefix, "mask": study.mask, "arms": rows}
+    paired = paired_arms(rows)
+    print("\npaired by seed against the baseline arm (a difference only where the interval excludes 0):")
+    for comparison, diff in paired.items():
+        print(f"  {comparison}: {show_difference(diff)}")
+    payload = {"sweep": study.sweep, "prefix": study.prefix, "mask": study.mask, "arms": rows, "paired": paired}
     publish(client, parent, "saliency_study.json", payload, {"plots/saliency_study.png": figure(rows, study)})
     return 0
 

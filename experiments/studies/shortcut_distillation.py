@@ -25,6 +25,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from mlflow import MlflowClient
 
+from medrobust.experiments.reporting.seed_statistics import interval, paired_difference, show, show_difference
 from medrobust.experiments.studies.study_runs import open_store, parent_run, publish, study_parser
 from medrobust.experiments.sweeping.sweep import sweep_main
 from medrobust.experiments.sweeping.sweep_store import child_runs
@@ -116,13 +117,20 @@ def table(client: MlflowClient, experiment_id: str, parent_id: str) -> dict:
         for metric in METRICS:
             vals = [r[metric] for r in rows if r.get(metric) is not None]
             if vals:
-                entry[metric] = {
-                    "mean": statistics.mean(vals),
+                entry[metric] = interval(vals) | {
                     "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
                     "values": vals,
+                    "by_seed": {r["seed"]: r[metric] for r in rows if r.get(metric) is not None},
                 }
         out.setdefault(kind, {})[name] = entry
     for arms in out.values():
+        # the comparison the study is about, paired by seed: distillation against ERM, and the clean ceiling
+        arms["paired"] = {
+            f"{a}-erm/{metric}": paired_difference(arms[a][metric]["by_seed"], arms["erm"][metric]["by_seed"])
+            for a in ("distill", "clean")
+            for metric in ("flipped_auroc", "flipped_dtpr")
+            if metric in arms.get(a, {}) and metric in arms.get("erm", {})
+        }
         if all(a in arms and "flipped_auroc" in arms[a] for a in ARMS):
             erm, distill, clean = (arms[a]["flipped_auroc"]["mean"] for a in ARMS)
             gap = clean - erm
@@ -168,12 +176,17 @@ def main() -> int:
     experiment_id, parent_id = parent_run(client, study.experiment, study.sweep_name)
     result = table(client, experiment_id, parent_id)
     publish(client, parent_id, "shortcut_study.json", result, {"plots/shortcut_study.png": figure(result)})
+    print(
+        "cells: mean [95% t interval] (n seeds); differences paired by seed, called only when the interval excludes 0"
+    )
     for kind, arms in result.items():
         print(f"{kind}: gap closed (flipped AUROC) = {arms.get('gap_closed')}")
         for name in ARMS:
             cell = arms.get(name, {})
-            row = ", ".join(f"{m} {cell[m]['mean']:.3f}+-{cell[m]['std']:.3f}" for m in METRICS if m in cell)
+            row = ", ".join(f"{m} {show(cell[m])}" for m in METRICS if m in cell)
             print(f"  {name:8s} {row}")
+        for comparison, diff in arms.get("paired", {}).items():
+            print(f"  {comparison}: {show_difference(diff)}")
     return 0
 
 
