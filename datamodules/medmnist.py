@@ -65,8 +65,10 @@ class MedMNISTDataModule(LightningDataModule):
         subsample: keep a seeded random subset for quick runs: a count (``int``: at most that many per split, so a
             smaller split is kept whole) or fraction (``float``) for every split, or a dict per split such as
             ``{"train": 1000, "val": 0.5}`` (a count larger than its split is refused).
-        subsample_seed: seed of that subset; ``None``: the run's seed (``seed_everything``), so that each seed of a
-            study draws its own subset; set a number to keep one subset across seeds.
+        subsample_seed: seed of that subset; ``None``: the training split's subset is drawn with the run's seed
+            (``seed_everything``), so that each seed of a study trains on its own subset, and the validation and
+            test subsets with seed 0, the same for every run (a ``medrobust test`` of any seed sees the same test
+            images); set a number to draw every split's subset with it, the same across seeds.
         shifts: extra test splits, after the in-distribution one: ``"corruptions"`` (every MedMNIST-C corruption of the
             dataset at severities 1-5), ``"corruption:<name>[@<k>]"``, ``"resolution:<size>"`` (the official test
             split at another size, fed at that size), ``"ood:<flag>"`` (another dataset's test split, labels -1).
@@ -307,7 +309,10 @@ class MedMNISTDataModule(LightningDataModule):
             n = min(n, len(dataset))  # one count for every split: "at most n", so a small validation split is kept
         if not 0 < n <= len(dataset):
             raise InputError(f"subsample {amount!r} for {split} is outside 1..{len(dataset)} samples")
-        generator = torch.Generator().manual_seed(self.subset_seed() + SPLITS.index(split))
+        seed = self.subset_seed(split)
+        if split == "train":
+            self._train_subset_seed = seed  # as drawn: checkpoints and the run record this one
+        generator = torch.Generator().manual_seed(seed + SPLITS.index(split))
         keep = torch.randperm(len(dataset), generator=generator)[:n].sort().values
         return dataset.subset(keep)
 
@@ -369,14 +374,32 @@ class MedMNISTDataModule(LightningDataModule):
             return labels.sum(0).long(), len(labels)
         return torch.bincount(labels, minlength=self.num_classes), len(labels)
 
-    def subset_seed(self) -> int:
-        """The seed of the subsample: ``subsample_seed``, else the run's."""
-        return self.subsample_seed if self.subsample_seed is not None else run_seed()
+    def subset_seed(self, split: str = "train") -> int:
+        """The seed of ``split``'s subsample: ``subsample_seed``, else the run's for the training split and 0 for the
+        others."""
+        if self.subsample_seed is not None:
+            return self.subsample_seed
+        return run_seed() if split == "train" else 0
+
+    @property
+    def drawn_subset_seed(self) -> int | None:
+        """The seed the training subset was drawn with (``None`` before ``setup`` or without a training subset)."""
+        return getattr(self, "_train_subset_seed", None)
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        """Saved in checkpoints: the subsample's seed as resolved, so a teacher's data is rebuilt as it was drawn."""
-        return {"subset_seed": self.subset_seed()} if self.subsample else {}
+        """Saved in checkpoints: the training subset's seed as drawn, so a teacher's data is rebuilt as it was."""
+        return {"subset_seed": self.drawn_subset_seed} if self.drawn_subset_seed is not None else {}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """On resume: the training subset must be the one the checkpoint was trained on."""
+        saved, drawn = state_dict.get("subset_seed"), self.drawn_subset_seed
+        if saved is not None and drawn is not None and saved != drawn:
+            raise InputError(
+                f"this checkpoint trained on the training subset drawn with seed {saved}; this run drew it with seed "
+                f"{drawn}: resume with --seed_everything {saved}, or set --data.subsample_seed {saved}"
+            )
 
     def init_ancestors(self) -> list[str]:
         """A dataset fetched from an MLflow run (a constructed one, ``medrobust construct``) by its MD5: a model trained
@@ -391,7 +414,7 @@ class MedMNISTDataModule(LightningDataModule):
             "size": self.spec.size,
             "file": str(self.file.resolve()),
             "md5": self.md5,
-            "subsample_seed": self.subset_seed() if self.subsample else None,
+            "subsample_seed": self.drawn_subset_seed,
             "official": self.path is None,
             "source_uri": self.source_uri,
             "url": self.spec.url if self.path is None else None,

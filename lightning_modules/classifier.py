@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -17,7 +18,7 @@ from medrobust.lightning_modules.losses import task_loss
 from medrobust.lightning_modules.metrics.confusion import CONSTANT_SHARE, near_constant, top_prediction_share
 from medrobust.lightning_modules.metrics.metric_names import metric_name
 from medrobust.lightning_modules.metrics.task_metrics import ConfusionCounts, classification_metrics
-from medrobust.lightning_modules.nets.independent_init import ancestors_of, derived_seed, redraw
+from medrobust.lightning_modules.nets.independent_init import ancestors_of, derived_seed, fingerprint, redraw
 from medrobust.lightning_modules.nets.normalized_classifier import NormalizedClassifier
 from medrobust.lightning_modules.training_seams import Batch, TrainingSeams, TrainingStep, TrainingThreat
 from medrobust.utilities.console import own_line
@@ -25,6 +26,8 @@ from medrobust.utilities.errors import InputError
 from medrobust.utilities.seeds import run_seed
 
 __all__ = ["ClassifierModule", "TrainingStep", "TrainingThreat"]
+
+log = logging.getLogger(__name__)
 
 
 class ClassifierModule(TrainingSeams, LightningModule):
@@ -125,6 +128,9 @@ class ClassifierModule(TrainingSeams, LightningModule):
         #: the share of the last test's predictions given to the most predicted class (1.0: a constant classifier)
         self.last_test_top_share: float | None = None
         self._init_seams()
+        #: a few values of every parameter at construction: the independent init redraws only weights still initial
+        self._initial_fingerprint = fingerprint(self.net)
+        self._redrawn = False
 
     # ------------------------------------------------------------------------------------------- the model
     @classmethod
@@ -149,10 +155,15 @@ class ClassifierModule(TrainingSeams, LightningModule):
         if trainer is None:
             return
         ancestors = ancestors_of([*trainer.callbacks, trainer.datamodule])
-        if not ancestors:
+        if not ancestors or self._redrawn:
+            return
+        if trainer.ckpt_path is not None or not torch.equal(fingerprint(self.net), self._initial_fingerprint):
+            # resumed, or weights loaded or trained since construction: those are what this fit goes on from
+            log.info("independent init skipped: the network's weights are no longer its initial ones")
             return
         seed = derived_seed(run_seed(), ancestors)
         redraw(self.net, self.hparams, seed)
+        self._redrawn = True
         for logger in self.loggers:  # MLflowRunLogger's log_params: hyperparameters come from the config there
             getattr(logger, "log_params", logger.log_hyperparams)(
                 {"init.seed": seed, "init.independent_of": ",".join(ancestors)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from conftest import quiet_trainer
 from lightning.pytorch import Callback, seed_everything
@@ -15,6 +16,7 @@ from medrobust.datamodules.medmnist import MedMNISTDataModule
 from medrobust.experiments.tracking.mlflow_logger import MLflowRunLogger
 from medrobust.lightning_modules.classifier import ClassifierModule
 from medrobust.lightning_modules.features.teacher import load_teacher
+from medrobust.utilities.errors import InputError
 from medrobust.utilities.hashing import file_md5
 
 
@@ -65,22 +67,50 @@ def test_a_distilled_student_does_not_start_from_its_teachers_initial_weights(
 
 
 def test_each_seed_draws_its_own_subset_unless_subsample_seed_is_set(tmp_path, synthetic_npz, monkeypatch) -> None:
+    """The training subset follows the run's seed; validation and test subsets stay the same for every run (seed 0),
+    so a test of any seed sees the same images; subsample_seed fixes every split's."""
     path = str(synthetic_npz("pneumoniamnist", n=(64, 32, 32)))
 
-    def subset(seed: int, **kwargs) -> torch.Tensor:
+    def subsets(seed: int, **kwargs) -> MedMNISTDataModule:
         monkeypatch.setenv("PL_GLOBAL_SEED", str(seed))
-        dm = MedMNISTDataModule("pneumoniamnist", path=path, subsample={"train": 16}, **kwargs)
+        dm = MedMNISTDataModule("pneumoniamnist", path=path, subsample=16, **kwargs)
         dm.setup("fit")
         assert dm.describe()["subsample_seed"] == kwargs.get("subsample_seed", seed)
-        return dm.datasets["train"].images
+        return dm
 
-    assert not torch.equal(subset(0), subset(1))
-    assert torch.equal(subset(0), subset(0))
-    assert torch.equal(subset(0, subsample_seed=5), subset(1, subsample_seed=5))
+    zero, one = subsets(0), subsets(1)
+    assert not torch.equal(zero.datasets["train"].images, one.datasets["train"].images)
+    assert torch.equal(zero.datasets["val"].images, one.datasets["val"].images)
+    assert torch.equal(zero.datasets["train"].images, subsets(0).datasets["train"].images)
+    fixed = [subsets(s, subsample_seed=5).datasets["train"].images for s in (0, 1)]
+    assert torch.equal(*fixed)
     # a teacher trained on a subset records the seed that drew it, so its data is rebuilt as drawn
+    monkeypatch.setenv("PL_GLOBAL_SEED", "3")
     dm = MedMNISTDataModule("pneumoniamnist", path=path, subsample={"train": 16}, batch_size=16)
     trainer = quiet_trainer(tmp_path / "teacher", max_steps=1)
     trainer.fit(seeded_model(dm, seed=3), dm)
     trainer.save_checkpoint(tmp_path / "teacher.ckpt")
     monkeypatch.setenv("PL_GLOBAL_SEED", "0")
     assert load_teacher(str(tmp_path / "teacher.ckpt")).data_hparams["subsample_seed"] == 3
+    # resuming it under another seed would train on another subset: refused
+    other = MedMNISTDataModule("pneumoniamnist", path=path, subsample={"train": 16}, batch_size=16)
+    with pytest.raises(InputError, match="drawn with seed 3"):
+        quiet_trainer(tmp_path / "resume", max_steps=2).fit(
+            seeded_model(other, seed=0), other, ckpt_path=tmp_path / "teacher.ckpt"
+        )
+
+
+def test_a_loaded_or_resumed_student_keeps_its_weights(tmp_path, synthetic_npz, monkeypatch) -> None:
+    """The redraw touches only weights still at their initial values: a student whose weights were loaded before
+    fit keeps them."""
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")
+    dm = MedMNISTDataModule("pneumoniamnist", path=str(synthetic_npz("pneumoniamnist", n=(64, 32, 32))), batch_size=32)
+    teacher = seeded_model(dm)
+    trainer = quiet_trainer(tmp_path / "teacher", max_epochs=1)
+    trainer.fit(teacher, dm)
+    trainer.save_checkpoint(tmp_path / "teacher.ckpt")
+    student, grab = seeded_model(dm), Grab()
+    student.net.load_state_dict(teacher.net.state_dict())  # a warm start, chosen on purpose
+    distill = FeatureDistillation(str(tmp_path / "teacher.ckpt"), logit_weight=1.0)
+    quiet_trainer(tmp_path / "student", max_steps=1, callbacks=[distill, grab]).fit(student, dm)
+    assert same(grab.state, teacher.net.state_dict())

@@ -451,8 +451,18 @@ def test_a_killed_sweep_relaunches_without_rerunning_or_duplicating(tmp_path) ->
     assert "--ckpt_path=" in second_try.stdout, second_try.stdout[-2000:]  # resumed from its last checkpoint
     epochs = [m.step for m in client.get_metric_history(after["seed=1"].info.run_id, "val/auroc")]
     assert len(epochs) >= 3
-    # issue 25.9/25.21: a changed base config or override never lets old children count as the new protocol's
+    # issue 25.9/25.21: a changed base config or override never lets old children count as the new protocol's;
+    # a setting that changes no number (the evaluation batch size) is no new protocol
     spec = yaml.safe_load(path.read_text())
+    spec["overrides"]["data.eval_batch_size"] = 7
+    path.write_text(yaml.safe_dump(spec))
+    same = sweep(path, cwd=tmp_path, uri=uri)
+    assert same.returncode == 0 and len(sweep_runs(client)) == 3, same.stderr[-2000:]
+    spec["grid"]["seed_everything"] = [0]  # a point dropped: its child would still be in the report
+    path.write_text(yaml.safe_dump(spec))
+    dropped = sweep(path, cwd=tmp_path, uri=uri)
+    assert dropped.returncode == 2 and "seed=1 (no longer in the file)" in dropped.stderr, dropped.stderr[-2000:]
+    spec["grid"]["seed_everything"] = [0, 1]
     spec["overrides"]["trainer.max_epochs"] = 4
     path.write_text(yaml.safe_dump(spec))
     changed = sweep(path, cwd=tmp_path, uri=uri)

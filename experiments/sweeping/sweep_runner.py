@@ -10,6 +10,7 @@ from it in the same run. For a cluster, create the runs once (``--plan-only``) a
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from medrobust.experiments.cli import BASE_CONFIG
 from medrobust.experiments.legacy_class_paths import new_class_path
 from medrobust.experiments.reporting.tradeoff import (
     PARENT_TAG,
@@ -51,6 +53,19 @@ from medrobust.utilities.tracking_uri import has_credentials, redact_uri
 TAG_HOST, TAG_PID, TAG_HEARTBEAT, TAG_ATTEMPT = "sweep.host", "sweep.pid", "sweep.heartbeat", "sweep.attempt"
 #: the MD5 of the config a child was composed from: a relaunch never counts a child run with another config as done
 TAG_CONFIG = "sweep.config_md5"
+#: composed-config settings that change no result, left out of that MD5 (moving the runs folder is no new protocol)
+NOT_PROTOCOL = (
+    "trainer.logger",
+    "trainer.default_root_dir",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+    "data.root",
+    "data.cache_dir",
+    "data.download",
+    "data.num_workers",
+    "data.eval_batch_size",
+    "system_metrics",
+)
 LOGGER_CLASS = "medrobust.experiments.tracking.mlflow_logger.MLflowRunLogger"
 
 
@@ -292,8 +307,20 @@ class SweepRunner:
         return run.info.status
 
     def config_digest(self, point: Point) -> str:
-        """MD5 of the point's composed config (base configs, overrides, its values), as a child records it."""
-        text = json.dumps(self.spec.compose(point), sort_keys=True, default=str)
+        """MD5 of what decides the point's result, as a child records it: its composed config (base configs,
+        overrides, its values) without the settings that change no number (:data:`NOT_PROTOCOL`: where runs and data
+        live, logging, workers, evaluation batch size), the command's default config file
+        (``experiments/configs/base.yaml``) and the extra arguments every child gets (``args``)."""
+        config = copy.deepcopy(self.spec.compose(point))
+        for dotted in NOT_PROTOCOL:
+            *parents, last = dotted.split(".")
+            node = config
+            for part in parents:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(last, None)
+        base = BASE_CONFIG.read_text() if BASE_CONFIG.is_file() else ""
+        text = json.dumps({"config": config, "base": base, "args": self.spec.args}, sort_keys=True, default=str)
         return hashlib.md5(text.encode()).hexdigest()
 
     def check_same_configs(self, children: dict[str, Any]) -> None:
@@ -303,6 +330,12 @@ class SweepRunner:
             p.label
             for p in self.points
             if p.key in children and children[p.key].data.tags.get(TAG_CONFIG) != self.config_digest(p)
+        ]
+        keys = {p.key for p in self.points}
+        changed += [  # children of points the file no longer lists: the report would still count them
+            f"{run.data.tags.get(TAG_LABEL, key)} (no longer in the file)"
+            for key, run in children.items()
+            if key not in keys
         ]
         if changed:
             shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")

@@ -7,7 +7,8 @@ from what is studied. A part of a run that derives from another model declares i
 seam (:class:`~medrobust.callbacks.FeatureDistillation` names its teacher's checkpoint MD5;
 :class:`~medrobust.datamodules.MedMNISTDataModule` names a dataset fetched from an MLflow run by its MD5), and the
 network is drawn again from a seed derived from the run's seed and those identities: still reproducible, and another
-draw than the ancestor's own.
+draw than the ancestor's own. Only weights still at their initial values are redrawn, once: a resumed fit, or
+weights loaded or trained before ``fit``, are kept.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ def derived_seed(seed: int, ancestors: list[str]) -> int:
     """A 63-bit seed from the run's seed and its ancestors' identities (SHA-256; the same on every process)."""
     digest = hashlib.sha256("|".join([str(seed), *ancestors]).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
+
+
+def fingerprint(net: torch.nn.Module) -> torch.Tensor:
+    """The first few values of every parameter, on the CPU: enough to tell initial weights from loaded or trained
+    ones."""
+    with torch.no_grad():
+        return torch.cat([p.detach().flatten()[:4].float().cpu() for p in net.parameters()])
 
 
 def redraw(net: torch.nn.Module, hparams: Mapping[str, Any], seed: int) -> None:

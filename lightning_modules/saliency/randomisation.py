@@ -89,8 +89,8 @@ def cascade(net: nn.Module, initial: nn.Module) -> Iterator[tuple[str, nn.Module
 
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = SSIM_WINDOW) -> torch.Tensor:
     """Per-sample SSIM of ``(N, H, W)`` maps with a uniform ``window``, over the positions where the window fits (as
-    scikit-image's ``structural_similarity`` with ``use_sample_covariance=False``), with the pair's joint value range
-    as the data range (as Quantus' ``ssim``)."""
+    scikit-image's ``structural_similarity`` with ``use_sample_covariance=False``; Quantus' ``ssim`` uses the sample
+    covariance, about 1e-3 apart), with the pair's joint value range as the data range (as Quantus does)."""
     a, b = a.double().unsqueeze(1), b.double().unsqueeze(1)
     low = torch.minimum(a.flatten(1).min(1).values, b.flatten(1).min(1).values).view(-1, 1, 1, 1)
     high = torch.maximum(a.flatten(1).max(1).values, b.flatten(1).max(1).values).view(-1, 1, 1, 1)
@@ -105,6 +105,10 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = SSIM_WINDOW) -> torch.T
 
 
 def map_similarity(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per sample, the Spearman rank correlation and the SSIM of the absolute maps ``a`` and ``b`` ``(N, H, W)``."""
+    """Per sample, the Spearman rank correlation and the SSIM of the absolute maps ``a`` and ``b`` ``(N, H, W)``;
+    both NaN where either map is constant (an all-zero map of a dead network is no evidence either way; averages
+    leave it out)."""
     a, b = a.abs(), b.abs()
-    return {"spearman": spearman(a, b), "ssim": ssim(a, b)}
+    constant = (a.flatten(1).amax(1) == a.flatten(1).amin(1)) | (b.flatten(1).amax(1) == b.flatten(1).amin(1))
+    similar = ssim(a, b)
+    return {"spearman": spearman(a, b), "ssim": torch.where(constant.to(similar.device), torch.nan, similar)}
