@@ -10,8 +10,8 @@ sample, so callers can average, gather across processes and take spreads as they
   not a hit (Quantus' ``PointingGame`` counts it as a hit).
 * :func:`topk_iou`: IoU of the map's top ``k`` share of pixels with the mask. Pixels tied at the threshold share the
   remaining places at random: the IoU of the expected intersection (within 1.5% of the expected IoU; deterministic,
-  so the result does not depend on how a sort breaks ties): taking every tied pixel would turn "top 10%" into the whole image on a ReLU'd map with few positive pixels,
-  or into whole blocks on an upsampled Grad-CAM map.
+  so the result does not depend on how a sort breaks ties). Taking every tied pixel would turn "top 10%" into the
+  whole image on a ReLU'd map with few positive pixels, or into whole blocks on an upsampled Grad-CAM map.
 * :func:`chance_and_ceiling`: each score's chance level (a map that knows nothing: the mask's share of the image for
   energy and pointing, a random top-k set for IoU) and its ceiling (1, and for IoU ``min(k, m) / max(k, m)`` for a
   top-k set of ``k`` pixels and a mask of ``m``: a 7x7 mask caps top-10% IoU at 0.63 at 28 px, a 4x4 marker at 0.21),
