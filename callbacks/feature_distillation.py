@@ -131,6 +131,12 @@ class FeatureDistillation(Callback):
             logger = mlflow_logger(trainer)
             teacher = load_teacher(self.source, getattr(logger, "tracking_uri", None))
             self._test_teacher = teacher.net.to(trainer.strategy.root_device)
+            if logger is not None and trainer.global_rank == 0:  # a name may now mean a retrained teacher: say which
+                scored = {
+                    f"{self.name}.teacher.scored.run_id": teacher.run_id,
+                    f"{self.name}.teacher.scored.md5": teacher.md5,
+                }
+                log_params_once(logger, {k: v for k, v in scored.items() if v is not None})
         if stage != "fit":
             return
         self.check_inputs(trainer, pl_module, stage)

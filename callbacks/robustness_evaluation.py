@@ -172,6 +172,7 @@ class RobustnessEvaluation(EvaluationCallback):
         self._seen = 0
         self._checks: dict[str, Any] = {}
         self._tallies = dict.fromkeys(TALLIES, 0.0)
+        self._warned_order = False
 
     def check_inputs(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """The attacks against the task, the L2 budgets against the image size: before the ``medrobust`` command
@@ -224,7 +225,7 @@ class RobustnessEvaluation(EvaluationCallback):
         x, y, ids = x[:limit], y[:limit], ids[:limit] if ids is not None else None
         self._seen += limit
         expensive = within(ids, self.autoattack_max_samples, limit)
-        checked = within(ids, self.sanity_max_samples, limit) if self.sanity_checks else 0
+        checked = self._sanity_count(ids, limit) if self.sanity_checks else 0
         net, task = pl_module.net, pl_module.task
         with torch.inference_mode(False), trainer.precision_plugin.forward_context():
             x, y = x.clone(), y.clone()
@@ -245,7 +246,8 @@ class RobustnessEvaluation(EvaluationCallback):
                     worst = worst_case_predictions([preds["clean"][:k], *(preds[lb][:k] for lb in labels)], y[:k], task)
                     self._add(f"{WORST}/{threat.label}", worst, y[:k], pl_module)
             if checked > 0 and task != "multilabel":
-                self._tally(self._black_box_tallies(net, x[:checked], y[:checked], pl_module.num_classes))
+                first = ids[:checked] if ids is not None else None
+                self._tally(self._black_box_tallies(net, x[:checked], y[:checked], pl_module.num_classes, first))
             for attack, seconds in self.distances.measure(net, x, y, ids, pl_module.num_classes).items():
                 self._seconds[attack] = self._seconds.get(attack, 0.0) + seconds
         if trainer.is_global_zero:
@@ -271,12 +273,24 @@ class RobustnessEvaluation(EvaluationCallback):
         for name, value in counts.items():
             self._tallies[name] += value
 
-    def _black_box_tallies(self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
+    def _sanity_count(self, ids: torch.Tensor | None, limit: int) -> int:
+        """How many leading samples of this batch the masking checks take: those inside the global sample; a loader
+        without sample ids (one that shuffles) gives the first ``sanity_max_samples`` this process sees."""
+        if ids is not None or self.sanity_max_samples is None:
+            return within(ids, self.sanity_max_samples, limit)
+        if not self._warned_order:
+            rank_zero_warn("masking checks: the test loader has no sample ids; they judge the first samples it gives")
+            self._warned_order = True
+        return max(0, min(limit, self.sanity_max_samples - int(self._tallies["n"])))
+
+    def _black_box_tallies(
+        self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, ids: torch.Tensor | None
+    ) -> dict:
         linf = [t.eps for t in self.grid if t.norm == "linf" and t.eps > 0]
         if not linf:
             return {}
         eps, steps, queries = max(linf), self.pgd_steps, self.sanity_square_queries
-        return black_box_tallies(net, x, y, num_classes, eps, steps, queries, self.seed)
+        return black_box_tallies(net, x, y, num_classes, eps, steps, queries, self.seed, ids)
 
     @override
     def finish(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any] | None:

@@ -11,18 +11,21 @@ def network(auroc: list[float], deepfool: list[float]) -> dict:
     return {"n_seeds": len(auroc), "cells": {"auroc": spread_cell(auroc), "deepfool_l2": spread_cell(deepfool)}}
 
 
-def test_flags_need_close_auroc_a_gap_beyond_the_spread_and_two_seeds() -> None:
+def test_flags_need_close_auroc_and_a_paired_interval_that_excludes_zero() -> None:
     rows = {
         "a": network([0.930, 0.932], [0.30, 0.32]),
-        "b": network([0.935, 0.931], [0.15, 0.17]),  # AUROC within a point, gap 0.15 > spread 0.02: flagged
+        "b": network([0.935, 0.931], [0.15, 0.18]),  # AUROC within a point, paired gaps 0.15, 0.14: flagged
         "c": network([0.936, 0.934], [0.20, 0.40]),  # gap to a 0.01 < its spread 0.2; to b 0.14 < 0.2
         "d": network([0.990, 0.991], [2.0, 2.1]),  # AUROC far from the rest
         "e": network([0.931], [5.0]),  # one seed: no spread, never flagged
     }
     flags = flagged_pairs(rows)
     assert [(f["a"], f["b"], f["measure"]) for f in flags] == [("a", "b", "deepfool_l2")]
-    assert math.isclose(flags[0]["gap"], 0.15)
-    assert math.isclose(flags[0]["seed_spread"], 0.02)
+    assert math.isclose(flags[0]["gap"], 0.145)
+    assert math.isclose(flags[0]["seed_spread"], 0.03)
+    mean, lo, hi, n = flags[0]["paired"]  # the paired interval excludes 0, at n = 2
+    assert lo <= mean <= hi
+    assert n == 2 and lo > 0 and math.isclose(mean, 0.145)
 
 
 def test_inf_distances_are_read_and_never_flagged() -> None:

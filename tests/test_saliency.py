@@ -356,24 +356,29 @@ def test_evidence_pattern_carries_the_label_where_the_mask_says(tmp_path, synthe
         make(evidence={}, shortcut={"kind": "patch"})
 
 
-@pytest.mark.parametrize("name", ["bars", "checker"])
-def test_evidence_patterns_stay_distinct_per_class_up_to_11_classes_at_28px(name, tmp_path, synthetic_npz) -> None:
-    """Issue 25.14: at 28 px (a 7 px region) every class count 2..11 gets one distinct, non-plain pattern per class
-    (checker repeated from 8 classes and gave class 6 up a plain square); a size where they cannot is refused before
-    any data is read, naming the most classes it supports."""
-    evidence = Evidence.parse({"pattern": name, "size": 0.25})
+@pytest.mark.parametrize(("name", "size", "most"), [("bars", 0.25, 10), ("checker", 0.25, 9), ("checker", 0.3, 11)])
+def test_evidence_patterns_stay_distinct_per_class_or_are_refused(name, size, most, synthetic_npz) -> None:
+    """Issue 25.14: at 28 px every class count 2..11 gets one pattern per class, distinct also after a one-pixel shift
+    (at a random position a shifted copy tells no class apart) and never a plain square, or the config is refused
+    naming the most classes it supports (checker repeated from 8 classes and gave class 6 up a plain square; its
+    inverted classes were shifted copies)."""
+    evidence = Evidence.parse({"pattern": name, "size": size})
+    n = round(size * 28)
     for classes in range(2, 12):
-        tiles = [pattern(evidence, k, classes, 7).flatten() for k in range(classes)]
-        assert all(len(t.unique()) == 2 for t in tiles), (name, classes)
-        assert len({tuple(t.tolist()) for t in tiles}) == classes, (name, classes)
-    check_distinct(evidence, 11, 28)
-    tiny = Evidence.parse({"pattern": name, "size": 0.1})  # a 3 px region
-    with pytest.raises(InputError, match=r"supports at most \d+ classes at this size"):
-        check_distinct(tiny, 11, 28)
+        if classes <= most:
+            check_distinct(evidence, classes, 28)
+            tiles = [pattern(evidence, k, classes, n) for k in range(classes)]
+            assert all(len(t.unique()) == 2 for t in tiles), (name, classes)
+            assert len({tuple(t.flatten().tolist()) for t in tiles}) == classes, (name, classes)
+        else:
+            with pytest.raises(InputError, match=f"supports at most {most} classes at this size"):
+                check_distinct(evidence, classes, 28)
     path = str(synthetic_npz("organamnist"))  # 11 classes
-    with pytest.raises(InputError, match="supports at most"):
-        MedMNISTDataModule("organamnist", path=path, evidence={"pattern": name, "size": 0.1})
-    MedMNISTDataModule("organamnist", path=path, evidence={"pattern": name, "size": 0.25})
+    if most < 11:
+        with pytest.raises(InputError, match="supports at most"):
+            MedMNISTDataModule("organamnist", path=path, evidence={"pattern": name, "size": size})
+    else:
+        MedMNISTDataModule("organamnist", path=path, evidence={"pattern": name, "size": size})
 
 
 def test_user_masks_from_the_file_are_checked(tmp_path, synthetic_npz) -> None:

@@ -27,7 +27,7 @@ def test_a_difference_is_called_only_when_the_paired_interval_excludes_zero() ->
     """The arms' means are 0.05 apart in both cases; paired by seed, a consistent gap is a finding and a noisy one
     is inconclusive. Unpaired, the consistent gap would sit inside the seed spread (0.70-0.90)."""
     base = {0: 0.70, 1: 0.80, 2: 0.90}
-    consistent = {s: v + 0.05 for s, v in base.items()}
+    consistent = {0: 0.75, 1: 0.86, 2: 0.94}  # +0.05, +0.06, +0.04
     noisy = {0: 0.85, 1: 0.80, 2: 0.90}
     assert paired_difference(consistent, base)["verdict"] == "higher"
     assert paired_difference(base, consistent)["verdict"] == "lower"
@@ -36,3 +36,5 @@ def test_a_difference_is_called_only_when_the_paired_interval_excludes_zero() ->
     only_shared = paired_difference({0: 0.9, 1: 0.8, 5: 0.1}, {0: 0.7, 1: 0.6, 2: 0.0})
     assert only_shared["n"] == 2 and only_shared["seeds"] == [0, 1]
     assert show_difference(paired_difference(consistent, base)).endswith("(n=3): higher")
+    # the same step on every seed (a discrete metric on a small test set) has no spread: no finding
+    assert paired_difference({0: 0.51, 1: 0.51}, {0: 0.50, 1: 0.50})["verdict"] == "inconclusive at n = 2 (sd = 0)"

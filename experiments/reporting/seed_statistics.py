@@ -42,19 +42,23 @@ def paired_difference(a: Mapping[Any, float], b: Mapping[Any, float]) -> dict[st
     """``a - b`` over the seeds both arms have (keys: seeds), with its interval and a verdict: ``"higher"``,
     ``"lower"`` (the interval excludes 0), or ``"inconclusive at n = k"``."""
     seeds = sorted(set(a) & set(b), key=str)
-    pairs = [
-        float(a[s]) - float(b[s])
-        for s in seeds
-        if a[s] is not None and b[s] is not None and math.isfinite(float(a[s])) and math.isfinite(float(b[s]))
-    ]
-    out = interval(pairs) | {"seeds": seeds}
-    if out["n"] >= 2 and out["lo"] > 0:
+    pairs = [float(a[s]) - float(b[s]) for s in seeds if _finite(a[s]) and _finite(b[s])]
+    out = interval(pairs) | {"seeds": [s for s in seeds if _finite(a[s]) and _finite(b[s])]}
+    if out["n"] >= 2 and out["sd"] == 0:
+        # every seed moved by the same amount: no spread to size an interval with (a step of a discrete metric on a
+        # small test set does this), so no finding either way
+        out["verdict"] = f"inconclusive at n = {out['n']} (sd = 0)"
+    elif out["n"] >= 2 and out["lo"] > 0:
         out["verdict"] = "higher"
     elif out["n"] >= 2 and out["hi"] < 0:
         out["verdict"] = "lower"
     else:
         out["verdict"] = f"inconclusive at n = {out['n']}"
     return out
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(float(value))
 
 
 def show(cell: Mapping[str, Any] | None, digits: int = 3) -> str:

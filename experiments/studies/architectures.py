@@ -1,10 +1,12 @@
 """Generalisability against robustness across architectures (../shared/SCIENCE.md, section 4), in one command.
 
-Six networks trained the same way (``experiments/sweeps/architectures_cpu.yaml``), 2 seeds, on real PneumoniaMNIST
+Six networks trained the same way (``experiments/sweeps/architectures_cpu.yaml``), 3 seeds, on real PneumoniaMNIST
 and BreastMNIST, lined up by clean accuracy and AUROC with their robustness beside them: accuracy under FGSM and PGD-10
 at each L-inf budget (the per-sample worst case of both), and the median minimal distances of DeepFool (L2) and JSMA
 (L0). A pair of networks is **flagged** when their mean clean AUROCs are within 1 point but a robustness measure
-differs by more than the seed spread (the larger of the two networks' ranges over seeds).
+differs: the 95% t interval of the difference paired by seed excludes 0. Each flag is a test at the 5% level on its
+own; with about 15 pairs and 5 measures per dataset, a few flags are expected by chance (no multiplicity
+correction), so read them as leads, not findings.
 
 A seed whose model gives one class at least 95% of its test predictions (``summary/clean_top_pred_share``), more than
 that class's share of the labels (tag ``test.near_constant``), is left out

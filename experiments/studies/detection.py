@@ -59,6 +59,7 @@ def table(reports: list[tuple[str, float, dict]]) -> dict:
                 for metric in METRICS:
                     if metric in metrics:
                         cell.setdefault(metric, []).append(metrics[metric])
+                        cell.setdefault("_by_seed", {}).setdefault(metric, {})[seed] = metrics[metric]
         cells.setdefault(name, {}).setdefault("_calibration", []).append(
             {"seed": seed, **{k: report["calibration"].get(k) for k in ("noise", "best_layer")}}
         )
@@ -67,13 +68,14 @@ def table(reports: list[tuple[str, float, dict]]) -> dict:
             if target == "_calibration":
                 continue
             for cell in detectors.values():
+                by_seed = cell.pop("_by_seed", {})
                 for metric in METRICS:
                     values = cell.get(metric, [])
                     if values:
                         cell[metric] = interval(values) | {
                             "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                             "values": values,
-                            "by_seed": dict(zip(cell["seeds"], values, strict=False)),
+                            "by_seed": by_seed.get(metric, {}),
                         }
     return cells
 

@@ -11,7 +11,7 @@ command.
    ``construct/steps_run_mean``); the remaining feature gap is ``construct/feature_gap_mean``. A det/rand set whose
    relabelled images fool the source less than 95% of the time is tagged ``construct.valid=false`` and listed apart.
 3. Sweep ``experiments/sweeps/pneumonia_nonrobust_cpu.yaml``: a fresh standard model per dataset (and the original
-   data) for a fixed 10 epochs, 2 seeds, tested on the original test split: clean, PGD at 1-8/255, MedMNIST-C.
+   data) for a fixed 10 epochs, 3 seeds, tested on the original test split: clean, PGD at 1-8/255, MedMNIST-C.
 4. Into that sweep's parent run: ``nonrobust_study.json``, ``plots/nonrobust_study.png`` (accuracy under attack, and
    clean vs MedMNIST-C balanced accuracy, per dataset) and ``plots/nonrobust_examples.png`` (original, constructed,
    difference x10 per kind); the table is printed.

@@ -126,7 +126,7 @@ class SweepSpec:
             launcher=raw.get("launcher"),
             args=[str(a) for a in raw.get("args") or []],
             metric=_metric(path, raw.get("metric", "bal_acc")),
-            mixed_selection=bool(raw.get("mixed_selection", False)),
+            mixed_selection=_flag(path, "mixed_selection", raw.get("mixed_selection", False)),
         )
 
     @property
@@ -175,6 +175,12 @@ class SweepSpec:
         for key, value in {**self.overrides, **point.values}.items():
             set_override(config, key, value)
         return config
+
+
+def _flag(path: Path, key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise SweepError(f"{path}: {key} must be true or false, got {value!r}")
+    return value
 
 
 def _metric(path: Path, metric: object) -> str:

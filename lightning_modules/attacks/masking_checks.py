@@ -1,8 +1,10 @@
 """Gradient-masking checks in the spirit of AutoAttack's: signs that a robust accuracy is overestimated.
 
 Each check counts per sample (:func:`white_box_tallies`, :func:`black_box_tallies`), so the counts of any number of
-batches and processes add up, and :func:`masking_verdict` judges the sums: the verdict on a global sample of test
-images is the same however the sample was batched or sharded.
+batches and processes add up, and :func:`masking_verdict` judges the sums. The white-box tallies on a global sample
+of test images are the same however the sample was batched or sharded; so are the black-box check's PGD starts
+(drawn per image from its dataset id), but torchattacks' Square draws per batch, so its accuracy can differ by a few
+samples between process counts.
 """
 
 from __future__ import annotations
@@ -55,11 +57,13 @@ def black_box_tallies(
     pgd_steps: int,
     queries: int,
     seed: int,
+    ids: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Samples classified correctly under a black-box Square attack and under white-box PGD, at L-inf ``eps``."""
+    """Samples classified correctly under a black-box Square attack and under white-box PGD, at L-inf ``eps``
+    (``ids``: the samples' dataset ids, which seed PGD's random starts per image)."""
     correct = {}
     for spec in (AttackSpec("pgd", Threat("linf", eps), pgd_steps), AttackSpec("square", Threat("linf", eps))):
-        x_adv = build_attack(spec, "multiclass", num_classes, square_queries=queries, seed=seed)(net, x, y)
+        x_adv = build_attack(spec, "multiclass", num_classes, square_queries=queries, seed=seed)(net, x, y, ids)
         with eval_mode(net):
             correct[spec.attack] = float((~errors(net(x_adv), y, "multiclass")).sum())
     return {

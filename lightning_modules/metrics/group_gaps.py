@@ -7,7 +7,9 @@ For the shortcut's target class (the positives) and the two groups (carriers of 
 * ``eo_gap = max(|dtpr|, |dfpr|)``: the equalised-odds gap (Hardt et al. 2016), 0 for a classifier whose errors
   ignore the feature;
 * each with a percentile bootstrap 95% interval (``<gap>_lo``, ``<gap>_hi``), resampling within each group and class
-  so that every replicate keeps the counts the rates are computed on;
+  so that every replicate keeps the counts the rates are computed on. ``eo_gap`` is a maximum of absolute values,
+  never negative and biased upwards, so its interval excludes 0 even when both true gaps are 0: it is a size, not a
+  test; judge whether a gap exists from the signed ``dtpr`` and ``dfpr`` intervals;
 * the counts behind them (``n_pos_carrier``, ``n_neg_clean``, ...) and ``<gap>_min_group``, the smallest count a gap
   rests on. A gap on fewer than :data:`MIN_GROUP` samples is flagged ``<gap>_small_group`` and left out of
   ``summary/*`` (:mod:`~medrobust.lightning_modules.metrics.summary`): its rate moves by 1/n per sample.
