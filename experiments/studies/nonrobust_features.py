@@ -72,12 +72,26 @@ def source_runs(client: MlflowClient, experiment_id: str) -> dict[str, str]:
     return arms
 
 
+def current_construction(run, kind: str, match_steps: int, source_run_id: str) -> bool:
+    """Whether a FINISHED construction run was built as this study builds it now: from the current source run, with
+    the validity threshold, and for matching the same steps and convergence criterion (a run from before those
+    settings existed is not)."""
+    params = run.data.params
+    expected = {"construct.min_success": str(MIN_SUCCESS), "construct.source_run_id": source_run_id}
+    if kind not in ("det", "rand"):
+        expected |= {"construct.steps": str(match_steps), "construct.tolerance": str(MATCH_TOLERANCE)}
+    return all(params.get(key) == value for key, value in expected.items())
+
+
 def build_datasets(client: MlflowClient, uri: str, experiment_id: str, work: Path, match_steps: int) -> None:
     sources = source_runs(client, experiment_id)
     for name, (kind, arm, eps) in DATASETS.items():
-        if newest_finished(client, EXPERIMENT, name) is not None:
+        found = newest_finished(client, EXPERIMENT, name)
+        if found is not None and current_construction(found, kind, match_steps, sources[arm]):
             print(f"{name}: reusing its FINISHED run")
             continue
+        if found is not None:
+            print(f"{name}: its FINISHED run {found.info.run_id} was built with another protocol or source; rebuilding")
         ns = argparse.Namespace(
             source=sources[arm], kind=kind, out=work / f"pneumonia_{name}.npz", eps=eps,
             step=None if eps is None else eps / 5,  # the paper's step-to-eps ratio (0.1 / 0.5)
@@ -140,7 +154,8 @@ def constructions(client: MlflowClient) -> dict:
         if run is not None:
             out[run.info.run_name] = {k.removeprefix("construct/"): v for k, v in run.data.metrics.items()}
             out[run.info.run_name]["run_id"] = run.info.run_id
-            out[run.info.run_name]["valid"] = run.data.tags.get("construct.valid", "true") == "true"
+            tag = run.data.tags.get("construct.valid")  # none: built before validity was recorded, unknown
+            out[run.info.run_name]["valid"] = None if tag is None else tag == "true"
     return out
 
 
@@ -201,14 +216,14 @@ def print_table(result: dict, built: dict) -> None:
         + " | MedMNIST-C bal acc |"
     )
     print("|---|---|---|---|---|" + "---|" * len(THREATS) + "---|")
-    invalid = {name for name, info in built.items() if not info.get("valid", True)}
+    invalid = {name for name, info in built.items() if info.get("valid") is not True}
     ordered = sorted(result, key=lambda a: (a in invalid, a != "original", a))
     for k, name in enumerate(ordered):
         cell = result[name]
         if name in invalid and (k == 0 or ordered[k - 1] not in invalid):
             print(
-                f"| INVALID constructions, listed apart (the source reads the new label on < {MIN_SUCCESS:.0%} of "
-                "changed labels): |" + " |" * (len(THREATS) + 5)
+                f"| INVALID or unchecked constructions, listed apart (the source reads the new label on < "
+                f"{MIN_SUCCESS:.0%} of changed labels, or the set predates the check): |" + " |" * (len(THREATS) + 5)
             )
 
         def cell_text(metric: str, cell: dict = cell) -> str:
@@ -223,7 +238,7 @@ def print_table(result: dict, built: dict) -> None:
     print("\nconstructions (the source model's agreement with the new label; L2 change; remaining feature gap):")
     for name, info in built.items():
         print(
-            f"  {name}{'' if info.get('valid', True) else ' (INVALID)'}: agrees "
+            f"  {name}{'' if info.get('valid') else ' (INVALID or unchecked)'}: agrees "
             f"{info.get('source_agrees', float('nan')):.3f} (changed labels "
             f"{info.get('source_agrees_changed', float('nan')):.3f}, {info.get('label_changed', 0):.1%} changed), L2 "
             f"{info.get('l2_mean', float('nan')):.3f}, gap {info.get('feature_gap_mean', float('nan')):.3f}, "

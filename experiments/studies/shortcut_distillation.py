@@ -68,14 +68,25 @@ FLAGS = ("flipped_dtpr_small_group", "flipped_dtpr_min_group")
 ARMS = ("erm", "distill", "clean")
 
 
+def current_teacher(run) -> bool:
+    """Whether a FINISHED teacher was trained as the teacher config trains it now: with the small-input stem and its
+    own seed's clean subset (issue 25.9, 25.10); a teacher from before is retrained, and the newest one is the one
+    ``mlflow:<experiment>/<name>`` resolves to."""
+    params = run.data.params
+    return params.get("model.small_input") == "True" and params.get("data.subsample_seed") in ("None", None)
+
+
 def train_teachers(client: MlflowClient, study: Study, seeds: list[int], uri: str) -> None:
     experiment = client.get_experiment_by_name(study.experiment)
     for seed in seeds:
         name = f"{study.teacher_prefix}_s{seed}"
         query = f"tags.`mlflow.runName` = '{name}' and attributes.status = 'FINISHED'"
-        if experiment is not None and client.search_runs([experiment.experiment_id], query, max_results=1):
+        found = client.search_runs([experiment.experiment_id], query, max_results=1) if experiment else []
+        if found and current_teacher(found[0]):
             print(f"teacher {name}: FINISHED, reused")
             continue
+        if found:
+            print(f"teacher {name}: its FINISHED run {found[0].info.run_id} predates the current protocol; retraining")
         print(f"teacher {name}: training")
         args = ["--seed_everything", str(seed), "--trainer.logger.init_args.run_name", name]
         args += ["--trainer.logger.init_args.tracking_uri", uri]
