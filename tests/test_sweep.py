@@ -649,3 +649,19 @@ def test_runs_named_alike_are_one_point_only_when_they_repeat_it() -> None:
     ]
     table = format_table(build_report(same))
     assert "differ" not in table and "repeats" not in table and "0.800 [0.800, 0.800]" in table
+
+
+def test_a_table_without_autoattack_is_marked_pgd_only() -> None:
+    """Issue 25.1: robust accuracy from FGSM and PGD alone is an upper bound of unknown tightness; the table says so
+    and names the suite."""
+    summary = {"summary/clean_bal_acc": 0.8, "summary/adv_bal_acc/linf_8_255": 0.4}
+
+    def row(seed: str, attacks: list[str]) -> RunRow:
+        return RunRow(
+            f"r{seed}", f"n{seed}", "FINISHED", {"eps": "0", "seed_everything": seed}, summary, {}, {}, attacks
+        )
+
+    pgd = format_table(build_report([row("0", ["fgsm", "pgd20"]), row("1", ["fgsm", "pgd20"])], metric="bal_acc"))
+    assert "(fgsm, pgd20)" in pgd and "PGD ONLY" in pgd
+    full = format_table(build_report([row("0", ["autoattack", "pgd20"]), row("1", ["pgd20"])], metric="bal_acc"))
+    assert "(autoattack, pgd20)" in full and "PGD ONLY" not in full

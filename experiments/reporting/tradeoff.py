@@ -105,6 +105,8 @@ class RunRow:
     flags: dict[str, str] = field(default_factory=dict)
     #: for a run made outside a sweep, the settings that decide its result (params without seed and bookkeeping)
     config: dict[str, str] = field(default_factory=dict)
+    #: the attacks its robustness evaluation ran (``fgsm``, ``pgd20``, ``autoattack``...), from its metric names
+    attacks: list[str] = field(default_factory=list)
 
     @property
     def near_constant(self) -> list[str]:
@@ -141,6 +143,7 @@ class RunRow:
             "seed": self.seed,
             "values": self.values,
             "near_constant": ",".join(self.near_constant),
+            "attacks": self.attacks,
             **{k.removeprefix(SUMMARY): v for k, v in self.summary.items()},
         }
 
@@ -183,6 +186,7 @@ class Group:
         out["runs"] = [f"{run.name} ({run.run_id[:8]})" for run in self.runs]
         out["near_constant"] = self.near_constant
         out["not_repeats"] = self.not_repeats
+        out["attacks"] = sorted({a for run in self.runs for a in run.attacks})  # PGD only without autoattack
         for key in keys:
             s = self.stats(key)
             if s is not None:
@@ -211,7 +215,11 @@ def row_from_run(run: Any) -> RunRow:
     flags = {key: tags[key] for key in (CLEAN_FLAG, ROBUST_FLAG) if key in tags}
     params = run.data.params
     config = {} if TAG_VALUES in tags else {k: v for k, v in params.items() if not _bookkeeping(k)}
-    return RunRow(run.info.run_id, name, run.info.status, values, summary_metrics(run.data.metrics), flags, config)
+    attacks = sorted(
+        {f["attack"] for key in run.data.metrics if (p := parse_name(key)) and p[0] == "adv_attack" for f in [p[1]]}
+    )
+    summary = summary_metrics(run.data.metrics)
+    return RunRow(run.info.run_id, name, run.info.status, values, summary, flags, config, attacks)
 
 
 def group_rows(rows: Sequence[RunRow]) -> list[Group]:
@@ -319,8 +327,16 @@ def format_table(report: dict[str, Any]) -> str:
         )
         runs = ", ".join(g.get("runs", []))
         lines.append(f"| {g['group']} | {g['n']} | " + " | ".join(cells) + f" | {flags} | {runs} |")
+    attacks = sorted({a for g in report["groups"] for a in g.get("attacks", [])})
+    pgd_only = bool(attacks) and "autoattack" not in attacks
+    suite = ", ".join(attacks) or "none"
     note = (
-        f"cells: mean [95% t interval] over seeds; adversarial columns: worst case over attacks, per sample, by "
-        f"{METRIC_NAMES.get(metric, metric)}"
+        f"cells: mean [95% t interval] over seeds; adversarial columns: worst case over attacks ({suite}), per "
+        f"sample, by {METRIC_NAMES.get(metric, metric)}"
+        + (
+            "; PGD ONLY: no AutoAttack component ran, so robust accuracies are upper bounds of unknown tightness"
+            if pgd_only
+            else ""
+        )
     )
     return "\n".join([*lines, "", note])

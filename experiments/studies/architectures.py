@@ -183,7 +183,10 @@ def cell(c: dict) -> str:
 def print_table(study: dict[str, dict[str, dict]], flags: dict[str, list[dict]]) -> None:
     shown = ("bal_acc", "auroc", "pgd_1", "pgd_2", "pgd_4", "worst_2", "deepfool_l2", "deepfool_fooled", "jsma_l0")
     for flag, rows in study.items():
-        print(f"\n{flag}: mean [95% t interval] (n seeds), networks in order of clean AUROC; accuracies balanced")
+        print(
+            f"\n{flag}: mean [95% t interval] (n seeds), networks in order of clean AUROC; accuracies balanced; "
+            "FGSM and PGD-10 ONLY (no AutoAttack): robust accuracies are upper bounds of unknown tightness"
+        )
         print(f"{'network':<34}{'seeds':>5} " + "".join(f"{c:>16}" for c in shown))
         ordered = sorted(rows.items(), key=lambda kv: -kv[1]["cells"].get("auroc", {"mean": 0})["mean"])
         for net, r in ordered:

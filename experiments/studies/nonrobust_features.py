@@ -232,7 +232,10 @@ def print_table(result: dict, built: dict) -> None:
         shown = ("clean_bal_acc", "clean_acc", "clean_auroc", *(f"adv_bal_acc/{t}" for t in THREATS))
         row = [cell_text(m) for m in shown]
         print(f"| {name} | {cell['seeds']} | " + " | ".join(row) + f" | {cell_text('shift_bal_acc')} |")
-    print("\ncells: mean [95% t interval] (n seeds). Paired by seed against the original data's protocol:")
+    print(
+        "\ncells: mean [95% t interval] (n seeds); robust columns: PGD-20 ONLY (no AutoAttack), upper bounds of "
+        "unknown tightness. Paired by seed against the original data's protocol:"
+    )
     for comparison, diff in paired_with_original(result).items():
         print(f"  {comparison}: {show_difference(diff)}")
     print("\nconstructions (the source model's agreement with the new label; L2 change; remaining feature gap):")

@@ -187,7 +187,10 @@ def print_table(rows: dict, study: Study) -> None:
     def cell(row: dict, key: str) -> str:
         return show(row["cells"].get(key))
 
-    print(f"\n{study.sweep}: mean [95% t interval] (n seeds); masks mark the {study.mask}")
+    print(
+        f"\n{study.sweep}: mean [95% t interval] (n seeds); masks mark the {study.mask}; adversarial context: PGD ONLY "
+        "(no AutoAttack), upper bounds"
+    )
     context = [k for k in CONTEXT if any(k in r["cells"] for r in rows.values())]
     print(f"{'arm':<16}{'seeds':>6}  " + "  ".join(f"{k:>15}" for k in context))
     for name, row in rows.items():
