@@ -28,7 +28,7 @@ from medrobust.datamodules.files import absolutize_env_paths, find
 from medrobust.datamodules.medmnist import MedMNISTDataModule
 from medrobust.experiments.checkpoint_inputs import as_dict, check_fits_data, fetch_remote_checkpoint, warn_overridden
 from medrobust.experiments.cli_parser import MedRobustParser
-from medrobust.experiments.config_merge import merge_config_args
+from medrobust.experiments.config_merge import BASE_CONFIG, merge_config_args
 from medrobust.experiments.resume import (
     ResumePoint,
     checkpoint_identity,
@@ -52,9 +52,6 @@ DESCRIPTION = (
 )
 
 
-#: the settings every run starts from (trainer, model and data defaults, the checkpoint rule); a run's config holds
-#: only what differs. Logged into every run like the rest of the resolved config.
-BASE_CONFIG = Path(__file__).resolve().parent / "configs" / "base.yaml"
 SUBCOMMANDS = ("fit", "validate", "test")
 
 

@@ -18,6 +18,10 @@ from typing import Any
 
 import yaml
 
+#: the settings every run starts from (trainer, model and data defaults, the checkpoint rule); a run's config holds
+#: only what differs. Logged into every run like the rest of the resolved config.
+BASE_CONFIG = Path(__file__).resolve().parent / "configs" / "base.yaml"
+
 
 def class_name(entry: Any) -> str:
     """``medrobust.callbacks.AdversarialTraining`` -> ``AdversarialTraining`` (also for a bare class path string)."""

@@ -397,6 +397,41 @@ def test_sweep_against_a_real_mlflow_server(tmp_path, mlflow_server) -> None:
     assert torch.load(ckpt, weights_only=True)["mlflow"]["tracking_uri"].startswith("http://***@127.0.0.1")
 
 
+def test_a_relaunch_never_counts_children_of_another_protocol(tmp_path) -> None:
+    """Issue 25.9/25.21: after a base config or an override changed, or a point left the file, a relaunch is
+    refused, naming the points; a setting that changes no number (the evaluation batch size) is no new protocol.
+    The relaunches run in this process: none of them trains."""
+
+    def relaunch(path: Path, cwd: Path, uri: str) -> subprocess.CompletedProcess:
+        return medrobust_in_process("sweep", str(path), "--tracking-uri", uri, cwd=cwd)
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = {**TINY, **data_overrides(tmp_path), **STANDARD_NO_SHIFT, "trainer.max_epochs": 1}
+    path = write_sweep(
+        tmp_path / "guard.yaml", name="guard", experiment="tests", base=[str(SWEEP_BASE)], overrides=overrides,
+        grid={"seed_everything": [0, 1]},
+    )  # fmt: skip
+    first = sweep(path, cwd=tmp_path, uri=uri)  # the children train in their own processes, as always
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    client = MlflowClient(uri)
+    spec = yaml.safe_load(path.read_text())
+    spec["overrides"]["data.eval_batch_size"] = 7
+    path.write_text(yaml.safe_dump(spec))
+    same = relaunch(path, tmp_path, uri)
+    assert same.returncode == 0 and len(sweep_runs(client)) == 3, same.stderr[-2000:]
+    spec["grid"]["seed_everything"] = [0]  # a point dropped: its child would still be in the report
+    path.write_text(yaml.safe_dump(spec))
+    dropped = relaunch(path, tmp_path, uri)
+    assert dropped.returncode == 2 and "seed=1 (no longer in the file)" in dropped.stderr, dropped.stderr[-2000:]
+    spec["grid"]["seed_everything"] = [0, 1]
+    spec["overrides"]["trainer.max_epochs"] = 2
+    path.write_text(yaml.safe_dump(spec))
+    changed = relaunch(path, tmp_path, uri)
+    assert changed.returncode == 2 and "run with other configs" in changed.stderr, changed.stderr[-2000:]
+    assert "seed=0, seed=1" in changed.stderr and len(sweep_runs(client)) == 3
+
+
+@pytest.mark.slow  # about 65 s; test_a_relaunch_never_counts_children_of_another_protocol relaunches in the default run
 def test_a_killed_sweep_relaunches_without_rerunning_or_duplicating(tmp_path) -> None:
     """SIGKILL the whole sweep (driver and child) while its second (last) child trains; rerunning the same command
     marks that child KILLED, resumes it in the same run and leaves the finished one alone. (A relaunch that goes on
@@ -451,23 +486,6 @@ def test_a_killed_sweep_relaunches_without_rerunning_or_duplicating(tmp_path) ->
     assert "--ckpt_path=" in second_try.stdout, second_try.stdout[-2000:]  # resumed from its last checkpoint
     epochs = [m.step for m in client.get_metric_history(after["seed=1"].info.run_id, "val/auroc")]
     assert len(epochs) >= 3
-    # issue 25.9/25.21: a changed base config or override never lets old children count as the new protocol's;
-    # a setting that changes no number (the evaluation batch size) is no new protocol
-    spec = yaml.safe_load(path.read_text())
-    spec["overrides"]["data.eval_batch_size"] = 7
-    path.write_text(yaml.safe_dump(spec))
-    same = sweep(path, cwd=tmp_path, uri=uri)
-    assert same.returncode == 0 and len(sweep_runs(client)) == 3, same.stderr[-2000:]
-    spec["grid"]["seed_everything"] = [0]  # a point dropped: its child would still be in the report
-    path.write_text(yaml.safe_dump(spec))
-    dropped = sweep(path, cwd=tmp_path, uri=uri)
-    assert dropped.returncode == 2 and "seed=1 (no longer in the file)" in dropped.stderr, dropped.stderr[-2000:]
-    spec["grid"]["seed_everything"] = [0, 1]
-    spec["overrides"]["trainer.max_epochs"] = 4
-    path.write_text(yaml.safe_dump(spec))
-    changed = sweep(path, cwd=tmp_path, uri=uri)
-    assert changed.returncode == 2 and "run with other configs" in changed.stderr, changed.stderr[-2000:]
-    assert "seed=0, seed=1" in changed.stderr and len(sweep_runs(client)) == 3
 
 
 @pytest.mark.slow  # about a minute; test_robustness_evaluation keeps a DDP run in the default run

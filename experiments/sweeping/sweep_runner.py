@@ -27,7 +27,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from medrobust.experiments.cli import BASE_CONFIG
+from medrobust.experiments.config_merge import BASE_CONFIG
 from medrobust.experiments.legacy_class_paths import new_class_path
 from medrobust.experiments.reporting.tradeoff import (
     PARENT_TAG,
