@@ -220,7 +220,8 @@ def test_teacher_run_then_distilled_student_on_two_ddp_processes(tmp_path, pneum
     best = Path(run.data.tags["best_checkpoint"])
     config = {
         "trainer": {"callbacks": [{"class_path": "medrobust.callbacks.ShortcutEvaluation"}]},
-        "data": {"shortcut": {"kind": "patch", "strength": 0.95}},
+        # the student's shortcut: the study config's marker sits at random positions (issue 25.9)
+        "data": {"shortcut": {"kind": "patch", "strength": 0.95, "position": "random"}},
     }
     (tmp_path / "eval.yaml").write_text(yaml.safe_dump(config))
     again = medrobust(
