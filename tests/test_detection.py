@@ -155,13 +155,19 @@ def test_metrics_against_hand_computed_values_sklearn_and_pytorch_ood() -> None:
         detection_metrics(s_in, torch.zeros(0))
 
 
-def test_calibration_picks_on_validation_and_the_adaptive_attack_lowers_detection() -> None:
+def _fitted_ensemble(n: int) -> tuple:
+    """A small net, its generator, ``n`` random images of 3 classes, and a Mahalanobis detector fitted on them with
+    its (unfitted) feature ensemble."""
     net = _net()
     g = torch.Generator().manual_seed(1)
-    x = torch.rand(60, 1, 28, 28, generator=g)
-    y = torch.arange(60) % 3
+    x = torch.rand(n, 1, 28, 28, generator=g)
+    y = torch.arange(n) % 3
     mahalanobis = Mahalanobis(net, ["layer3", "layer4"], num_classes=3).fit([(x, y)])
-    ensemble = FeatureEnsemble(mahalanobis)
+    return net, g, x, y, mahalanobis, FeatureEnsemble(mahalanobis)
+
+
+def test_calibration_picks_on_validation_and_the_adaptive_attack_lowers_detection() -> None:
+    net, g, x, y, _, ensemble = _fitted_ensemble(60)
     outliers = torch.rand(60, 1, 28, 28, generator=g) * 0.3  # darker images
     record = calibrate(ensemble, x, outliers, [0.0, 0.002])
     assert record["noise"] in (0.0, 0.002) and record["best_layer"] in ("layer3", "layer4")
@@ -181,12 +187,7 @@ def test_the_ensemble_cross_validates_its_regularisation_and_calibration_splits_
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import StratifiedGroupKFold
 
-    net = _net()
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(61, 1, 28, 28, generator=g)
-    y = torch.arange(61) % 3
-    mahalanobis = Mahalanobis(net, ["layer3", "layer4"], num_classes=3).fit([(x, y)])
-    ensemble = FeatureEnsemble(mahalanobis)
+    _, g, x, _, mahalanobis, ensemble = _fitted_ensemble(61)
     copies = (x + 0.05 * torch.randn(61, 1, 28, 28, generator=g)).clamp(0, 1)  # image j's copy is copies[j]
     record = calibrate(ensemble, x, copies, [0.0])
     assert record["split"].startswith("by image") and record["ensemble_c"] == ensemble.chosen_c

@@ -26,7 +26,7 @@ def t_half_width(sd: float, n: int) -> float:
 
 def interval(values: Sequence[float]) -> dict[str, Any]:
     """``{"mean", "lo", "hi", "n", "sd"}`` of finite ``values``; ``lo``/``hi`` NaN for fewer than 2."""
-    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    finite = [float(v) for v in values if _finite(v)]
     n = len(finite)
     if n == 0:
         return {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": 0, "sd": math.nan}
