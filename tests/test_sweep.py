@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -322,42 +323,59 @@ def test_sweep_with_a_ddp_child(tmp_path) -> None:
         assert abs(a - b) < 0.1, history
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real ``mlflow server`` on loopback with a SQLite backend and a proxied artifact store."""
-    backend = f"sqlite:///{tmp_path / 'server.db'}"
-    with LocalMlflowServer(backend, str(tmp_path / "artifacts"), log=tmp_path / "server.log") as server:
-        yield server.url
+@dataclass
+class HttpSweep:
+    """A two-point sweep run against a real ``mlflow server``: its second point alone (as an array task would run
+    it), then the whole sweep. Shared by the tests that read it and the test that relaunches it."""
+
+    root: Path
+    path: Path
+    server: str  # the server's URL
+    uri: str  # the same with credentials, which the server ignores
+    only: subprocess.CompletedProcess
+    proc: subprocess.CompletedProcess
+    only_end_time: int | None  # when the point run alone ended, before the whole sweep ran
 
 
-def test_sweep_against_a_real_mlflow_server(tmp_path, mlflow_server) -> None:
-    path = write_sweep(
-        tmp_path / "http.yaml",
-        name="http",
-        experiment="tests",
-        base=[str(SWEEP_BASE)],
-        overrides={**TINY, **data_overrides(tmp_path), "trainer.max_epochs": 1},
-        grid={"callbacks.AdversarialTraining.eps": [0, "8/255"]},
-    )
-    # Issue 9.11: a tracking URI with credentials (the server ignores them) is used, and persisted nowhere.
-    secret = "s3cr3t-pw"
-    uri = mlflow_server.replace("http://", f"http://alice:{secret}@")
-    # the second point alone (as an array task would run it), then the whole sweep: it runs the first and leaves the
-    # second, FINISHED, alone
-    only = sweep(path, "--point", "1", cwd=tmp_path, uri=uri)
+SECRET = "s3cr3t-pw"
+
+
+@pytest.fixture(scope="module")
+def http_sweep(tmp_path_factory) -> HttpSweep:
+    root = tmp_path_factory.mktemp("http_sweep")
+    backend = f"sqlite:///{root / 'server.db'}"
+    with LocalMlflowServer(backend, str(root / "artifacts"), log=root / "server.log") as server:
+        path = write_sweep(
+            root / "http.yaml",
+            name="http",
+            experiment="tests",
+            base=[str(SWEEP_BASE)],
+            overrides={**TINY, **data_overrides(root), "trainer.max_epochs": 1, "data.shifts": TINY["data.shifts"][:1]},
+            grid={"callbacks.AdversarialTraining.eps": [0, "8/255"]},
+        )
+        # Issue 9.11: a tracking URI with credentials (the server ignores them) is used, and persisted nowhere.
+        uri = server.url.replace("http://", f"http://alice:{SECRET}@")
+        only = sweep(path, "--point", "1", cwd=root, uri=uri)
+        children = [r for r in sweep_runs(MlflowClient(server.url)) if r.data.tags.get("sweep.role") == "child"]
+        ended = [r.info.end_time for r in children]
+        proc = sweep(path, cwd=root, uri=uri) if only.returncode == 0 else only
+        yield HttpSweep(root, path, server.url, uri, only, proc, ended[0] if len(ended) == 1 else None)
+
+
+def test_sweep_against_a_real_mlflow_server(http_sweep) -> None:
+    tmp_path, mlflow_server, uri, secret = http_sweep.root, http_sweep.server, http_sweep.uri, SECRET
+    only, proc = http_sweep.only, http_sweep.proc
     assert only.returncode == 0, only.stdout[-3000:] + only.stderr[-3000:]
-    (done,) = [r for r in sweep_runs(MlflowClient(mlflow_server)) if r.data.tags.get("sweep.role") == "child"]
-    assert done.info.status == "FINISHED" and done.data.tags["sweep.label"] == "eps=8/255"
-    proc = sweep(path, cwd=tmp_path, uri=uri)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert secret not in proc.stdout + proc.stderr
+    # the second point ran alone first; the whole sweep then ran the first and left the second, FINISHED, alone
     client = MlflowClient(mlflow_server)
     runs = sweep_runs(client)
     assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
     parent, *children = runs
+    (done,) = [c for c in children if c.data.tags["sweep.label"] == "eps=8/255"]
+    assert done.info.end_time == http_sweep.only_end_time  # not rerun
+    assert secret not in proc.stdout + proc.stderr
     assert parent.info.artifact_uri.startswith("mlflow-artifacts:")
-    assert {c.info.run_id for c in children} >= {done.info.run_id}  # not rerun
-    assert next(c for c in children if c.info.run_id == done.info.run_id).info.end_time == done.info.end_time
     # Issue 24.1: the parent and each child announced with name, id and link (the server's, without credentials)
     first = next(c for c in children if c.info.run_id != done.info.run_id)
     for run, event, out in [
@@ -397,40 +415,32 @@ def test_sweep_against_a_real_mlflow_server(tmp_path, mlflow_server) -> None:
     assert torch.load(ckpt, weights_only=True)["mlflow"]["tracking_uri"].startswith("http://***@127.0.0.1")
 
 
-def test_a_relaunch_never_counts_children_of_another_protocol(tmp_path) -> None:
+def test_a_relaunch_never_counts_children_of_another_protocol(http_sweep) -> None:
     """Issue 25.9/25.21: after a base config or an override changed, or a point left the file, a relaunch is
     refused, naming the points; a setting that changes no number (the evaluation batch size) is no new protocol.
-    The relaunches run in this process: none of them trains."""
+    The relaunches of the finished HTTP sweep (its file edited, then restored) run in this process: none trains."""
+    assert http_sweep.proc.returncode == 0, http_sweep.proc.stderr[-3000:]
+    client, path, original = MlflowClient(http_sweep.server), http_sweep.path, http_sweep.path.read_text()
 
-    def relaunch(path: Path, cwd: Path, uri: str) -> subprocess.CompletedProcess:
-        return medrobust_in_process("sweep", str(path), "--tracking-uri", uri, cwd=cwd)
+    def relaunch() -> subprocess.CompletedProcess:
+        path.write_text(yaml.safe_dump(spec))
+        return medrobust_in_process("sweep", str(path), "--tracking-uri", http_sweep.uri, cwd=http_sweep.root)
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    overrides = {**TINY, **data_overrides(tmp_path), **STANDARD_NO_SHIFT, "trainer.max_epochs": 1}
-    overrides = {k: v for k, v in overrides.items() if not k.startswith("callbacks.RobustnessEvaluation.")}
-    overrides["callbacks.RobustnessEvaluation"] = None  # what runs in a child does not matter here
-    path = write_sweep(
-        tmp_path / "guard.yaml", name="guard", experiment="tests", base=[str(SWEEP_BASE)], overrides=overrides,
-        grid={"seed_everything": [0, 1]},
-    )  # fmt: skip
-    first = sweep(path, cwd=tmp_path, uri=uri)  # the children train in their own processes, as always
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    client = MlflowClient(uri)
-    spec = yaml.safe_load(path.read_text())
-    spec["overrides"]["data.eval_batch_size"] = 7
-    path.write_text(yaml.safe_dump(spec))
-    same = relaunch(path, tmp_path, uri)
-    assert same.returncode == 0 and len(sweep_runs(client)) == 3, same.stderr[-2000:]
-    spec["grid"]["seed_everything"] = [0]  # a point dropped: its child would still be in the report
-    path.write_text(yaml.safe_dump(spec))
-    dropped = relaunch(path, tmp_path, uri)
-    assert dropped.returncode == 2 and "seed=1 (no longer in the file)" in dropped.stderr, dropped.stderr[-2000:]
-    spec["grid"]["seed_everything"] = [0, 1]
-    spec["overrides"]["trainer.max_epochs"] = 2
-    path.write_text(yaml.safe_dump(spec))
-    changed = relaunch(path, tmp_path, uri)
-    assert changed.returncode == 2 and "run with other configs" in changed.stderr, changed.stderr[-2000:]
-    assert "seed=0, seed=1" in changed.stderr and len(sweep_runs(client)) == 3
+    spec, runs = yaml.safe_load(original), len(sweep_runs(client))  # the sweep's 3, and any report run
+    try:
+        spec["overrides"]["data.eval_batch_size"] = 7
+        same = relaunch()
+        assert same.returncode == 0 and len(sweep_runs(client)) == runs, same.stdout + same.stderr
+        spec["grid"]["callbacks.AdversarialTraining.eps"] = [0]  # a point dropped: its child would stay in the report
+        dropped = relaunch()
+        assert dropped.returncode == 2 and "eps=8/255 (no longer in the file)" in dropped.stderr, dropped.stderr
+        spec["grid"]["callbacks.AdversarialTraining.eps"] = [0, "8/255"]
+        spec["overrides"]["trainer.max_epochs"] = 2
+        changed = relaunch()
+        assert changed.returncode == 2 and "run with other configs" in changed.stderr, changed.stderr[-2000:]
+        assert "eps=0, eps=8/255" in changed.stderr and len(sweep_runs(client)) == runs
+    finally:
+        path.write_text(original)
 
 
 @pytest.mark.slow  # about 65 s; test_a_relaunch_never_counts_children_of_another_protocol relaunches in the default run
