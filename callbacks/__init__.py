@@ -6,6 +6,7 @@ from medrobust.callbacks.detection_evaluation import DetectionEvaluation
 from medrobust.callbacks.feature_distillation import FeatureDistillation
 from medrobust.callbacks.mlflow_checkpoints import MLflowCheckpoints
 from medrobust.callbacks.mlflow_dataset_inputs import MLflowDatasetInputs
+from medrobust.callbacks.mlflow_model import MLflowModel
 from medrobust.callbacks.mlflow_seams import MLflowSeams
 from medrobust.callbacks.mlflow_system_metrics import MLflowSystemMetrics
 from medrobust.callbacks.mlflow_test_record import MLflowTestRecord
@@ -23,6 +24,7 @@ __all__ = [
     "FeatureDistillation",
     "MLflowCheckpoints",
     "MLflowDatasetInputs",
+    "MLflowModel",
     "MLflowSeams",
     "MLflowSystemMetrics",
     "MLflowTestRecord",

@@ -13,6 +13,7 @@ from typing_extensions import override
 
 from medrobust.callbacks.helpers.mlflow_logger_lookup import mlflow_logger
 from medrobust.callbacks.selection_checkpoint import SelectionCheckpoint
+from medrobust.utilities.hashing import file_md5
 from medrobust.utilities.tracking_uri import redact_uri
 
 
@@ -23,8 +24,8 @@ class MLflowCheckpoints(Callback):
       credentials removed, so ``--ckpt_path`` resumes the same run and no password is written to disk.
     * After fit: the selected checkpoint as the artifact ``checkpoints/best.ckpt`` (weights, hyperparameters and
       callback states, without optimizer state, so ``medrobust test --ckpt_path`` and ``load_from_checkpoint`` take
-      it), its local path as tag ``best_checkpoint``, and the selection as tags ``selection.rule``,
-      ``selection.metric``, ``selection.epoch`` and ``selection.score`` (see
+      it), its local path as tag ``best_checkpoint`` and the uploaded file's MD5 as ``best_checkpoint.md5``, and the
+      selection as tags ``selection.rule``, ``selection.metric``, ``selection.epoch`` and ``selection.score`` (see
       :class:`~medrobust.callbacks.SelectionCheckpoint`).
 
     Args:
@@ -67,3 +68,4 @@ class MLflowCheckpoints(Callback):
                 path = Path(tmp) / "best.ckpt"
                 torch.save(checkpoint, path)
                 client.log_artifact(run_id, str(path), "checkpoints")
+                client.set_tag(run_id, "best_checkpoint.md5", file_md5(path))

@@ -42,11 +42,10 @@ class MLflowDatasetInputs(Callback):
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
         source = resolve_dataset_source(info["url"] if info["official"] else info["file"])
-        name = f"{info['flag']}_{info['size']}"
         splits = ["train", "val", "test"] if stage == "fit" else ["test" if stage == "test" else "val"]
         inputs = [
             DatasetInput(
-                dataset=MetaDataset(source, name=f"{name}/{split}", digest=info["md5"])._to_mlflow_entity(),
+                dataset=MetaDataset(source, name=dataset_name(info, split), digest=info["md5"])._to_mlflow_entity(),
                 tags=[InputTag(key=MLFLOW_DATASET_CONTEXT, value=split)],
             )
             for split in splits
@@ -66,3 +65,8 @@ class MLflowDatasetInputs(Callback):
         tags |= {f"data.label_counts.{split}": counts for split, counts in info.get("label_counts", {}).items()}
         for key, value in tags.items():
             client.set_tag(run_id, key, str(value))
+
+
+def dataset_name(info: dict[str, Any], split: str) -> str:
+    """The MLflow dataset name of one split of the data ``describe()`` gives: ``<flag>_<size>/<split>``."""
+    return f"{info['flag']}_{info['size']}/{split}"

@@ -16,7 +16,7 @@ from medrobust.experiments.tracking.mlflow_logger import resolve_tracking_uri
 from medrobust.utilities.console import own_line
 from medrobust.utilities.errors import InputError
 from medrobust.utilities.hashing import file_md5
-from medrobust.utilities.mlflow_source import fetch_checkpoint
+from medrobust.utilities.mlflow_source import fetch_checkpoint, logged_model
 
 #: model settings a checkpoint's own replace without the user's noticing: the network it holds
 ARCHITECTURE_KEYS = ("model_name", "small_input", "timm_kwargs", "class_weights")
@@ -38,8 +38,8 @@ class RemoteCheckpoint:
 
 
 def fetch_remote_checkpoint(subcommand: str, source: str, logger_args: Any) -> RemoteCheckpoint:
-    """``--ckpt_path mlflow:<experiment>/<run name>`` (or ``runs:/<run_id>/<path>``, or a run id) for ``test`` and
-    ``validate``: that run's selected checkpoint, from the store the new run logs to (its logger's
+    """``--ckpt_path mlflow:<experiment>/<run name>`` (or ``runs:/<run_id>/<path>``, a run id, ``models:/...``) for
+    ``test`` and ``validate``: that run's selected checkpoint, from the store the new run logs to (its logger's
     ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``)."""
     if subcommand == "fit":
         raise InputError(
@@ -50,6 +50,8 @@ def fetch_remote_checkpoint(subcommand: str, source: str, logger_args: Any) -> R
     folder = tempfile.TemporaryDirectory(prefix="medrobust-ckpt-")
     path, run_id = fetch_checkpoint(source, tracking_uri, folder.name, what="--ckpt_path")
     tags = {"test.checkpoint.source": source, "test.checkpoint.run_id": run_id, "test.checkpoint.md5": file_md5(path)}
+    if source.startswith("models:/"):  # the test metrics are linked to that model too (MLflowModel)
+        tags["test.checkpoint.model_id"] = logged_model(source, tracking_uri, "--ckpt_path").model_id
     rank_zero_info(f"--ckpt_path {source}: run {run_id}'s {path.name}, fetched into {path}")
     return RemoteCheckpoint(path, tags, folder)
 

@@ -20,6 +20,7 @@ from typing_extensions import override
 from medrobust.callbacks.helpers.atomic_checkpoint_io import AtomicCheckpointIO
 from medrobust.callbacks.mlflow_checkpoints import MLflowCheckpoints
 from medrobust.callbacks.mlflow_dataset_inputs import MLflowDatasetInputs
+from medrobust.callbacks.mlflow_model import MLflowModel
 from medrobust.callbacks.mlflow_seams import MLflowSeams
 from medrobust.callbacks.mlflow_system_metrics import MLflowSystemMetrics
 from medrobust.callbacks.mlflow_test_record import MLflowTestRecord
@@ -116,6 +117,7 @@ class MedRobustCLI(LightningCLI):
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
         parser.add_lightning_class_args(SelectionCheckpoint, "checkpoint")
         parser.add_lightning_class_args(MLflowSystemMetrics, "system_metrics")
+        parser.add_lightning_class_args(MLflowModel, "mlflow_model")
         parser.add_argument("--test_after_fit", type=bool, default=True, help="fit ends by testing the best checkpoint")
 
     @override
@@ -206,6 +208,10 @@ class MedRobustCLI(LightningCLI):
         logger = self.trainer.logger
         if isinstance(logger, MLflowRunLogger):
             logger.tags = {**(logger.tags or {}), **self._fetched.tags}
+        model_id = self._fetched.tags.get("test.checkpoint.model_id")
+        for callback in self.trainer.callbacks if model_id else []:
+            if isinstance(callback, MLflowModel):
+                callback.model_id = model_id
 
     def after_fit(self) -> None:
         if not self.config_init[self.subcommand].get("test_after_fit") or self.trainer.interrupted:

@@ -20,6 +20,7 @@ TINY = [
     "--trainer.enable_progress_bar=false",
     "--trainer.logger.init_args.experiment_name=tests",
     "--system_metrics.interval=0.2",
+    "--mlflow_model.log_model=false",  # a few seconds per run; tests/test_mlflow_model.py logs models
     "--trainer.log_every_n_steps=1",
 ]
 QUICKSTART = str(REPO / "experiments" / "configs" / "quickstart.yaml")

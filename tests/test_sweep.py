@@ -211,6 +211,7 @@ TINY = {
     "trainer.log_every_n_steps": 1,
     "trainer.accelerator": "cpu",
     "system_metrics.enabled": False,
+    "mlflow_model.log_model": False,
     "data.batch_size": 64,
     "data.eval_batch_size": 64,
     "data.shifts": ["corruption:gaussian_noise@1", "corruption:gaussian_noise@5"],

@@ -1,5 +1,7 @@
-"""Where a trained model or a dataset lives in MLflow: ``runs:/<run_id>/<path>``, a run id, or
-``mlflow:<experiment>/<run name>`` (the newest FINISHED run of that name). Used by teachers, construction sources and
+"""Where a trained model or a dataset lives in MLflow: ``runs:/<run_id>/<path>``, a run id,
+``mlflow:<experiment>/<run name>`` (the newest FINISHED run of that name), or a model: ``models:/<model_id>``,
+``models:/<name>@<alias>``, ``models:/<name>/<version>`` (the run that logged it, whose selected checkpoint is the
+model's, checked by MD5). Used by ``medrobust test --ckpt_path``, teachers, construction sources and
 ``--data.path``."""
 
 from __future__ import annotations
@@ -17,14 +19,17 @@ BEST_ARTIFACT = "checkpoints/best.ckpt"
 
 
 def is_remote(source: str) -> bool:
-    """``runs:/<run_id>/<path>``, a bare 32-hex MLflow run id, or ``mlflow:<experiment>/<run name>``."""
-    return source.startswith(("runs:/", "mlflow:")) or bool(_RUN_ID.match(source))
+    """``runs:/<run_id>/<path>``, a bare 32-hex MLflow run id, ``mlflow:<experiment>/<run name>`` or ``models:/...``."""
+    return source.startswith(("runs:/", "mlflow:", "models:/")) or bool(_RUN_ID.match(source))
 
 
 def resolve_run_id(source: str, tracking_uri: str | None, what: str = "Source") -> str:
-    """The run a remote ``source`` names (``runs:/`` URIs and bare ids as they are; ``mlflow:`` looked up)."""
+    """The run a remote ``source`` names (``runs:/`` URIs and bare ids as they are; ``mlflow:`` looked up; a model's
+    source run)."""
     if source.startswith("runs:/"):
         return source.removeprefix("runs:/").split("/", 1)[0]
+    if source.startswith("models:/"):
+        return logged_model(source, tracking_uri, what).source_run_id
     if not source.startswith("mlflow:"):
         return source
     experiment, _, name = source.removeprefix("mlflow:").rpartition("/")
@@ -83,6 +88,63 @@ def fetch_checkpoint(
     source: str, tracking_uri: str | None, folder: str | Path, what: str = "Source"
 ) -> tuple[Path, str]:
     """Download the checkpoint a remote ``source`` names (a run without a path: its selected checkpoint,
-    ``checkpoints/best.ckpt``) into ``folder``; returns the local file and the run it belongs to."""
+    ``checkpoints/best.ckpt``; a model: its run's selected checkpoint, which must have the MD5 the model's card
+    records) into ``folder``; returns the local file and the run it belongs to."""
     uri = artifact_uri(source, tracking_uri, BEST_ARTIFACT, what)
-    return download(uri, tracking_uri, folder, what), resolve_run_id(uri, tracking_uri, what)
+    path = download(uri, tracking_uri, folder, what)
+    if source.startswith("models:/"):
+        from medrobust.utilities.hashing import file_md5
+
+        card = model_card(source, tracking_uri, what)
+        expected = (card.get("checkpoint") or {}).get("md5")
+        if expected is None or file_md5(path) != expected:
+            raise InputError(
+                f"{what} {source!r}: its run's {BEST_ARTIFACT} (MD5 {file_md5(path)}) is not the checkpoint the model "
+                f"was made from (its card records MD5 {expected}); was the run's artifact replaced?"
+            )
+    return path, resolve_run_id(uri, tracking_uri, what)
+
+
+def logged_model(source: str, tracking_uri: str | None, what: str = "Source") -> Any:
+    """The LoggedModel ``models:/<model_id>``, ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` names."""
+    from mlflow import MlflowClient
+
+    client, rest = MlflowClient(tracking_uri), source.removeprefix("models:/").rstrip("/")
+    try:
+        if rest.startswith("m-") and "/" not in rest and "@" not in rest:
+            return client.get_logged_model(rest)
+        if "@" in rest:
+            name, alias = rest.rsplit("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, number = rest.rsplit("/", 1) if "/" in rest else (rest, "")
+            if not number.isdigit():
+                raise InputError(
+                    f"{what} {source!r}: give models:/<model_id>, models:/<name>@<alias> or models:/<name>/<version>"
+                )
+            version = client.get_model_version(name, number)
+        # a version registered from models:/<model_id> keeps it in its source (its model_id field may be empty)
+        model_id = version.model_id or (version.source or "").removeprefix("models:/").split("/", 1)[0]
+        if not model_id.startswith("m-"):
+            raise InputError(
+                f"{what} {source!r}: version {version.version} of {name!r} was registered from {version.source!r}, "
+                "not from a logged model (models:/<model_id>)"
+            )
+        return client.get_logged_model(model_id)
+    except InputError:
+        raise
+    except Exception as err:  # MlflowException: unknown model, name, alias or version
+        raise InputError(f"{what} {source!r} not found in {tracking_uri}: {err}") from None
+
+
+def model_card(source: str, tracking_uri: str | None, what: str = "Source") -> dict[str, Any]:
+    """The ``model_card`` a logged model's MLmodel file holds (empty for a model medrobust did not log)."""
+    import tempfile
+
+    import yaml
+
+    model = logged_model(source, tracking_uri, what)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = download(f"{model.artifact_location.rstrip('/')}/MLmodel", tracking_uri, tmp, what)
+        metadata = yaml.safe_load(path.read_text()).get("metadata") or {}
+    return dict(metadata.get("model_card") or {})

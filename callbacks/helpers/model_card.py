@@ -1,0 +1,60 @@
+"""What a logged model says about itself (its MLmodel ``metadata["model_card"]``): the data, the task and classes,
+the input it takes, the threat it was trained against, how its checkpoint was chosen, and where it came from."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch import LightningModule, Trainer
+
+from medrobust.callbacks.selection_checkpoint import SelectionCheckpoint
+
+#: the card's version: bump it when a field changes meaning
+CARD_VERSION = 1
+
+
+def model_card(trainer: Trainer, pl_module: LightningModule, run: Any, threat: Any) -> dict[str, Any]:
+    """The card of the model made from the selected checkpoint of ``run`` (an MLflow Run, after fit), trained
+    against ``threat`` (the module's announced :class:`TrainingThreat`, or None)."""
+    data = trainer.datamodule
+    info = data.describe() if hasattr(data, "describe") else {}
+    hparams = pl_module.hparams
+    selection = (
+        trainer.checkpoint_callback.selection() if isinstance(trainer.checkpoint_callback, SelectionCheckpoint) else {}
+    )
+    size, in_chans = int(info.get("size") or hparams.get("input_size") or 28), int(hparams["in_chans"])
+    return {
+        "card_version": CARD_VERSION,
+        "dataset": {
+            "flag": info.get("flag"),
+            "size": info.get("size"),
+            "md5": info.get("md5"),
+            "official": info.get("official"),
+            "n_samples": info.get("n_samples"),
+        },
+        "task": pl_module.task,
+        "num_classes": int(hparams["num_classes"]),
+        "class_names": list(getattr(data, "class_names", None) or []),
+        "input": {
+            "size": size,
+            "in_chans": in_chans,
+            "values": "uint8 0-255 or float in [0, 1]; normalisation is inside the model",
+            "layouts": ["(N, H, W)" if in_chans == 1 else "(N, H, W, C)", "(N, C, H, W)"],
+        },
+        "output": "softmax probabilities per class" if pl_module.task == "multiclass" else "sigmoid per label",
+        "network": {
+            "model_name": hparams["model_name"],
+            "small_input": bool(hparams.get("small_input", False)),
+            "mean": list(hparams.get("mean") or []),
+            "std": list(hparams.get("std") or []),
+        },
+        "trained_against": (
+            "none (standard training)"
+            if threat is None or threat.eps == 0
+            else {"norm": threat.norm, "eps": threat.eps, "full_from_epoch": threat.full_from_epoch}
+        ),
+        "selection": {k: v for k, v in selection.items()},
+        "checkpoint": {"artifact": "checkpoints/best.ckpt", "md5": run.data.tags.get("best_checkpoint.md5")},
+        "source_run_id": run.info.run_id,
+        "serialization": "pt2 (torch.export program: loads without unpickling code)",
+    }

@@ -1,0 +1,153 @@
+"""Issue 26.1-26.2: a fit's selected checkpoint as an MLflow model, loaded with MLflow alone, predicting what the
+module predicts; the test metrics linked to it; bad input refused with the expected shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from conftest import SHARED_MEDMNIST, write_medmnist_npz
+from mlflow import MlflowClient
+from test_cli import QUICKSTART, medrobust_in_process
+
+from medrobust.callbacks.helpers.pyfunc_image_classifier import as_images
+from medrobust.lightning_modules.classifier import ClassifierModule
+from medrobust.lightning_modules.features.teacher import load_teacher
+from medrobust.utilities.errors import InputError
+from medrobust.utilities.hashing import file_md5
+
+#: (flag, where its file comes from): the real binary PneumoniaMNIST, synthetic multi-class RGB and multi-label files
+CASES = [("pneumoniamnist", "real"), ("bloodmnist", "synthetic"), ("chestmnist", "synthetic")]
+
+
+@pytest.mark.parametrize(("flag", "source"), CASES)
+def test_the_selected_checkpoint_is_a_model_that_predicts_what_the_module_predicts(
+    tmp_path, tracking_uri, flag, source
+):
+    if source == "real":
+        if not (SHARED_MEDMNIST / f"{flag}.npz").is_file():
+            pytest.skip("the real PneumoniaMNIST is in ../shared")
+        file, data = SHARED_MEDMNIST / f"{flag}.npz", [f"--data.root={SHARED_MEDMNIST}"]
+    else:
+        file = write_medmnist_npz(tmp_path / f"{flag}.npz", flag, n=(96, 32, 32))
+        data = [f"--data.path={file}"]
+    fit = medrobust_in_process(
+        "fit", "--config", QUICKSTART, f"--data.flag={flag}", *data, "--data.subsample={train: 96, val: 32, test: 32}",
+        "--model.model_name=test_resnet", "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.tracking_uri={tracking_uri}", cwd=tmp_path,
+    )  # fmt: skip
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
+    model_id = run.data.tags["model.id"]
+    logged = client.get_logged_model(model_id)
+    assert (logged.experiment_id, logged.source_run_id) == (run.info.experiment_id, run.info.run_id)
+    assert str(logged.status) == "READY" and logged.name == "model"
+    (output,) = run.outputs.model_outputs
+    assert output.model_id == model_id and output.step == int(run.data.tags["selection.epoch"])
+
+    # the test metrics, linked to the model and to the test split, without a second point in the run's history
+    linked = {m.key: m for m in logged.metrics}
+    assert {"test/bal_acc", "test/auroc", "summary/clean_bal_acc"} <= set(linked)
+    assert linked["test/bal_acc"].dataset_name == f"{flag}_28/test"
+    assert linked["test/bal_acc"].dataset_digest == run.data.tags["data.md5"]
+    assert linked["test/bal_acc"].value == run.data.metrics["test/bal_acc"]
+    assert len(client.get_metric_history(run.info.run_id, "test/bal_acc")) == 1
+    ranked = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string="metrics.`summary/clean_bal_acc` >= 0",
+        order_by=[{"field_name": "metrics.summary/clean_bal_acc", "ascending": False}], output_format="list",
+    )  # fmt: skip
+    assert [m.model_id for m in ranked] == [model_id]
+
+    # MLflow alone loads it; raw MedMNIST test images in, the module's probabilities out
+    model = mlflow.pyfunc.load_model(f"models:/{model_id}")
+    raw = np.load(file)["test_images"][:16]
+    best = Path(client.download_artifacts(run.info.run_id, "checkpoints/best.ckpt", str(tmp_path / "best")))
+    module = ClassifierModule.load_from_checkpoint(best, map_location="cpu", weights_only=True).eval()
+    x = torch.from_numpy(raw).float() / 255
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    with torch.no_grad():
+        logits = module(x)
+    expected = logits.sigmoid() if flag == "chestmnist" else logits.softmax(-1)
+    predicted = model.predict(raw)
+    assert predicted.dtype == np.float32 and predicted.shape == expected.shape
+    assert np.abs(predicted - expected.numpy()).max() <= 1e-6
+    assert np.abs(model.predict(raw.astype(np.float32) / 255) - predicted).max() <= 1e-6  # float in [0, 1] alike
+
+    card = model.metadata.metadata["model_card"]
+    assert card["dataset"]["flag"] == flag and card["dataset"]["md5"] == run.data.tags["data.md5"] == file_md5(file)
+    assert card["task"] == ("multilabel" if flag == "chestmnist" else "multiclass")
+    assert len(card["class_names"]) == card["num_classes"] == expected.shape[1]
+    assert card["selection"]["rule"] == run.data.tags["selection.rule"]
+    assert card["selection"]["epoch"] == int(run.data.tags["selection.epoch"])
+    assert card["checkpoint"]["md5"] == file_md5(best) and card["source_run_id"] == run.info.run_id
+    assert card["trained_against"] == "none (standard training)"
+    requirements = (Path(mlflow.artifacts.download_artifacts(f"models:/{model_id}")) / "requirements.txt").read_text()
+    assert all(f"{name}==" in requirements for name in ("mlflow", "torch", "numpy"))
+    size = sum(f.file_size or 0 for f in client.list_logged_model_artifacts(model_id, "artifacts"))
+    print(f"{flag}: model.pt2 of test_resnet {size / 1e6:.2f} MB")
+    with pytest.raises(Exception, match=r"got shape \(28, 20[,)].*expected"):
+        model.predict(raw[0][:, :20])
+    if source == "real":
+        check_models_uris(tmp_path, tracking_uri, model_id, run)
+
+
+def check_models_uris(tmp_path: Path, tracking_uri: str, model_id: str, run) -> None:
+    """Issue 26.3: ``models:/NAME@ALIAS`` and ``models:/<model_id>`` wherever a model is taken: a test run (its
+    metrics linked to the model too), a teacher or construction source; an unknown one refused in one line."""
+    version = mlflow.register_model(f"models:/{model_id}", "pneumonia_quick")
+    client = MlflowClient(tracking_uri)
+    client.set_registered_model_alias("pneumonia_quick", "champion", version.version)
+    test = medrobust_in_process(
+        "test", "--config", QUICKSTART, f"--data.root={SHARED_MEDMNIST}", "--data.subsample={test: 32}",
+        "--ckpt_path=models:/pneumonia_quick@champion", "--trainer.logger.init_args.experiment_name=retest",
+        f"--trainer.logger.init_args.tracking_uri={tracking_uri}", cwd=tmp_path,
+    )  # fmt: skip
+    assert test.returncode == 0, test.stderr[-3000:]
+    (retest,) = client.search_runs([client.get_experiment_by_name("retest").experiment_id])
+    tags = retest.data.tags
+    assert tags["test.checkpoint.model_id"] == model_id and tags["test.checkpoint.run_id"] == run.info.run_id
+    linked = [m for m in client.get_logged_model(model_id).metrics if m.key == "test/bal_acc"]
+    assert {m.run_id for m in linked} == {run.info.run_id, retest.info.run_id}  # the fit's test and this one
+    teacher = load_teacher(f"models:/{model_id}", tracking_uri)
+    assert teacher.run_id == run.info.run_id and teacher.md5 == tags["test.checkpoint.md5"]
+    for wrong, message in [
+        ("models:/pneumonia_quick@nobody", "not found"),
+        ("models:/m-0123456789abcdef0123456789abcdef", "not found"),
+        ("models:/pneumonia_quick/latest", "models:/<name>/<version>"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            load_teacher(wrong, tracking_uri)
+
+
+def test_bad_input_is_refused_naming_the_expected_shape() -> None:
+    grey = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    reference = as_images(grey, 28, 1)
+    assert reference.shape == (3, 1, 28, 28) and reference.dtype == torch.float32
+    for same in (grey[..., None], grey[:, None], grey / 255.0, grey.astype(np.int64)):
+        assert torch.allclose(as_images(same, 28, 1), reference)
+    assert torch.equal(as_images(grey[0], 28, 1), reference[:1])
+    rgb = np.random.default_rng(1).integers(0, 256, (2, 28, 28, 3), dtype=np.uint8)
+    assert torch.equal(as_images(rgb, 28, 3), as_images(rgb.transpose(0, 3, 1, 2), 28, 3))
+    assert torch.equal(as_images(rgb[0], 28, 3), as_images(rgb, 28, 3)[:1])
+    bad = {
+        "got shape (3, 32, 32)": (np.zeros((3, 32, 32), np.uint8), 1),  # another size: never resized
+        "got shape (2, 28, 28, 3)": (rgb, 1),  # RGB into a grey model
+        "got shape (3, 28, 28)": (grey, 3),  # grey into an RGB model
+        "got shape (784,)": (grey[0].ravel(), 1),
+        "got NaN or infinite values": (np.full((2, 28, 28), np.nan), 1),
+        "float images must lie in [0, 1]": (grey * 1.0, 1),  # 0-255 as floats
+        "integer images must lie in 0-255": (grey.astype(np.int64) - 1, 1),
+        "got an empty batch": (np.zeros((0, 28, 28), np.uint8), 1),
+        "got bool values": (grey > 0, 1),
+        "a table is not images": ({"x": [1]}, 1),
+    }
+    for message, (data, in_chans) in bad.items():
+        with pytest.raises(
+            ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+        ) as err:
+            as_images(data, 28, in_chans)
+        assert "expected " in str(err.value) and "28x28" in str(err.value)
