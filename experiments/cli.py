@@ -324,6 +324,10 @@ def main(args: list[str] | None = None) -> None:
             from medrobust.experiments.construction.construct import construct_main
 
             raise SystemExit(construct_main(argv[1:]))
+        if argv and argv[0] == "register":
+            from medrobust.experiments.registry.register import register_main
+
+            raise SystemExit(register_main(argv[1:]))
         if argv and argv[0] == "report":
             from medrobust.experiments.reporting.report import report_main
 

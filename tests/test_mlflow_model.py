@@ -3,17 +3,26 @@ module predicts; the test metrics linked to it; bad input refused with the expec
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_MEDMNIST, write_medmnist_npz
+from conftest import SHARED_MEDMNIST, subprocess_env, write_medmnist_npz
 from mlflow import MlflowClient
 from test_cli import QUICKSTART, medrobust_in_process
 
 from medrobust.callbacks.helpers.pyfunc_image_classifier import as_images
+from medrobust.experiments.registry.selection_rule import SelectionRule
+from medrobust.experiments.tracking.mlflow_server import free_port
 from medrobust.lightning_modules.classifier import ClassifierModule
 from medrobust.lightning_modules.features.teacher import load_teacher
 from medrobust.utilities.errors import InputError
@@ -98,9 +107,25 @@ def test_the_selected_checkpoint_is_a_model_that_predicts_what_the_module_predic
 def check_models_uris(tmp_path: Path, tracking_uri: str, model_id: str, run) -> None:
     """Issue 26.3: ``models:/NAME@ALIAS`` and ``models:/<model_id>`` wherever a model is taken: a test run (its
     metrics linked to the model too), a teacher or construction source; an unknown one refused in one line."""
-    version = mlflow.register_model(f"models:/{model_id}", "pneumonia_quick")
     client = MlflowClient(tracking_uri)
-    client.set_registered_model_alias("pneumonia_quick", "champion", version.version)
+    # issue 26.4: registered by a rule written in the command, refused when nothing meets it
+    rule = "max summary/clean_bal_acc if summary/clean_auroc >= best - 0.02"
+    done = medrobust_in_process("register", "quickstart", "--name", "pneumonia_quick", "--select", rule, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"picked run {run.info.run_name!r}" in done.stdout and "models:/pneumonia_quick@champion" in done.stdout
+    version = client.get_model_version_by_alias("pneumonia_quick", "champion")
+    assert version.run_id == run.info.run_id and version.tags["select.rule"] == rule
+    assert (
+        json.loads(version.tags["select.values"])["summary/clean_bal_acc"] == run.data.metrics["summary/clean_bal_acc"]
+    )
+    for bad, message in [
+        ("max summary/clean_bal_acc if summary/clean_auroc >= 2", "no run has summary/clean_auroc >= 2"),
+        ("max summary/no_such_metric", "none of the 1 runs has summary/no_such_metric"),
+        ("the best one", "is not a rule; write max|min METRIC"),
+    ]:
+        refused = medrobust_in_process("register", "quickstart", "--name", "x", "--select", bad, cwd=tmp_path)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr[-2000:]
+    assert len(client.search_model_versions("name='pneumonia_quick'")) == 1
     test = medrobust_in_process(
         "test", "--config", QUICKSTART, f"--data.root={SHARED_MEDMNIST}", "--data.subsample={test: 32}",
         "--ckpt_path=models:/pneumonia_quick@champion", "--trainer.logger.init_args.experiment_name=retest",
@@ -151,3 +176,87 @@ def test_bad_input_is_refused_naming_the_expected_shape() -> None:
         ) as err:
             as_images(data, 28, in_chans)
         assert "expected " in str(err.value) and "28x28" in str(err.value)
+
+
+def test_a_selection_rule_picks_the_most_robust_run_near_the_best_clean_one() -> None:
+    runs = {
+        "a": {"clean": 0.90, "robust": 0.40},
+        "b": {"clean": 0.89, "robust": 0.55},  # within 2 points of the best clean: the pick
+        "c": {"clean": 0.80, "robust": 0.70},  # most robust, but 10 points below
+        "d": {"clean": float("nan"), "robust": 0.99},  # no clean value: compared only by rules without clean
+        "e": {"robust": 0.98},
+    }
+    chosen, values = SelectionRule.parse("max robust if clean >= best - 0.02").choose(runs)
+    assert chosen == "b" and values["reference"] == pytest.approx(0.88) and values["compared"] == 3
+    assert SelectionRule.parse("max robust").choose(runs)[0] == "d"
+    assert SelectionRule.parse("min clean if robust >= 0.5").choose(runs)[0] == "c"
+    assert SelectionRule.parse("max clean if robust <= best + 0.1").choose(runs)[0] == "a"
+    with pytest.raises(InputError, match="no run has clean >= 0.95"):
+        SelectionRule.parse("max robust if clean >= 0.95").choose(runs)
+    for text in ("max", "best robust", "max robust if clean > 0.5", "max robust if clean >= best * 2"):
+        with pytest.raises(InputError, match="is not a rule"):
+            SelectionRule.parse(text)
+
+
+@pytest.mark.slow  # about a minute; test_the_selected_checkpoint_is_a_model... loads the same model in process
+def test_the_champion_is_served_over_http_and_answers_what_the_module_answers(tmp_path, tracking_uri) -> None:
+    """Issue 26.5: ``mlflow models serve -m models:/NAME@champion --env-manager local`` on a loopback port answers a
+    JSON batch of raw test images with the in-process probabilities, and stops within a bounded time."""
+    if not (SHARED_MEDMNIST / "pneumoniamnist.npz").is_file():
+        pytest.skip("the real PneumoniaMNIST is in ../shared")
+    fit = medrobust_in_process(
+        "fit", "--config", QUICKSTART, f"--data.root={SHARED_MEDMNIST}", "--data.subsample={train: 96, test: 32}",
+        "--model.model_name=test_resnet", "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.tracking_uri={tracking_uri}", cwd=tmp_path,
+    )  # fmt: skip
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    done = medrobust_in_process(
+        "register", "quickstart", "--name", "served", "--select", "max test/auroc", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    raw = np.load(SHARED_MEDMNIST / "pneumoniamnist.npz")["test_images"][:8]
+    expected = mlflow.pyfunc.load_model("models:/served@champion").predict(raw)
+    port = free_port()
+    env = subprocess_env(MLFLOW_TRACKING_URI=tracking_uri)
+    command = ["mlflow", "models", "serve", "-m", "models:/served@champion", "--env-manager", "local"]
+    server = subprocess.Popen(
+        [*command, "-h", "127.0.0.1", "-p", str(port)], cwd=tmp_path, env=env, start_new_session=True,
+        stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT,  # noqa: SIM115 (closed with the process)
+    )  # fmt: skip
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2) as ping:
+                    if ping.status == 200:
+                        break
+            except OSError:  # not listening yet (URLError, ConnectionError)
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(0.5)
+        status, answer = post(f"{url}/invocations", {"inputs": raw.tolist()})
+        assert status == 200, answer[-2000:]
+        served = np.asarray(json.loads(answer)["predictions"], dtype=np.float32)
+        assert served.shape == expected.shape and np.abs(served - expected).max() <= 1e-6
+        status, answer = post(f"{url}/invocations", {"inputs": raw[:, :20].tolist()})
+        assert status >= 400 and "expected grey 28x28 images" in answer, answer[-2000:]
+    finally:
+        started = time.monotonic()
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=10)
+        print(f"served and stopped; stopping took {time.monotonic() - started:.1f} s")
+    assert time.monotonic() - started < 20
+
+
+def post(url: str, body: dict) -> tuple[int, str]:
+    """POST ``body`` as JSON; the status and the response text, errors included."""
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()

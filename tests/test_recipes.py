@@ -27,6 +27,7 @@ SHORT = [
     "--trainer.max_epochs=1",
     "--trainer.enable_progress_bar=false",
     "--data.subsample={train: 256, val: 64, test: 64}",
+    "--mlflow_model.log_model=false",  # tests/test_mlflow_model.py checks the logged model
 ]
 
 

@@ -1,0 +1,1 @@
+"""Registering trained models: the selection rule and ``medrobust register``."""
