@@ -48,10 +48,12 @@ def fetch_remote_checkpoint(subcommand: str, source: str, logger_args: Any) -> R
         )
     tracking_uri = resolve_tracking_uri(getattr(logger_args, "tracking_uri", None))
     folder = tempfile.TemporaryDirectory(prefix="medrobust-ckpt-")
-    path, run_id = fetch_checkpoint(source, tracking_uri, folder.name, what="--ckpt_path")
+    model_id = logged_model(source, tracking_uri, "--ckpt_path").model_id if source.startswith("models:/") else None
+    fetched = f"models:/{model_id}" if model_id else source  # an alias resolved once
+    path, run_id = fetch_checkpoint(fetched, tracking_uri, folder.name, what="--ckpt_path")
     tags = {"test.checkpoint.source": source, "test.checkpoint.run_id": run_id, "test.checkpoint.md5": file_md5(path)}
-    if source.startswith("models:/"):  # the test metrics are linked to that model too (MLflowModel)
-        tags["test.checkpoint.model_id"] = logged_model(source, tracking_uri, "--ckpt_path").model_id
+    if model_id:  # the test metrics are linked to that model too (MLflowModel)
+        tags["test.checkpoint.model_id"] = model_id
     rank_zero_info(f"--ckpt_path {source}: run {run_id}'s {path.name}, fetched into {path}")
     return RemoteCheckpoint(path, tags, folder)
 

@@ -25,6 +25,7 @@ from medrobust.experiments.registry.selection_rule import SelectionRule
 from medrobust.experiments.tracking.mlflow_server import free_port
 from medrobust.lightning_modules.classifier import ClassifierModule
 from medrobust.lightning_modules.features.teacher import load_teacher
+from medrobust.lightning_modules.nets.image_probabilities import ImageProbabilities
 from medrobust.utilities.errors import InputError
 from medrobust.utilities.hashing import file_md5
 
@@ -32,10 +33,18 @@ from medrobust.utilities.hashing import file_md5
 CASES = [("pneumoniamnist", "real"), ("bloodmnist", "synthetic"), ("chestmnist", "synthetic")]
 
 
+@pytest.fixture
+def store(tracking_uri):
+    """``tracking_uri`` as MLflow's global URI too (``models:/`` URIs resolve through it), restored afterwards."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with _use_tracking_uri(tracking_uri):
+        yield tracking_uri
+
+
 @pytest.mark.parametrize(("flag", "source"), CASES)
-def test_the_selected_checkpoint_is_a_model_that_predicts_what_the_module_predicts(
-    tmp_path, tracking_uri, flag, source
-):
+def test_the_selected_checkpoint_is_a_model_that_predicts_what_the_module_predicts(tmp_path, store, flag, source):
+    tracking_uri = store
     if source == "real":
         if not (SHARED_MEDMNIST / f"{flag}.npz").is_file():
             pytest.skip("the real PneumoniaMNIST is in ../shared")
@@ -55,8 +64,14 @@ def test_the_selected_checkpoint_is_a_model_that_predicts_what_the_module_predic
     logged = client.get_logged_model(model_id)
     assert (logged.experiment_id, logged.source_run_id) == (run.info.experiment_id, run.info.run_id)
     assert str(logged.status) == "READY" and logged.name == "model"
-    (output,) = run.outputs.model_outputs
-    assert output.model_id == model_id and output.step == int(run.data.tags["selection.epoch"])
+    best = Path(client.download_artifacts(run.info.run_id, "checkpoints/best.ckpt", str(tmp_path / "best")))
+    checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+    (output,) = run.outputs.model_outputs  # at the selected checkpoint's global step: its epoch's val/* are linked
+    assert output.model_id == model_id and output.step == checkpoint["global_step"]
+    assert checkpoint["epoch"] == int(run.data.tags["selection.epoch"])
+    val = {m.key: m.value for m in logged.metrics if m.key.startswith("val/")}
+    at_step = [m.value for m in client.get_metric_history(run.info.run_id, "val/auroc") if m.step == output.step]
+    assert at_step and val["val/auroc"] == at_step[-1]
 
     # the test metrics, linked to the model and to the test split, without a second point in the run's history
     linked = {m.key: m for m in logged.metrics}
@@ -65,16 +80,15 @@ def test_the_selected_checkpoint_is_a_model_that_predicts_what_the_module_predic
     assert linked["test/bal_acc"].dataset_digest == run.data.tags["data.md5"]
     assert linked["test/bal_acc"].value == run.data.metrics["test/bal_acc"]
     assert len(client.get_metric_history(run.info.run_id, "test/bal_acc")) == 1
-    ranked = mlflow.search_logged_models(
+    ranked = client.search_logged_models(
         experiment_ids=[run.info.experiment_id], filter_string="metrics.`summary/clean_bal_acc` >= 0",
-        order_by=[{"field_name": "metrics.summary/clean_bal_acc", "ascending": False}], output_format="list",
+        order_by=[{"field_name": "metrics.summary/clean_bal_acc", "ascending": False}],
     )  # fmt: skip
     assert [m.model_id for m in ranked] == [model_id]
 
     # MLflow alone loads it; raw MedMNIST test images in, the module's probabilities out
     model = mlflow.pyfunc.load_model(f"models:/{model_id}")
     raw = np.load(file)["test_images"][:16]
-    best = Path(client.download_artifacts(run.info.run_id, "checkpoints/best.ckpt", str(tmp_path / "best")))
     module = ClassifierModule.load_from_checkpoint(best, map_location="cpu", weights_only=True).eval()
     x = torch.from_numpy(raw).float() / 255
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
@@ -101,10 +115,10 @@ def test_the_selected_checkpoint_is_a_model_that_predicts_what_the_module_predic
     with pytest.raises(Exception, match=r"got shape \(28, 20[,)].*expected"):
         model.predict(raw[0][:, :20])
     if source == "real":
-        check_models_uris(tmp_path, tracking_uri, model_id, run)
+        check_models_uris(tmp_path, tracking_uri, model_id, run, best)
 
 
-def check_models_uris(tmp_path: Path, tracking_uri: str, model_id: str, run) -> None:
+def check_models_uris(tmp_path: Path, tracking_uri: str, model_id: str, run, best: Path) -> None:
     """Issue 26.3: ``models:/NAME@ALIAS`` and ``models:/<model_id>`` wherever a model is taken: a test run (its
     metrics linked to the model too), a teacher or construction source; an unknown one refused in one line."""
     client = MlflowClient(tracking_uri)
@@ -122,8 +136,11 @@ def check_models_uris(tmp_path: Path, tracking_uri: str, model_id: str, run) -> 
         ("max summary/clean_bal_acc if summary/clean_auroc >= 2", "no run has summary/clean_auroc >= 2"),
         ("max summary/no_such_metric", "none of the 1 runs has summary/no_such_metric"),
         ("the best one", "is not a rule; write max|min METRIC"),
+        ("max test/auroc --alias latest", "MLflow reserves 'latest'"),
     ]:
-        refused = medrobust_in_process("register", "quickstart", "--name", "x", "--select", bad, cwd=tmp_path)
+        select, *alias = bad.split(" --alias ")
+        args = ["register", "quickstart", "--name", "x", "--select", select, *(["--alias", *alias] if alias else [])]
+        refused = medrobust_in_process(*args, cwd=tmp_path)
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr[-2000:]
     assert len(client.search_model_versions("name='pneumonia_quick'")) == 1
     test = medrobust_in_process(
@@ -146,6 +163,35 @@ def check_models_uris(tmp_path: Path, tracking_uri: str, model_id: str, run) -> 
     ]:
         with pytest.raises(InputError, match=message):
             load_teacher(wrong, tracking_uri)
+    # a run whose checkpoint artifact was replaced (a resumed fit) no longer stands for the registered model
+    other = tmp_path / "replaced" / "best.ckpt"
+    other.parent.mkdir()
+    torch.save({**torch.load(best, weights_only=True), "epoch": 99}, other)
+    client.log_artifact(run.info.run_id, str(other), "checkpoints")
+    with pytest.raises(InputError, match="is not the checkpoint the model was made from"):
+        load_teacher("models:/pneumonia_quick@champion", tracking_uri)
+
+
+def test_a_model_that_cannot_be_exported_does_not_fail_the_run(tmp_path, tracking_uri, monkeypatch) -> None:
+    """The model is an addition: an export error leaves the run FINISHED, tested, and tagged with the error."""
+    if not (SHARED_MEDMNIST / "pneumoniamnist.npz").is_file():
+        pytest.skip("the real PneumoniaMNIST is in ../shared")
+
+    def refuse(self, in_chans: int, size: int) -> None:
+        raise RuntimeError("this network cannot be traced")
+
+    monkeypatch.setattr(ImageProbabilities, "export", refuse)  # fault injection: any export error
+    fit = medrobust_in_process(
+        "fit", "--config", QUICKSTART, f"--data.root={SHARED_MEDMNIST}", "--data.subsample={train: 64, test: 32}",
+        "--model.model_name=test_resnet", "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.tracking_uri={tracking_uri}", cwd=tmp_path,
+    )  # fmt: skip
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
+    assert run.info.status == "FINISHED" and "test/bal_acc" in run.data.metrics
+    assert "this network cannot be traced" in run.data.tags["model.error"] and "model.id" not in run.data.tags
+    assert "the run's MLflow model was not logged" in fit.stderr
 
 
 def test_bad_input_is_refused_naming_the_expected_shape() -> None:
@@ -199,7 +245,7 @@ def test_a_selection_rule_picks_the_most_robust_run_near_the_best_clean_one() ->
 
 
 @pytest.mark.slow  # about a minute; test_the_selected_checkpoint_is_a_model... loads the same model in process
-def test_the_champion_is_served_over_http_and_answers_what_the_module_answers(tmp_path, tracking_uri) -> None:
+def test_the_champion_is_served_over_http_and_answers_what_the_module_answers(tmp_path, store) -> None:
     """Issue 26.5: ``mlflow models serve -m models:/NAME@champion --env-manager local`` on a loopback port answers a
     JSON batch of raw test images with the in-process probabilities, and stops within a bounded time."""
     if not (SHARED_MEDMNIST / "pneumoniamnist.npz").is_file():
@@ -207,7 +253,7 @@ def test_the_champion_is_served_over_http_and_answers_what_the_module_answers(tm
     fit = medrobust_in_process(
         "fit", "--config", QUICKSTART, f"--data.root={SHARED_MEDMNIST}", "--data.subsample={train: 96, test: 32}",
         "--model.model_name=test_resnet", "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false",
-        f"--trainer.logger.init_args.tracking_uri={tracking_uri}", cwd=tmp_path,
+        f"--trainer.logger.init_args.tracking_uri={store}", cwd=tmp_path,
     )  # fmt: skip
     assert fit.returncode == 0, fit.stderr[-3000:]
     done = medrobust_in_process(
@@ -217,7 +263,7 @@ def test_the_champion_is_served_over_http_and_answers_what_the_module_answers(tm
     raw = np.load(SHARED_MEDMNIST / "pneumoniamnist.npz")["test_images"][:8]
     expected = mlflow.pyfunc.load_model("models:/served@champion").predict(raw)
     port = free_port()
-    env = subprocess_env(MLFLOW_TRACKING_URI=tracking_uri)
+    env = subprocess_env(MLFLOW_TRACKING_URI=store)
     command = ["mlflow", "models", "serve", "-m", "models:/served@champion", "--env-manager", "local"]
     server = subprocess.Popen(
         [*command, "-h", "127.0.0.1", "-p", str(port)], cwd=tmp_path, env=env, start_new_session=True,

@@ -90,17 +90,20 @@ def fetch_checkpoint(
     """Download the checkpoint a remote ``source`` names (a run without a path: its selected checkpoint,
     ``checkpoints/best.ckpt``; a model: its run's selected checkpoint, which must have the MD5 the model's card
     records) into ``folder``; returns the local file and the run it belongs to."""
+    if source.startswith("models:/"):  # resolved once: an alias moved meanwhile changes nothing here
+        source = f"models:/{logged_model(source, tracking_uri, what).model_id}"
     uri = artifact_uri(source, tracking_uri, BEST_ARTIFACT, what)
     path = download(uri, tracking_uri, folder, what)
     if source.startswith("models:/"):
         from medrobust.utilities.hashing import file_md5
 
-        card = model_card(source, tracking_uri, what)
-        expected = (card.get("checkpoint") or {}).get("md5")
-        if expected is None or file_md5(path) != expected:
+        expected = (read_model_card(source, tracking_uri, what).get("checkpoint") or {}).get("md5")
+        if expected is None:
+            raise InputError(f"{what} {source!r}: the model records no checkpoint MD5 (not logged by medrobust?)")
+        if file_md5(path) != expected:
             raise InputError(
                 f"{what} {source!r}: its run's {BEST_ARTIFACT} (MD5 {file_md5(path)}) is not the checkpoint the model "
-                f"was made from (its card records MD5 {expected}); was the run's artifact replaced?"
+                f"was made from (its card records MD5 {expected}); was the run's artifact replaced (a resumed fit)?"
             )
     return path, resolve_run_id(uri, tracking_uri, what)
 
@@ -137,7 +140,7 @@ def logged_model(source: str, tracking_uri: str | None, what: str = "Source") ->
         raise InputError(f"{what} {source!r} not found in {tracking_uri}: {err}") from None
 
 
-def model_card(source: str, tracking_uri: str | None, what: str = "Source") -> dict[str, Any]:
+def read_model_card(source: str, tracking_uri: str | None, what: str = "Source") -> dict[str, Any]:
     """The ``model_card`` a logged model's MLmodel file holds (empty for a model medrobust did not log)."""
     import tempfile
 

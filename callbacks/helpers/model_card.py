@@ -3,11 +3,12 @@ the input it takes, the threat it was trained against, how its checkpoint was ch
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 
-from medrobust.callbacks.selection_checkpoint import SelectionCheckpoint
+from medrobust.utilities.mlflow_source import BEST_ARTIFACT
 
 #: the card's version: bump it when a field changes meaning
 CARD_VERSION = 1
@@ -19,11 +20,9 @@ def model_card(trainer: Trainer, pl_module: LightningModule, run: Any, threat: A
     data = trainer.datamodule
     info = data.describe() if hasattr(data, "describe") else {}
     hparams = pl_module.hparams
-    selection = (
-        trainer.checkpoint_callback.selection() if isinstance(trainer.checkpoint_callback, SelectionCheckpoint) else {}
-    )
+    selection = getattr(trainer.checkpoint_callback, "selection", None)  # SelectionCheckpoint's rule and epoch
     size, in_chans = int(info.get("size") or hparams.get("input_size") or 28), int(hparams["in_chans"])
-    return {
+    card = {
         "card_version": CARD_VERSION,
         "dataset": {
             "flag": info.get("flag"),
@@ -53,8 +52,13 @@ def model_card(trainer: Trainer, pl_module: LightningModule, run: Any, threat: A
             if threat is None or threat.eps == 0
             else {"norm": threat.norm, "eps": threat.eps, "full_from_epoch": threat.full_from_epoch}
         ),
-        "selection": {k: v for k, v in selection.items()},
-        "checkpoint": {"artifact": "checkpoints/best.ckpt", "md5": run.data.tags.get("best_checkpoint.md5")},
+        "selection": dict(selection() if callable(selection) else {}),
+        "checkpoint": {"artifact": BEST_ARTIFACT, "md5": run.data.tags.get("best_checkpoint.md5")},
+        "precision": str(trainer.precision),
+        # the training data's planted feature or known-region pattern, where there is one: not a plain classifier
+        "shortcut": {k: v for k, v in (info.get("shortcut") or {}).items() if k != "carriers"} or None,
+        "evidence": info.get("evidence"),
         "source_run_id": run.info.run_id,
         "serialization": "pt2 (torch.export program: loads without unpickling code)",
     }
+    return json.loads(json.dumps(card, default=str))  # plain YAML in the MLmodel file: no tuples or objects

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from medrobust.callbacks.helpers.model_logging import MODEL_ID_TAG
 from medrobust.experiments.registry.selection_rule import SYNTAX, SelectionRule
 from medrobust.experiments.sweeping.sweep_store import child_runs, tested_runs
 from medrobust.experiments.tracking.mlflow_logger import resolve_tracking_uri
 from medrobust.utilities.errors import InputError
 from medrobust.utilities.tracking_uri import redact_uri
 
-#: the run tag that names a run's logged model (:class:`~medrobust.callbacks.MLflowModel`)
-MODEL_TAG = "model.id"
+#: what runs compared by one rule must share: the data they were trained and tested on
+SAME_DATA = ("data.flag", "data.size", "data.md5")
 
 
 def candidate_runs(client: MlflowClient, target: str) -> list:
@@ -43,14 +45,21 @@ def candidate_runs(client: MlflowClient, target: str) -> list:
 def register(client: MlflowClient, target: str, name: str, rule: SelectionRule, alias: str) -> dict:
     """Register the model of the run ``rule`` picks among ``target``'s runs; returns what was done."""
     runs = candidate_runs(client, target)
-    with_model = {r.info.run_id: r for r in runs if r.data.tags.get(MODEL_TAG)}
+    with_model = {r.info.run_id: r for r in runs if r.data.tags.get(MODEL_ID_TAG)}
     if not with_model:
         raise InputError(
-            f"none of the {len(runs)} FINISHED runs of {target!r} has a logged model (tag {MODEL_TAG}): runs made "
+            f"none of the {len(runs)} FINISHED runs of {target!r} has a logged model (tag {MODEL_ID_TAG}): runs made "
             "before models were logged, or with --mlflow_model.log_model false"
         )
+    datasets = {tuple(r.data.tags.get(k) for k in SAME_DATA) for r in with_model.values()}
+    if len(datasets) > 1:
+        found = sorted(map(str, datasets))
+        raise InputError(
+            f"the runs of {target!r} were trained on different data ({', '.join(SAME_DATA)}: {found}): their metrics "
+            "are not comparable; register from one sweep's parent run"
+        )
     run_id, values = rule.choose({k: dict(r.data.metrics) for k, r in with_model.items()})
-    model_id = with_model[run_id].data.tags[MODEL_TAG]
+    model_id = with_model[run_id].data.tags[MODEL_ID_TAG]
     try:
         client.get_registered_model(name)
     except MlflowException:
@@ -72,7 +81,11 @@ def register_main(argv: list[str]) -> int:
     parser.add_argument("--alias", default="champion", help="the alias set on the new version (default: champion)")
     parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     ns = parser.parse_args(argv)
-    rule = SelectionRule.parse(ns.select)  # a bad rule is refused before the store is read
+    rule = SelectionRule.parse(ns.select)  # a bad rule or alias is refused before the store is read
+    if re.fullmatch(r"(?i)latest|v\d+", ns.alias) or not re.fullmatch(r"[\w-]+", ns.alias):
+        raise InputError(
+            f"--alias {ns.alias!r}: MLflow reserves 'latest' and 'v<number>'; use letters, digits, - and _"
+        )
     uri = resolve_tracking_uri(ns.tracking_uri)
     done = register(MlflowClient(uri), ns.target, ns.name, rule, ns.alias)
     run = done["run"]

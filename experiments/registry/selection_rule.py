@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 from medrobust.utilities.errors import InputError
 
+_NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 _RULE = re.compile(
     r"^\s*(?P<goal>max|min)\s+(?P<metric>\S+)"
-    r"(?:\s+if\s+(?P<bound>\S+)\s*(?P<op>>=|<=)\s*(?:(?P<best>best)(?:\s*(?P<sign>[+-])\s*(?P<delta>[0-9.]+))?"
-    r"|(?P<value>-?[0-9.]+)))?\s*$"
+    rf"(?:\s+if\s+(?P<bound>\S+)\s*(?P<op>>=|<=)\s*(?:(?P<best>best)(?:\s*(?P<sign>[+-])\s*(?P<delta>{_NUMBER}))?"
+    rf"|(?P<value>-?{_NUMBER})))?\s*$"
 )
 SYNTAX = (
     "max|min METRIC [if METRIC2 >=|<= best [- DELTA] | VALUE], e.g. 'max summary/robust_bal_acc_worst if "
