@@ -17,7 +17,7 @@ from conftest import REPO
 
 PACKAGES = ("lightning_modules", "datamodules", "callbacks", "experiments", "utilities")
 #: modules imported only by an optional feature, and the extra that declares them
-OPTIONAL = {"experiments/tracking/check_mlflow_ui.py": "ui"}
+OPTIONAL = {"experiments/tracking/check_mlflow_ui.py": "ui", "experiments/tracking/ui_model_checks.py": "ui"}
 
 
 def _requirement_names(requirements: list[str]) -> set[str]:

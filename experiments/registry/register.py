@@ -60,14 +60,12 @@ def register(client: MlflowClient, target: str, name: str, rule: SelectionRule, 
         )
     run_id, values = rule.choose({k: dict(r.data.metrics) for k, r in with_model.items()})
     model_id = with_model[run_id].data.tags[MODEL_ID_TAG]
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, tags={"medrobust.select.target": target})
     tags = {"select.rule": rule.text, "select.values": json.dumps(values), "select.target": target}
-    version = client.create_model_version(
-        name, f"models:/{model_id}", run_id=run_id, tags=tags, model_id=model_id, await_creation_for=60
-    )
+    import mlflow
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with _use_tracking_uri(client.tracking_uri):  # MLflow's own registration also links the version to the model
+        version = mlflow.register_model(f"models:/{model_id}", name, await_registration_for=60, tags=tags)
     client.set_registered_model_alias(name, alias, version.version)
     client.set_tag(run_id, f"registered.{name}", f"version {version.version} @{alias}")
     return {"run": with_model[run_id], "model_id": model_id, "version": version.version, "values": values}

@@ -1,6 +1,7 @@
 """Check, in a real headless Chromium, that the MLflow UI shows a sweep: the experiment opens on its runs table (not
-the GenAI traces overview), the compare view of the children, the parent run's trade-off figures, and the children's
-``summary/*`` metrics.
+the GenAI traces overview), the compare view of the children, the parent run's trade-off figures, the children's
+``summary/*`` metrics, and their models: the Models tab, a logged model's page with its metrics, and a registered
+version linked to its run (:mod:`~medrobust.experiments.tracking.ui_model_checks`).
 Screenshots go to ``--out``.
 
     sudo apt-get install chromium            # Debian's Chromium; the script drives it with Playwright
@@ -25,6 +26,7 @@ from medrobust.experiments.sweeping.sweep_store import child_runs
 from medrobust.experiments.sweeping.sweep_store import find_parent as find_sweep_parent
 from medrobust.experiments.tracking.mlflow_logger import experiment_url, resolve_tracking_uri
 from medrobust.experiments.tracking.mlflow_server import LocalMlflowServer
+from medrobust.experiments.tracking.ui_model_checks import model_checks
 
 CHROMIUM_ARGS = [
     "--headless=new",
@@ -191,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(
                     (f"child run {child.data.tags.get('mlflow.runName')} shows summary/*", ok, f"{detail}; {shot}")
                 )
+            results += model_checks(browser, url, client, exp, children, out)
             browser.close()
     finally:
         if server is not None:
