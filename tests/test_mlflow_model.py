@@ -33,6 +33,22 @@ from medrobust.utilities.hashing import file_md5
 CASES = [("pneumoniamnist", "real"), ("bloodmnist", "synthetic"), ("chestmnist", "synthetic")]
 
 
+def tiny_fit(
+    tmp_path: Path, tracking_uri: str, *data: str, epochs: int = 1, subsample: str = "{train: 96, test: 32}"
+) -> tuple:
+    """The quickstart with ``test_resnet`` on the ``data`` arguments, subsampled, in this process; the finished
+    command and the experiment's one run."""
+    fit = medrobust_in_process(
+        "fit", "--config", QUICKSTART, *data, f"--data.subsample={subsample}", "--model.model_name=test_resnet",
+        f"--trainer.max_epochs={epochs}", "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.tracking_uri={tracking_uri}", cwd=tmp_path,
+    )  # fmt: skip
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
+    return fit, run
+
+
 @pytest.fixture
 def store(tracking_uri):
     """``tracking_uri`` as MLflow's global URI too (``models:/`` URIs resolve through it), restored afterwards."""
@@ -52,14 +68,9 @@ def test_the_selected_checkpoint_is_a_model_that_predicts_what_the_module_predic
     else:
         file = write_medmnist_npz(tmp_path / f"{flag}.npz", flag, n=(96, 32, 32))
         data = [f"--data.path={file}"]
-    fit = medrobust_in_process(
-        "fit", "--config", QUICKSTART, f"--data.flag={flag}", *data, "--data.subsample={train: 96, val: 32, test: 32}",
-        "--model.model_name=test_resnet", "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false",
-        f"--trainer.logger.init_args.tracking_uri={tracking_uri}", cwd=tmp_path,
-    )  # fmt: skip
-    assert fit.returncode == 0, fit.stderr[-3000:]
+    subsample = "{train: 96, val: 32, test: 32}"
+    _, run = tiny_fit(tmp_path, tracking_uri, f"--data.flag={flag}", *data, epochs=2, subsample=subsample)
     client = MlflowClient(tracking_uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
     model_id = run.data.tags["model.id"]
     logged = client.get_logged_model(model_id)
     assert (logged.experiment_id, logged.source_run_id) == (run.info.experiment_id, run.info.run_id)
@@ -181,14 +192,7 @@ def test_a_model_that_cannot_be_exported_does_not_fail_the_run(tmp_path, trackin
         raise RuntimeError("this network cannot be traced")
 
     monkeypatch.setattr(ImageProbabilities, "export", refuse)  # fault injection: any export error
-    fit = medrobust_in_process(
-        "fit", "--config", QUICKSTART, f"--data.root={SHARED_MEDMNIST}", "--data.subsample={train: 64, test: 32}",
-        "--model.model_name=test_resnet", "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false",
-        f"--trainer.logger.init_args.tracking_uri={tracking_uri}", cwd=tmp_path,
-    )  # fmt: skip
-    assert fit.returncode == 0, fit.stderr[-3000:]
-    client = MlflowClient(tracking_uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
+    fit, run = tiny_fit(tmp_path, tracking_uri, f"--data.root={SHARED_MEDMNIST}")
     assert run.info.status == "FINISHED" and "test/bal_acc" in run.data.metrics
     assert "this network cannot be traced" in run.data.tags["model.error"] and "model.id" not in run.data.tags
     assert "the run's MLflow model was not logged" in fit.stderr
@@ -250,12 +254,7 @@ def test_the_champion_is_served_over_http_and_answers_what_the_module_answers(tm
     JSON batch of raw test images with the in-process probabilities, and stops within a bounded time."""
     if not (SHARED_MEDMNIST / "pneumoniamnist.npz").is_file():
         pytest.skip("the real PneumoniaMNIST is in ../shared")
-    fit = medrobust_in_process(
-        "fit", "--config", QUICKSTART, f"--data.root={SHARED_MEDMNIST}", "--data.subsample={train: 96, test: 32}",
-        "--model.model_name=test_resnet", "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false",
-        f"--trainer.logger.init_args.tracking_uri={store}", cwd=tmp_path,
-    )  # fmt: skip
-    assert fit.returncode == 0, fit.stderr[-3000:]
+    tiny_fit(tmp_path, store, f"--data.root={SHARED_MEDMNIST}")
     done = medrobust_in_process(
         "register", "quickstart", "--name", "served", "--select", "max test/auroc", cwd=tmp_path
     )
