@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
 from medrobust.callbacks.helpers.mlflow_logger_lookup import mlflow_logger
-from medrobust.callbacks.helpers.model_logging import MODEL_ID_TAG, log_selected_model
+from medrobust.callbacks.helpers.model_logging import MODEL_ID_TAG, log_selected_model, prepare_model
 from medrobust.callbacks.mlflow_dataset_inputs import dataset_name
 
 #: the second part of metric names computed on other data than the clean test split (linked to no dataset)
@@ -39,6 +40,9 @@ class MLflowModel(Callback):
       split and attacks on it also to the test dataset; ``search_logged_models`` then ranks models by, for example,
       ``summary/robust_bal_acc_worst``.
     * A model that cannot be exported or logged does not fail the run: a warning, and the tag ``model.error``.
+    * On a tracking server that is away at the end of fit, the model is exported into the run's journal and
+      logged when the journal is sent (by the run itself once the server is back, or by ``medrobust sync``); its
+      test metrics are then not linked to it.
 
     The CLI adds it to every run as ``mlflow_model`` (``--mlflow_model.log_model false`` turns it off). Exporting
     and logging take a few seconds (MLflow checks the installed packages against the pinned ones); a ResNet-18's
@@ -79,10 +83,22 @@ class MLflowModel(Callback):
 
     def _log(self, trainer: Trainer, pl_module: LightningModule, logger: Any) -> None:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
-        if best:
-            run = logger.run_id, logger._tracking_uri
-            self.model_id = log_selected_model(trainer, pl_module, Path(best), *run, self._threat)
-            logger.experiment.set_tag(logger.run_id, MODEL_ID_TAG, self.model_id)
+        if not best:
+            return
+        client = logger.experiment
+        flush = getattr(client, "flush", None)  # a journaled client (a tracking server): is the backlog sent?
+        if flush is not None and not flush(getattr(logger, "flush_timeout", None)):
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = prepare_model(trainer, pl_module, Path(best), self._threat, Path(tmp) / "model")
+                client.log_prepared_model(logger.run_id, folder)  # copied into the run's journal
+            rank_zero_warn(
+                "medrobust: the tracking server is away; the run's MLflow model waits with its unsent "
+                "records and is logged when they are sent"
+            )
+            return
+        run = logger.run_id, logger._tracking_uri
+        self.model_id = log_selected_model(trainer, pl_module, Path(best), *run, self._threat)
+        client.set_tag(logger.run_id, MODEL_ID_TAG, self.model_id)
 
     def _link_test_metrics(self, trainer: Trainer, logger: Any) -> None:
         from mlflow.entities import Metric

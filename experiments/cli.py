@@ -217,6 +217,14 @@ class MedRobustCLI(LightningCLI):
         if not self.config_init[self.subcommand].get("test_after_fit") or self.trainer.interrupted:
             return
         best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
+        logger = self.trainer.logger
+        if isinstance(logger, MLflowRunLogger) and not logger.tracking_server_reachable():
+            rank_zero_warn(
+                "The tracking server is away: the test after fit is skipped (its reports read the run). Once the "
+                f"run's records are sent, test it with `medrobust test --config <this config> --ckpt_path {best}`"
+            )
+            logger.finalize("success")  # the run ends now (FINISHED once its records are sent)
+            return
         rank_zero_info(f"Testing {best or 'the final weights'} into the same run")
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
 
@@ -237,6 +245,7 @@ class MedRobustCLI(LightningCLI):
     def _name_command(self, command: str) -> None:
         if isinstance(self.trainer.logger, MLflowRunLogger):
             self.trainer.logger.command = command
+            self.trainer.logger.set_journal_root(self.trainer.default_root_dir)
 
     def _check_callback_inputs(self, stage: str) -> None:
         """The callbacks' ``check_inputs(trainer, pl_module, stage)`` seam, before the MLflow run exists: a callback
@@ -328,6 +337,10 @@ def main(args: list[str] | None = None) -> None:
             from medrobust.experiments.registry.register import register_main
 
             raise SystemExit(register_main(argv[1:]))
+        if argv and argv[0] == "sync":
+            from medrobust.experiments.tracking.sync import sync_main
+
+            raise SystemExit(sync_main(argv[1:]))
         if argv and argv[0] == "report":
             from medrobust.experiments.reporting.report import report_main
 

@@ -14,9 +14,10 @@ from medrobust.utilities.mlflow_source import BEST_ARTIFACT
 CARD_VERSION = 1
 
 
-def model_card(trainer: Trainer, pl_module: LightningModule, run: Any, threat: Any) -> dict[str, Any]:
-    """The card of the model made from the selected checkpoint of ``run`` (an MLflow Run, after fit), trained
-    against ``threat`` (the module's announced :class:`TrainingThreat`, or None)."""
+def model_card(trainer: Trainer, pl_module: LightningModule, threat: Any) -> dict[str, Any]:
+    """The card of the model made from the selected checkpoint of the fit that just ended, trained against
+    ``threat`` (the module's announced :class:`TrainingThreat`, or None). What the run holds (``source_run_id``, the
+    checkpoint artifact's ``md5``) is None here: the model is filled in when it is logged."""
     data = trainer.datamodule
     info = data.describe() if hasattr(data, "describe") else {}
     hparams = pl_module.hparams
@@ -53,12 +54,12 @@ def model_card(trainer: Trainer, pl_module: LightningModule, run: Any, threat: A
             else {"norm": threat.norm, "eps": threat.eps, "full_from_epoch": threat.full_from_epoch}
         ),
         "selection": dict(selection() if callable(selection) else {}),
-        "checkpoint": {"artifact": BEST_ARTIFACT, "md5": run.data.tags.get("best_checkpoint.md5")},
+        "checkpoint": {"artifact": BEST_ARTIFACT, "md5": None},
         "precision": str(trainer.precision),
         # the training data's planted feature or known-region pattern, where there is one: not a plain classifier
         "shortcut": {k: v for k, v in (info.get("shortcut") or {}).items() if k != "carriers"} or None,
         "evidence": info.get("evidence"),
-        "source_run_id": run.info.run_id,
+        "source_run_id": None,
         "serialization": "pt2 (torch.export program: loads without unpickling code)",
     }
     return json.loads(json.dumps(card, default=str))  # plain YAML in the MLmodel file: no tuples or objects

@@ -3,7 +3,9 @@ card, the input example and the pinned requirements (:class:`~medrobust.callback
 
 from __future__ import annotations
 
+import json
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,9 @@ MODEL_CODE = Path(__file__).resolve().parent / "pyfunc_image_classifier.py"
 MODEL_NAME = "model"
 #: the run tag that names the run's logged model
 MODEL_ID_TAG = "model.id"
+#: the logged model's param that names the prepared folder it was made from
+UPLOAD_PARAM = "medrobust.upload_id"
+PROGRAM, EXAMPLE, MANIFEST = "model.pt2", "input_example.npy", "manifest.json"
 
 
 def log_selected_model(
@@ -28,41 +33,69 @@ def log_selected_model(
 ) -> str:
     """Log ``checkpoint`` as the run's MLflow model (see :class:`~medrobust.callbacks.MLflowModel`); returns the
     model id. A model that fails half-way is marked FAILED, and the error raised."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = prepare_model(trainer, pl_module, checkpoint, threat, Path(tmp) / "model")
+        return publish_model(folder, run_id, tracking_uri)
+
+
+def prepare_model(trainer: Trainer, pl_module: LightningModule, checkpoint: Path, threat: Any, folder: Path) -> Path:
+    """Everything the model needs from this process, in ``folder``: the exported program (``model.pt2``), the input
+    example (``input_example.npy``) and ``manifest.json`` (the card without what the run holds, the input size, the
+    checkpoint's global step, an upload id). :func:`publish_model` logs it, now or later (a model prepared while the
+    tracking server is away waits in the run's journal)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    card = model_card(trainer, pl_module, threat)
+    size, in_chans = card["input"]["size"], card["input"]["in_chans"]
+    net = load_teacher(str(checkpoint), what="Selected checkpoint").net
+    torch.export.save(ImageProbabilities(net, pl_module.task).export(in_chans, size), folder / PROGRAM)
+    example = input_example(trainer.datamodule)
+    if example is not None:
+        np.save(folder / EXAMPLE, example)
+    step = int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
+    manifest = {"card": card, "step": step, "upload_id": uuid.uuid4().hex}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    return folder
+
+
+def publish_model(folder: Path, run_id: str, tracking_uri: str) -> str:
+    """Log a :func:`prepare_model` folder as ``run_id``'s model; returns its id. Publishing the same folder again
+    returns the model the first time made (found by its upload id), so a replayed journal makes no second model."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.models import Model, ModelSignature
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri  # Model.log reads the global URI
     from mlflow.types import Schema, TensorSpec
 
+    manifest = json.loads((folder / MANIFEST).read_text())
     client = MlflowClient(tracking_uri)
     run = client.get_run(run_id)
-    card = model_card(trainer, pl_module, run, threat)
+    for earlier in client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"):
+        if earlier.params.get(UPLOAD_PARAM) == manifest["upload_id"] and str(earlier.status) == "READY":
+            return earlier.model_id
+    card = manifest["card"] | {"source_run_id": run_id}
+    card["checkpoint"] = card["checkpoint"] | {"md5": run.data.tags.get("best_checkpoint.md5")}
     size, in_chans = card["input"]["size"], card["input"]["in_chans"]
-    step = int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
     outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, card["num_classes"]))])
     # created here, not by Model.log: with a run id it still files the model under the default experiment
     selection = {f"selection.{key}": str(value) for key, value in card["selection"].items()}
-    params = selection | {"data.flag": str(card["dataset"]["flag"])}
+    params = selection | {"data.flag": str(card["dataset"]["flag"]), UPLOAD_PARAM: manifest["upload_id"]}
     model = client.create_logged_model(run.info.experiment_id, MODEL_NAME, run_id, params=params)
+    example = folder / EXAMPLE
     try:
-        net = load_teacher(str(checkpoint), what="Selected checkpoint").net
-        program = ImageProbabilities(net, pl_module.task).export(in_chans, size)
-        with tempfile.TemporaryDirectory() as tmp, _use_tracking_uri(tracking_uri):
-            path = Path(tmp) / "model.pt2"
-            torch.export.save(program, path)
+        with _use_tracking_uri(tracking_uri):
             Model.log(
                 artifact_path=None,
                 flavor=mlflow.pyfunc,
                 run_id=run_id,
                 name=MODEL_NAME,
                 python_model=str(MODEL_CODE),
-                artifacts={"program": str(path)},
+                artifacts={"program": str(folder / PROGRAM)},
                 model_config={"size": size, "in_chans": in_chans},
                 signature=ModelSignature(inputs=None, outputs=outputs),
-                input_example=input_example(trainer.datamodule),
+                input_example=np.load(example) if example.is_file() else None,
                 pip_requirements=pinned_requirements(),
                 metadata={"model_card": card},
-                step=step,
+                step=manifest["step"],
                 model_id=model.model_id,
             )
     except BaseException:

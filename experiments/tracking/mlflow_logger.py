@@ -6,7 +6,9 @@ import logging
 import os
 from argparse import Namespace
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
@@ -14,7 +16,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from mlflow.exceptions import MlflowException
 from typing_extensions import override
 
+from medrobust.experiments.tracking.buffered_client import BufferedMlflowClient
 from medrobust.experiments.tracking.run_banner import distinct_run_name, run_banner
+from medrobust.experiments.tracking.run_journal import JOURNAL_FOLDER
 from medrobust.utilities.console import own_line
 from medrobust.utilities.errors import InputError
 from medrobust.utilities.processes import host
@@ -96,6 +100,10 @@ class MLflowRunLogger(MLFlowLogger):
             instead.
         artifact_location: artifact root for a newly created experiment.
         run_id: continue this run instead of creating one.
+        flush_timeout: on an ``http(s)://`` tracking server, how long the end of the run waits for records that the
+            server has not taken yet (it was away). What is still unsent then stays in the run's journal
+            (``<default_root_dir>/unsent/<run_id>``; the run's last message names it), and ``medrobust sync`` sends
+            it; see :class:`~medrobust.experiments.tracking.buffered_client.BufferedMlflowClient`.
     """
 
     def __init__(
@@ -107,6 +115,7 @@ class MLflowRunLogger(MLFlowLogger):
         log_model: Literal[True, False, "all"] = False,
         artifact_location: str | None = None,
         run_id: str | None = None,
+        flush_timeout: float = 60.0,
     ) -> None:
         super().__init__(
             experiment_name=experiment_name,
@@ -118,6 +127,10 @@ class MLflowRunLogger(MLFlowLogger):
             run_id=run_id,
         )
         self.resumed = run_id is not None
+        self.flush_timeout = flush_timeout
+        if urlparse(self._tracking_uri).scheme in ("http", "https"):
+            # writes go through a local journal: a server that is away neither stops the training nor loses records
+            self._mlflow_client = BufferedMlflowClient(self._tracking_uri, Path("runs") / JOURNAL_FOLDER, flush_timeout)
         #: the ``medrobust`` subcommand that writes this run (``fit``, ``test``), set by the CLI; a tag of the run
         self.command: str | None = None
         self._keep_open = False
@@ -156,6 +169,11 @@ class MLflowRunLogger(MLFlowLogger):
                 client.set_tag(self._run_id, key, value)
             self._announce("resumed" if self.resumed and run.data.metrics else "started")  # a sweep's new child starts
         return client
+
+    def set_journal_root(self, default_root_dir: str | Path) -> None:
+        """Keep unsent records under ``<default_root_dir>/unsent`` (the CLI passes the Trainer's)."""
+        if isinstance(self._mlflow_client, BufferedMlflowClient):
+            self._mlflow_client.journal_root = Path(default_root_dir) / JOURNAL_FOLDER
 
     def _announce(self, event: str) -> None:
         try:
@@ -208,7 +226,8 @@ class MLflowRunLogger(MLFlowLogger):
             if self._initialized:
                 self.experiment.set_tag(self.run_id, REQUEUED_TAG, "true")
                 self.experiment.set_terminated(self.run_id, "KILLED")
-                self._announce("requeued (KILLED, to be resumed)")
+                if self._send_the_rest():
+                    self._announce("requeued (KILLED, to be resumed)")
                 self._requeued = True
             return
         if self._requeued:
@@ -218,9 +237,42 @@ class MLflowRunLogger(MLFlowLogger):
             if self._initialized and self._checkpoint_callback:
                 self._scan_and_log_checkpoints(self._checkpoint_callback)
             return
-        super().finalize(status)
-        if self._initialized:
+        if isinstance(self._mlflow_client, BufferedMlflowClient):
+            self._terminate(status)
+        else:
+            super().finalize(status)
+        if self._initialized and self._send_the_rest():
             self._announce("finished" if status == "success" else status.upper())
+
+    def _terminate(self, status: str) -> None:
+        """Lightning's ``finalize`` without its read of the run (a journaled write must not wait for the server)."""
+        if not self._initialized:
+            return
+        if self._checkpoint_callback:
+            self._scan_and_log_checkpoints(self._checkpoint_callback)
+        self.experiment.set_terminated(self.run_id, {"success": "FINISHED", "failed": "FAILED"}.get(status, status))
+
+    def tracking_server_reachable(self) -> bool:
+        """False when the records of this run still wait for a tracking server that is away (after waiting up to
+        ``flush_timeout`` for it)."""
+        client = self._mlflow_client
+        return not isinstance(client, BufferedMlflowClient) or client.flush(self.flush_timeout)
+
+    def _send_the_rest(self) -> bool:
+        """On a tracking server: wait (up to ``flush_timeout``) for the journal to be sent; if the server is still
+        away, say where the records are and how to send them. True when nothing is left unsent."""
+        client = self._mlflow_client
+        if not isinstance(client, BufferedMlflowClient):
+            return True
+        left = client.close(self.flush_timeout)
+        for run_id, count in left.items():
+            where = client.journal(run_id).path.resolve()
+            own_line(
+                f"medrobust: {count} record(s) of MLflow run {run_id} were not sent: the tracking server "
+                f"{redact_uri(self._tracking_uri)} is unreachable. They are kept in {where}; send them with "
+                f"`medrobust sync {where}` once it is back (a resumed run sends them too)."
+            )
+        return not left
 
 
 def flatten_params(params: Any, prefix: str = "") -> dict[str, Any]:

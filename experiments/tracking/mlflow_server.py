@@ -20,17 +20,24 @@ def free_port() -> int:
 
 class LocalMlflowServer:
     """``mlflow server --host 127.0.0.1`` over ``backend_store_uri``; with ``artifacts_destination`` it proxies
-    artifacts (runs then get ``mlflow-artifacts:`` URIs). Use as a context manager; ``url`` is its address."""
+    artifacts (runs then get ``mlflow-artifacts:`` URIs). Use as a context manager; ``url`` is its address (``port``:
+    a given one, to start a stopped server again where its clients look for it)."""
 
-    def __init__(self, backend_store_uri: str, artifacts_destination: str | None = None, log: Path | None = None):
-        self.port = free_port()
+    def __init__(
+        self,
+        backend_store_uri: str,
+        artifacts_destination: str | None = None,
+        log: Path | None = None,
+        port: int | None = None,
+    ):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port)]
         cmd += ["--backend-store-uri", backend_store_uri, "--workers", "1"]
         if artifacts_destination:
             cmd += ["--artifacts-destination", artifacts_destination]
         self.log = log
-        stderr = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 (held by the server until it stops)
+        stderr = open(log, "a") if log else subprocess.DEVNULL  # noqa: SIM115 (held by the server until it stops)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
 
     def wait(self, timeout: float = 120.0) -> LocalMlflowServer:
