@@ -168,6 +168,7 @@ def test_file_round_trips_through_mlflow_and_data_path(tmp_path, synthetic_npz, 
     assert md5 in {i.dataset.digest for i in fit_run.inputs.dataset_inputs}
 
 
+@pytest.mark.slow  # about 20 s; test_file_round_trips_through_mlflow_and_data_path constructs a file by default
 def test_resume_after_sigkill_gives_the_same_file(tmp_path, synthetic_npz) -> None:
     data = synthetic_npz("pneumoniamnist")
     source = source_checkpoint(tmp_path, data, "pneumoniamnist")

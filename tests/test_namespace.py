@@ -8,6 +8,7 @@ import importlib
 import os
 import re
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -137,8 +138,9 @@ USERS_OWN = "raise ImportError('the user\\'s own {name} package was imported ins
 
 @pytest.mark.parametrize(
     "editable",
-    # the wheel (about 30 s) with -m slow; test_packaging installs a wheel in the default run
-    [pytest.param(False, marks=pytest.mark.slow), True],
+    # about 30 s each, with -m slow; by default test_packaging installs a wheel and
+    # test_the_users_own_packages_never_shadow_ours imports from such a project with this checkout's editable install
+    [pytest.param(False, marks=pytest.mark.slow), pytest.param(True, marks=pytest.mark.slow)],
     ids=["wheel", "editable"],
 )
 def test_runs_from_a_project_with_its_own_callbacks_and_experiments(tmp_path: Path, editable: bool) -> None:
@@ -192,6 +194,29 @@ def test_runs_from_a_project_with_its_own_callbacks_and_experiments(tmp_path: Pa
     ours, theirs = where.stdout.splitlines()
     assert Path(ours).is_relative_to(tmp_path / "install"), ours  # ours from the new install, not this checkout
     assert "the user's own callbacks package was imported" in theirs  # and theirs is theirs
+
+
+def test_the_users_own_packages_never_shadow_ours(tmp_path: Path) -> None:
+    """From a working directory (also on PYTHONPATH) holding its own ``callbacks/`` ... packages, which fail if
+    imported: ``medrobust.*`` are this checkout's, and the user's bare names are the user's."""
+    project = tmp_path / "project"
+    for name in ("callbacks", "experiments", "datamodules", "lightning_modules"):
+        (project / name).mkdir(parents=True)
+        (project / name / "__init__.py").write_text(USERS_OWN.format(name=name))
+    env = {**os.environ, "PYTHONPATH": str(project)}
+    code = (
+        "import medrobust.callbacks, medrobust.experiments, medrobust.datamodules\n"
+        "print(medrobust.callbacks.__file__)\n"
+        "for name in ('callbacks', 'experiments'):\n"
+        "    try:\n        __import__(name)\n    except ImportError as e:\n        print(e)"
+    )
+    where = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=project, env=env, check=True
+    )
+    ours, *theirs = where.stdout.splitlines()
+    assert Path(ours).is_relative_to(REPO), ours
+    assert theirs == [f"the user's own {n} package was imported instead of medrobust.{n}" for n in ("callbacks",
+                      "experiments")]  # fmt: skip
 
 
 #: the floors, lowest first: a package may import its own floor and the floors below it, never one above

@@ -90,6 +90,7 @@ def test_a_resumed_run_is_running_and_a_changed_config_is_a_new_version(tmp_path
 SLURM = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "medrobust", "SLURM_JOB_ID": "4242", "SLURM_NODELIST": "localhost"}
 
 
+@pytest.mark.slow  # about 20 s; test_killed_before_its_first_checkpoint_continues_the_same_run resumes by default
 def test_slurm_requeue_leaves_the_run_killed_and_no_run_takes_another_runs_hpc_checkpoint(
     tmp_path, pneumonia_data_args
 ) -> None:

@@ -90,6 +90,7 @@ def test_writes_go_on_while_the_server_is_away_and_arrive_once_it_is_back(tmp_pa
     assert not (tmp_path / "unsent" / run_id).exists()  # all sent: the journal is gone
 
 
+@pytest.mark.slow  # about 20 s; the outage test above journals and sends by default
 def test_a_server_that_never_returns_leaves_a_journal_that_sync_sends_once(tmp_path, server, capsys):
     client = BufferedMlflowClient(server.url, tmp_path / "unsent", wait=60)
     run_id = client.create_run(client.create_experiment("gone")).info.run_id
