@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -44,8 +45,11 @@ def dataset_input_from_json(data: dict[str, Any]) -> DatasetInput:
 
 def server_is_up(tracking_uri: str, timeout: float = 2.0) -> bool:
     """One ``GET /health`` without retries: is the tracking server there now?"""
+    parts = urllib.parse.urlsplit(tracking_uri)
+    netloc = parts.netloc.rpartition("@")[2]  # /health needs no credentials (urllib would not take them here)
+    url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
     try:
-        with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout) as answer:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
             return answer.status == 200
     except (OSError, ValueError):  # refused, timed out, an HTTP error status, a malformed URI
         return False
