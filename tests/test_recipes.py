@@ -1,6 +1,6 @@
 """The recipes of docs/recipes.md, run from the page itself: verbatim in the slow step (real PneumoniaMNIST, the
-page's epochs and models), shortened in the default run (a tiny network, 1 epoch, subsampled splits). Both check
-what the page says each recipe leaves in MLflow."""
+page's epochs and models), and shortened (a tiny network, 1 epoch, subsampled splits), both in the slow step; the
+default run checks the page's commands. Both runs check what the page says each recipe leaves in MLflow."""
 
 from __future__ import annotations
 
@@ -105,6 +105,7 @@ def workspace(tmp_path: Path) -> Path:
     return main
 
 
+@pytest.mark.slow  # about 50 s; the default run keeps test_the_page_has_three_recipes_of_medrobust_commands
 @pytest.mark.skipif(not SHARED_MEDMNIST.is_dir(), reason="the recipes use the real PneumoniaMNIST in ../shared")
 def test_the_recipes_shortened_in_process(tmp_path) -> None:
     """Every command of the page, in order, with :data:`SHORT` appended to each fit and test."""

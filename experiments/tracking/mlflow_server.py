@@ -38,7 +38,9 @@ class LocalMlflowServer:
             cmd += ["--artifacts-destination", artifacts_destination]
         self.log = log
         stderr = open(log, "a") if log else subprocess.DEVNULL  # noqa: SIM115 (held by the server until it stops)
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        # MLflow 3's job runner (three huey consumers, for GenAI jobs) is not needed here: a faster, lighter start
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True, env=env)
 
     def wait(self, timeout: float = 120.0) -> LocalMlflowServer:
         deadline = time.time() + timeout
