@@ -218,7 +218,8 @@ class MedRobustCLI(LightningCLI):
             return
         best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
         logger = self.trainer.logger
-        if isinstance(logger, MLflowRunLogger) and not logger.tracking_server_reachable():
+        away = isinstance(logger, MLflowRunLogger) and not logger.tracking_server_reachable()  # rank 0 writes
+        if self.trainer.strategy.broadcast(away, src=0):  # every process skips the test, or none
             rank_zero_warn(
                 "The tracking server is away: the test after fit is skipped (its reports read the run). Once the "
                 f"run's records are sent, test it with `medrobust test --config <this config> --ckpt_path {best}`"

@@ -5,6 +5,7 @@ twice without duplicates."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -18,9 +19,11 @@ from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from medrobust.experiments.tracking.buffered_client import BufferedMlflowClient, TrackingServerAway
+from medrobust.experiments.tracking.buffered_client import BufferedMlflowClient
 from medrobust.experiments.tracking.mlflow_server import LocalMlflowServer, free_port
+from medrobust.experiments.tracking.run_journal import JournalInUse, RunJournal
 from medrobust.experiments.tracking.sync import sync_main
+from medrobust.experiments.tracking.tracking_server_away import TrackingServerAway
 
 QUICKSTART = REPO / "experiments" / "configs" / "quickstart.yaml"
 
@@ -29,6 +32,7 @@ class Server:
     """One store (SQLite and an artifact folder in ``root``) served on one port, stopped and started at will."""
 
     def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
         self.root, self.port = root, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: LocalMlflowServer | None = None
@@ -102,35 +106,58 @@ def test_a_server_that_never_returns_leaves_a_journal_that_sync_sends_once(tmp_p
     server.stop()
     for step in range(5):
         client.log_metric(run_id, "loss", float(step), step=step)
+        if step == 2:  # a changed param, merged into one batch with the metrics: the server refuses it alone
+            client.log_param(run_id, "seed", 1)
     (tmp_path / "notes.txt").write_text("written while the server was away")
     client.log_artifact(run_id, str(tmp_path / "notes.txt"))
     (tmp_path / "notes.txt").unlink()  # the journal holds its own copy
     client.set_terminated(run_id, "FINISHED")
-    assert client.close(2) == {run_id: 7}
+    assert client.close(2) == {run_id: 8}
     journal = tmp_path / "unsent" / run_id
     replay = shutil.copytree(journal, tmp_path / "copy" / run_id)  # to send the same records a second time
-    with pytest.raises(SystemExit, match="unreachable"):
-        _sync(journal, server.url)
+    elsewhere = Server(tmp_path / "elsewhere").start()  # a server without this run: nothing sent, journal kept
+    assert _sync(journal, elsewhere.url) == 1 and "is not on" in capsys.readouterr().err
+    elsewhere.stop()
+    assert (journal / "records.jsonl").is_file()
+    assert _sync(journal, server.url) == 1
+    assert "unreachable; nothing was sent" in capsys.readouterr().err
     server.start()
     assert _sync(journal, server.url) == 0
-    assert "7 record(s) sent" in capsys.readouterr().out and not journal.exists()
+    out = capsys.readouterr().out
+    assert "7 record(s) sent" in out and "1 refused" in out and not journal.exists()
+    (refused,) = [json.loads(line) for line in (tmp_path / "unsent" / f"{run_id}.rejected.jsonl").open()]
+    assert refused["params"] == [["seed", "1"]] and "seed" in refused["error"]
     assert _sync(replay, server.url) == 0  # the same records again: nothing is duplicated
     check = MlflowClient(server.url)
     run = check.get_run(run_id)
     assert history(check, run_id, "loss") == [(s, float(s)) for s in range(5)]
     assert run.info.status == "FINISHED" and run.data.params == {"seed": "0"}
     assert [a.path for a in check.list_artifacts(run_id)] == ["notes.txt"]
-    with pytest.raises(SystemExit, match="no meta.json"):
-        _sync(tmp_path, server.url)
+    assert _sync(tmp_path, server.url) == 1 and "no meta.json" in capsys.readouterr().err
 
 
 def _sync(path: Path, url: str) -> int:
-    from medrobust.utilities.errors import InputError
+    return sync_main([str(path), "--tracking-uri", url])
 
-    try:
-        return sync_main([str(path), "--tracking-uri", url])
-    except InputError as err:
-        raise SystemExit(str(err)) from None
+
+def test_a_journal_torn_by_a_crash_keeps_every_whole_record_and_is_held_by_one_process(tmp_path):
+    journal = RunJournal(tmp_path, "run1", "http://alice:pw@127.0.0.1:5000")
+    journal.append("batch", tags=[["a", "1"]])
+    journal.append("batch", tags=[["b", "2"]])
+    with pytest.raises(JournalInUse):
+        RunJournal.open(tmp_path / "run1")  # the writing process holds it
+    with open(tmp_path / "run1" / "records.jsonl", "a") as out:
+        out.write('{"seq": 3, "op": "ba')  # the process died mid-write
+    journal.release()
+    again = RunJournal(tmp_path, "run1")  # the next process (a resumed run)
+    assert [r["seq"] for r in again.pending()] == [1, 2] and again.count_pending() == 2
+    again.append("batch", tags=[["c", "3"]])
+    assert [r["tags"] for r in again.pending()] == [[["a", "1"]], [["b", "2"]], [["c", "3"]]]
+    again.mark_sent(2)
+    assert again.count_pending() == 1 and [r["seq"] for r in again.pending()] == [3]
+    assert "pw" not in (tmp_path / "run1" / "meta.json").read_text()
+    again.mark_sent(3)
+    assert not (tmp_path / "run1").exists()
 
 
 def start_fit(tmp_path: Path, url: str, epochs: int, *extra: str) -> subprocess.Popen:

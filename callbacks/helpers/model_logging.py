@@ -70,8 +70,11 @@ def publish_model(folder: Path, run_id: str, tracking_uri: str) -> str:
     client = MlflowClient(tracking_uri)
     run = client.get_run(run_id)
     for earlier in client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"):
-        if earlier.params.get(UPLOAD_PARAM) == manifest["upload_id"] and str(earlier.status) == "READY":
+        if earlier.params.get(UPLOAD_PARAM) != manifest["upload_id"]:
+            continue
+        if str(earlier.status) == "READY":
             return earlier.model_id
+        client.delete_logged_model(earlier.model_id)  # an earlier try that the server's going away cut short
     card = manifest["card"] | {"source_run_id": run_id}
     card["checkpoint"] = card["checkpoint"] | {"md5": run.data.tags.get("best_checkpoint.md5")}
     size, in_chans = card["input"]["size"], card["input"]["in_chans"]

@@ -93,4 +93,5 @@ def register_main(argv: list[str]) -> int:
         f"medrobust: registered models:/{ns.name}/{done['version']} (models:/{ns.name}@{ns.alias}) from model "
         f"{done['model_id']} in {redact_uri(uri)}"
     )
+    print(f"medrobust: `medrobust report {ns.target}` draws the trade-off figure with this point marked")
     return 0

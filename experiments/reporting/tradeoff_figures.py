@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib
@@ -23,12 +23,27 @@ from medrobust.lightning_modules.attacks.threat import Threat
 from medrobust.lightning_modules.metrics.summary import SUMMARY
 
 
-def _scatter_panel(ax: Any, groups: Sequence[Group], xkey: str, ykey: str, xlabel: str, ylabel: str) -> None:
+def _scatter_panel(
+    ax: Any,
+    groups: Sequence[Group],
+    xkey: str,
+    ykey: str,
+    xlabel: str,
+    ylabel: str,
+    registered: Mapping[str, str] | None = None,
+) -> None:
     pairs = paired_stats(groups, xkey, ykey)
+    registered = registered or {}
     for group, sx, sy in pairs:
         for run in group.runs:
             if xkey in run.summary and ykey in run.summary:
-                ax.scatter(run.summary[xkey], run.summary[ykey], s=12, alpha=0.35, color="0.4", zorder=2)
+                x, y = run.summary[xkey], run.summary[ykey]
+                ax.scatter(x, y, s=12, alpha=0.35, color="0.4", zorder=2)
+                if run.run_id in registered:  # the run a registered model version was made from
+                    ax.scatter(x, y, marker="*", s=220, color="gold", edgecolors="black", linewidths=0.8, zorder=5,
+                               label="registered model")  # fmt: skip
+                    ax.annotate(registered[run.run_id], (x, y), textcoords="offset points", xytext=(6, -12),
+                                fontsize=7, fontweight="bold")  # fmt: skip
         ax.errorbar(sx[0], sy[0], xerr=sx[1], yerr=sy[1], fmt="o", ms=6, capsize=3, zorder=3)
         flag = " [near-constant]" if group.near_constant else ""
         ax.annotate(
@@ -51,11 +66,16 @@ def _scatter_panel(ax: Any, groups: Sequence[Group], xkey: str, ykey: str, xlabe
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))  # one "registered model" entry however many runs are marked
+    ax.legend(unique.values(), unique.keys(), fontsize=7, loc="lower left")
 
 
-def tradeoff_figure(groups: Sequence[Group], threats: Sequence[str], metric: str) -> plt.Figure:
-    """Clean ``metric`` (x) against the worst-case adversarial ``metric`` (y), one panel per budget."""
+def tradeoff_figure(
+    groups: Sequence[Group], threats: Sequence[str], metric: str, registered: Mapping[str, str] | None = None
+) -> plt.Figure:
+    """Clean ``metric`` (x) against the worst-case adversarial ``metric`` (y), one panel per budget; the runs in
+    ``registered`` (run id -> ``NAME vN @alias``) are marked with a star and their label."""
     n = max(len(threats), 1)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
@@ -69,6 +89,7 @@ def tradeoff_figure(groups: Sequence[Group], threats: Sequence[str], metric: str
             f"{SUMMARY}adv_{metric}/{threat}",
             f"clean {name}",
             f"worst-case adversarial {name}",
+            registered,
         )
         ax.set_title(f"eps: {Threat.from_label(threat)}", fontsize=10)
     for ax in list(axes.flat)[len(threats) :]:

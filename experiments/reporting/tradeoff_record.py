@@ -10,6 +10,7 @@ import json
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
@@ -33,6 +34,7 @@ def log_report(
     import pandas as pd
 
     report = build_report(rows, axes, metric)
+    report["registered"] = registered = registered_labels(client, [r.run_id for r in rows])
     chosen = report["metric"]
     client.log_dict(run_id, report, "tradeoff.json")
     client.set_tag(run_id, "tradeoff.metric", chosen)
@@ -48,7 +50,7 @@ def log_report(
     threats = adv_threats(rows, chosen)
     figures = {}
     if threats:
-        figures["plots/tradeoff_adversarial.png"] = tradeoff_figure(groups, threats, chosen)
+        figures["plots/tradeoff_adversarial.png"] = tradeoff_figure(groups, threats, chosen, registered)
     if any(SUMMARY + "shift_bal_acc" in r.summary for r in rows):
         figures["plots/tradeoff_shift.png"] = shift_figure(groups)
     numeric_axes = [
@@ -62,3 +64,19 @@ def log_report(
         client.log_figure(run_id, fig, path)
         plt.close(fig)
     return report
+
+
+def registered_labels(client: MlflowClient, run_ids: Sequence[str]) -> dict[str, str]:
+    """``NAME vN @alias`` of the registered model versions made from each of ``run_ids`` (runs without one are
+    left out; a store without a model registry gives none)."""
+    labels: dict[str, list[str]] = {}
+    for start in range(0, len(run_ids), 100):
+        quoted = ", ".join(f"'{run_id}'" for run_id in run_ids[start : start + 100])
+        try:
+            versions = client.search_model_versions(f"run_id IN ({quoted})")
+        except MlflowException:
+            return {}
+        for version in versions:
+            aliases = "".join(f" @{alias}" for alias in sorted(version.aliases or []))
+            labels.setdefault(version.run_id, []).append(f"{version.name} v{version.version}{aliases}")
+    return {run_id: ", ".join(sorted(names)) for run_id, names in labels.items()}

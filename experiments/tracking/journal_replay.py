@@ -1,14 +1,14 @@
 """Sending a :class:`~medrobust.experiments.tracking.run_journal.RunJournal`'s records to a tracking server: the
-records as MLflow calls, how a record is written from a call, and what a failed send means (the server is away:
-try later; the server refused the record: set it aside, say so, go on)."""
+records as MLflow calls, how a record is written from a call, and what a failed send means (the server is away: try
+later; the run is not on this server: stop, keep the journal; the server refused one record: set that one aside, say
+so, go on)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
-import urllib.parse
-import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from mlflow import MlflowClient
@@ -19,6 +19,8 @@ from mlflow.protos.service_pb2 import Metric as ProtoMetric
 from mlflow.utils.proto_json_utils import message_to_json, parse_dict
 
 from medrobust.experiments.tracking.run_journal import RunJournal
+from medrobust.experiments.tracking.server_health import server_is_up
+from medrobust.utilities.errors import InputError
 from medrobust.utilities.tracking_uri import redact_uri
 
 log = logging.getLogger(__name__)
@@ -43,30 +45,28 @@ def dataset_input_from_json(data: dict[str, Any]) -> DatasetInput:
     return DatasetInput.from_proto(proto)
 
 
-def server_is_up(tracking_uri: str, timeout: float = 2.0) -> bool:
-    """One ``GET /health`` without retries: is the tracking server there now?"""
-    parts = urllib.parse.urlsplit(tracking_uri)
-    netloc = parts.netloc.rpartition("@")[2]  # /health needs no credentials (urllib would not take them here)
-    url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as answer:
-            return answer.status == 200
-    except (OSError, ValueError):  # refused, timed out, an HTTP error status, a malformed URI
-        return False
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
-class Rejected(Exception):
-    """The server is up and refused a record: sending it again will not help."""
+class RunNotOnServer(InputError):
+    """The journal's run is not on this tracking server (a wrong URI): nothing is sent, the journal is kept."""
 
 
 def send_pending(
-    client: MlflowClient, journal: RunJournal, tracking_uri: str, stop: Any = None, progress: Any = None
-) -> int:
-    """Send ``journal``'s unsent records in order through ``client`` until done, the server is away (the
-    error propagates; what was sent is marked), or ``stop()`` is true. A record the server
-    refuses while up is appended to ``rejected.jsonl`` with the reason, logged as a warning, and skipped. Returns
-    the number of records sent (``progress(n)`` is called after each send)."""
-    sent = 0
+    client: MlflowClient,
+    journal: RunJournal,
+    tracking_uri: str,
+    stop: Callable[[], bool] | None = None,
+    progress: Callable[[int], Any] | None = None,
+    give_up: bool = False,
+) -> tuple[int, int]:
+    """Send ``journal``'s unsent records in order through ``client`` until done or ``stop()``. Returns (sent, set
+    aside). The server away: the error propagates (what was sent is marked). The run not on the server:
+    :class:`RunNotOnServer`. A record the server refuses while up is appended to ``<run_id>.rejected.jsonl`` beside
+    the journal with the reason, logged, and skipped (a merged batch is first resent record by record, so only the
+    refused ones go); with ``give_up``, so is one that keeps failing with a server error."""
+    sent = aside = 0
     records = list(journal.pending())
     while records and not (stop and stop()):
         group = [records.pop(0)]
@@ -76,16 +76,37 @@ def send_pending(
             raise ConnectionError(f"the tracking server {redact_uri(tracking_uri)} does not answer /health")
         try:
             send_group(client, journal, group, tracking_uri)
+            sent += len(group)
         except Exception as err:
-            if server_is_up(tracking_uri) and not _transient(err):
-                set_aside(journal, group, err)
-            else:
-                raise
+            refused = _refused(err, journal, tracking_uri, give_up)
+            if len(group) == 1:
+                set_aside(journal, group, refused)
+                aside += 1
+            else:  # which of the merged records was it?
+                for record in group:
+                    try:
+                        send_group(client, journal, [record], tracking_uri)
+                        sent += 1
+                    except Exception as one:
+                        set_aside(journal, [record], _refused(one, journal, tracking_uri, give_up))
+                        aside += 1
         journal.mark_sent(group[-1]["seq"])
-        sent += len(group)
         if progress is not None:
             progress(len(group))
-    return sent
+    return sent, aside
+
+
+def _refused(err: Exception, journal: RunJournal, tracking_uri: str, give_up: bool) -> Exception:
+    """``err`` if the server refused the record for good; raises when sending again later may work, or when the run
+    is not on this server."""
+    if f"Run with id={journal.run_id} not found" in str(err):
+        raise RunNotOnServer(
+            f"run {journal.run_id} is not on {redact_uri(tracking_uri)}: is it the server the run was started on? "
+            f"Nothing was sent; the journal {journal.path} is kept"
+        ) from None
+    if not server_is_up(tracking_uri) or (_transient(err) and not give_up):
+        raise err
+    return err
 
 
 def _transient(err: Exception) -> bool:
@@ -101,17 +122,13 @@ def _transient(err: Exception) -> bool:
 
 def set_aside(journal: RunJournal, group: list[dict[str, Any]], err: Exception) -> None:
     """Keep what the server refused, with why, beside the journal (it is never silently lost)."""
-    rejected = journal.path.parent / f"{journal.run_id}.rejected.jsonl"
+    rejected = journal.root / f"{journal.run_id}.rejected.jsonl"
+    reason = redact_uri(str(err))[:2000]
     with open(rejected, "a") as out:
         for record in group:
-            out.write(json.dumps({**record, "error": str(err)[:2000]}) + "\n")
-    log.warning(
-        "the tracking server refused %d record(s) of run %s (kept in %s): %s",
-        len(group),
-        journal.run_id,
-        rejected,
-        str(err)[:500],
-    )
+            out.write(json.dumps({**record, "error": reason}) + "\n")
+    log.warning("medrobust: the tracking server refused %d record(s) of run %s (kept in %s): %s", len(group),
+                journal.run_id, rejected, reason[:500])  # fmt: skip
 
 
 def send_group(client: MlflowClient, journal: RunJournal, group: list[dict[str, Any]], tracking_uri: str) -> None:
@@ -122,11 +139,14 @@ def send_group(client: MlflowClient, journal: RunJournal, group: list[dict[str, 
         metrics = [metric_from_json(m) for record in group for m in record.get("metrics", [])]
         params = {k: v for record in group for k, v in record.get("params", [])}
         tags = {k: v for record in group for k, v in record.get("tags", [])}  # a tag set twice: its newest value
-        client.log_batch(
-            run_id, metrics, [Param(k, v) for k, v in params.items()], [RunTag(k, v) for k, v in tags.items()]
-        )
+        client.log_batch(run_id, metrics, [Param(k, v) for k, v in params.items()],
+                         [RunTag(k, v) for k, v in tags.items()])  # fmt: skip
     elif op == "delete_tag":
-        client.delete_tag(run_id, first["key"])
+        try:
+            client.delete_tag(run_id, first["key"])
+        except MlflowException as err:
+            if "No tag with name" not in str(err):
+                raise  # a tag already gone (a replay) is what was asked for
     elif op == "update_run":
         client.update_run(run_id, first.get("status"), first.get("name"))
     elif op == "terminated":
@@ -144,7 +164,3 @@ def send_group(client: MlflowClient, journal: RunJournal, group: list[dict[str, 
         client.set_tag(run_id, MODEL_ID_TAG, model_id)
     else:
         raise ValueError(f"unknown journal record {op!r} in {journal.path}")
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

@@ -156,6 +156,8 @@ class MLflowRunLogger(MLFlowLogger):
         client = super().experiment
         if not self._checked_in:
             self._checked_in = True
+            if isinstance(client, BufferedMlflowClient) and self.resumed:
+                client.journal(self._run_id)  # records its earlier process left unsent go first
             mark_model_training(client, self._experiment_id)
             run = client.get_run(self._run_id)
             if self.resumed and run.info.status != "RUNNING":

@@ -13,53 +13,56 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from tqdm import tqdm
 
-from medrobust.experiments.tracking.journal_replay import send_pending, server_is_up
-from medrobust.experiments.tracking.run_journal import JOURNAL_FOLDER, RunJournal
+from medrobust.experiments.tracking.journal_replay import send_pending
+from medrobust.experiments.tracking.run_journal import JOURNAL_FOLDER, JournalInUse, RunJournal
+from medrobust.experiments.tracking.server_health import server_is_up
 from medrobust.utilities.errors import InputError
 from medrobust.utilities.tracking_uri import redact_uri
 
 
 def sync_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="medrobust sync", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "journals", nargs="*", type=Path, help=f"run journals (default: every one under runs/{JOURNAL_FOLDER})"
-    )
-    parser.add_argument(
-        "--tracking-uri",
-        help="the server to send to (default: $MLFLOW_TRACKING_URI, else the one each journal was written for)",
-    )
+    parser.add_argument("journals", nargs="*", type=Path,
+                        help=f"run journals (default: every one under runs/{JOURNAL_FOLDER})")  # fmt: skip
+    parser.add_argument("--tracking-uri", help="the server to send to (default: the one each journal was written "
+                        "for; where that has credentials, which are never stored, $MLFLOW_TRACKING_URI)")  # fmt: skip
     args = parser.parse_args(argv)
     paths = args.journals or sorted(p for p in (Path("runs") / JOURNAL_FOLDER).glob("*") if p.is_dir())
     if not paths:
         print(f"medrobust sync: nothing to send (no journal under runs/{JOURNAL_FOLDER})")
         return 0
-    journals = []
+    failed = 0
     for path in paths:
         try:
-            journals.append(RunJournal.open(path))
-        except FileNotFoundError as err:
-            raise InputError(str(err)) from None
-    left = 0
-    for journal in journals:
-        uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or journal.tracking_uri or ""
-        if "***" in uri or not uri.startswith(("http://", "https://")):
-            raise InputError(
-                f"{journal.path}: give the tracking server with --tracking-uri (the journal names "
-                f"{redact_uri(journal.tracking_uri or '-')!r})"
-            )
+            _sync_one(path, args.tracking_uri)
+        except (InputError, FileNotFoundError, JournalInUse, OSError, MlflowException) as err:
+            failed += 1
+            print(f"medrobust sync: {path}: {redact_uri(str(err))}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _sync_one(path: Path, tracking_uri: str | None) -> None:
+    journal = RunJournal.open(path)
+    try:
+        named = journal.tracking_uri or ""
+        uri = tracking_uri or (named if "***" not in named else os.environ.get("MLFLOW_TRACKING_URI", ""))
+        if not uri.startswith(("http://", "https://")):
+            raise InputError(f"give the tracking server with --tracking-uri (the journal names {named or '-'!r})")
         if not server_is_up(uri):
             raise InputError(f"the tracking server {redact_uri(uri)} is unreachable; nothing was sent")
-        pending = journal.count_pending()
-        with tqdm(total=pending, desc=f"run {journal.run_id}", unit="record", leave=False) as bar:
-            sent = send_pending(MlflowClient(uri), journal, uri, progress=bar.update)
+        with tqdm(total=journal.count_pending(), desc=f"run {journal.run_id}", unit="record", leave=False) as bar:
+            sent, aside = send_pending(MlflowClient(uri), journal, uri, progress=bar.update)
         rest = journal.count_pending()
-        left += rest
-        rejected = journal.path.parent / f"{journal.run_id}.rejected.jsonl"
-        note = f"; the server refused some (kept in {rejected})" if rejected.is_file() else ""
-        print(f"run {journal.run_id}: {sent} record(s) sent to {redact_uri(uri)}, {rest} left{note}")
-    return 1 if left else 0
+        note = f", {aside} refused (kept in {journal.root / (journal.run_id + '.rejected.jsonl')})" if aside else ""
+        print(f"run {journal.run_id}: {sent} record(s) sent to {redact_uri(uri)}{note}, {rest} left")
+        if rest:
+            raise InputError(f"{rest} record(s) of run {journal.run_id} are still unsent")
+    finally:
+        journal.release()
