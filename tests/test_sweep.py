@@ -19,7 +19,8 @@ from conftest import REPO, SHARED_MEDMNIST, subprocess_env, write_medmnist_npz
 from mlflow import MlflowClient
 from test_cli import medrobust, medrobust_in_process
 
-from medrobust.experiments.reporting.tradeoff import RunRow, build_report, format_table, pareto_front
+from medrobust.experiments.reporting.tradeoff import RunRow, build_report, format_table, group_rows, pareto_front
+from medrobust.experiments.reporting.tradeoff_figures import tradeoff_figure
 from medrobust.experiments.sweeping.sweep_spec import SweepError, SweepSpec, set_override
 from medrobust.experiments.tracking.mlflow_server import LocalMlflowServer
 from medrobust.lightning_modules.metrics.summary import summary_metrics
@@ -175,6 +176,13 @@ def test_pareto_front_and_seed_groups() -> None:
     assert report["metric"] == "acc"  # no class ratio recorded: nothing says the labels are imbalanced
     # issue 25.20: mean [95% t interval] over seeds (2 seeds: t = 12.7, a wide interval, as it should be)
     assert "| eps=0 | 2 | 0.890 [0.763, 1.017] | 0.010 [-0.117, 0.137] |  |" in format_table(report)
+    # issue 26.4: a registered run is marked on the trade-off figure with its name, version and alias
+    figure = tradeoff_figure(group_rows(rows), ["linf_8_255"], "acc", {"r3": "pneumonia_robust v2 @champion"})
+    (ax,) = [a for a in figure.axes if a.get_visible()]
+    assert "registered model" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "pneumonia_robust v2 @champion" in [t.get_text() for t in ax.texts]
+    star = [c for c in ax.collections if c.get_label() == "registered model"]
+    assert star and star[0].get_offsets().tolist() == [[0.84, 0.64]]  # at run r3's own point
 
 
 def test_every_sweep_file_composes_into_valid_configs(tmp_path, tracking_uri) -> None:

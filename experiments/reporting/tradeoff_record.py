@@ -70,13 +70,19 @@ def registered_labels(client: MlflowClient, run_ids: Sequence[str]) -> dict[str,
     """``NAME vN @alias`` of the registered model versions made from each of ``run_ids`` (runs without one are
     left out; a store without a model registry gives none)."""
     labels: dict[str, list[str]] = {}
+    aliases_of: dict[str, dict[str, list[str]]] = {}
     for start in range(0, len(run_ids), 100):
         quoted = ", ".join(f"'{run_id}'" for run_id in run_ids[start : start + 100])
         try:
             versions = client.search_model_versions(f"run_id IN ({quoted})")
         except MlflowException:
             return {}
-        for version in versions:
-            aliases = "".join(f" @{alias}" for alias in sorted(version.aliases or []))
+        for version in versions:  # search results carry no aliases: the registered model lists them
+            if version.name not in aliases_of:
+                by_version: dict[str, list[str]] = {}
+                for alias, number in sorted((client.get_registered_model(version.name).aliases or {}).items()):
+                    by_version.setdefault(str(number), []).append(alias)
+                aliases_of[version.name] = by_version
+            aliases = "".join(f" @{alias}" for alias in aliases_of[version.name].get(str(version.version), []))
             labels.setdefault(version.run_id, []).append(f"{version.name} v{version.version}{aliases}")
     return {run_id: ", ".join(sorted(names)) for run_id, names in labels.items()}
