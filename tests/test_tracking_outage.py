@@ -59,7 +59,7 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, floa
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
-def test_writes_go_on_while_the_server_is_away_and_arrive_once_it_is_back(tmp_path, server):
+def test_writes_go_on_while_the_server_is_away_and_arrive_once_it_is_back(tmp_path, server, caplog):
     secret = "s3cr3t-pw"  # a URI with credentials (the server ignores them): used, never written to the journal
     client = BufferedMlflowClient(server.url.replace("http://", f"http://alice:{secret}@"), tmp_path / "unsent")
     experiment = client.create_experiment("outage")
@@ -95,6 +95,7 @@ def test_writes_go_on_while_the_server_is_away_and_arrive_once_it_is_back(tmp_pa
     assert run.info.status == "FINISHED"
     assert [a.path for a in check.list_artifacts(run_id, "figures")] == ["figures/curve.png"]
     assert not (tmp_path / "unsent" / run_id).exists()  # all sent: the journal is gone
+    assert "unreachable" in caplog.text and "is back" in caplog.text and secret not in caplog.text
 
 
 @pytest.mark.slow  # about 20 s; the outage test above journals and sends by default

@@ -26,3 +26,9 @@ def redact_uri(uri: str) -> str:
 
 def has_credentials(uri: str) -> bool:
     return redact_uri(uri) != uri
+
+
+def redact_text(text: str) -> str:
+    """``text`` (an error message, a log line) with the user info of every URI in it replaced by ``***``: MLflow's
+    own messages quote the request URL, credentials included."""
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", text)

@@ -25,6 +25,7 @@ from medrobust.experiments.reporting.tradeoff import (
     numeric_value,
 )
 from medrobust.experiments.reporting.tradeoff_figures import shift_figure, sweep_curves_figure, tradeoff_figure
+from medrobust.experiments.tracking.tracking_server_away import TrackingServerAway
 
 
 def log_report(
@@ -75,12 +76,20 @@ def registered_labels(client: MlflowClient, run_ids: Sequence[str]) -> dict[str,
         quoted = ", ".join(f"'{run_id}'" for run_id in run_ids[start : start + 100])
         try:
             versions = client.search_model_versions(f"run_id IN ({quoted})")
-        except MlflowException:
-            return {}
+        except TrackingServerAway:
+            raise
+        except MlflowException:  # a store without a model registry
+            break
         for version in versions:  # search results carry no aliases: the registered model lists them
             if version.name not in aliases_of:
                 by_version: dict[str, list[str]] = {}
-                for alias, number in sorted((client.get_registered_model(version.name).aliases or {}).items()):
+                try:
+                    found = client.get_registered_model(version.name).aliases or {}
+                except TrackingServerAway:
+                    raise
+                except MlflowException:
+                    found = {}
+                for alias, number in sorted(found.items()):
                     by_version.setdefault(str(number), []).append(alias)
                 aliases_of[version.name] = by_version
             aliases = "".join(f" @{alias}" for alias in aliases_of[version.name].get(str(version.version), []))

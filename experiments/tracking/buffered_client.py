@@ -18,7 +18,7 @@ from medrobust.experiments.tracking.journal_replay import RunNotOnServer, now_ms
 from medrobust.experiments.tracking.run_journal import RunJournal
 from medrobust.experiments.tracking.server_health import server_is_up
 from medrobust.experiments.tracking.tracking_server_away import TrackingServerAway
-from medrobust.utilities.tracking_uri import redact_uri
+from medrobust.utilities.tracking_uri import redact_text, redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,10 @@ class BufferedMlflowClient(MlflowClient):
             self._start()
         return journal
 
+    def journal_path(self, run_id: str) -> Path:
+        """Where the run's journal is (without opening it or starting a sender)."""
+        return self.journal_root / run_id
+
     def pending(self) -> dict[str, int]:
         """Unsent records per run."""
         counts = {run_id: journal.count_pending() for run_id, journal in list(self._journals.items())}
@@ -99,7 +103,7 @@ class BufferedMlflowClient(MlflowClient):
             if self._thread is not None and self._thread.is_alive():
                 if not self._closed:
                     return
-                self._thread.join()  # closing: let it end, then start afresh
+                self._thread.join(timeout=10)  # closing: let it end, then start afresh
             self._closed = False
             self._thread = threading.Thread(target=self._send_loop, name="medrobust-mlflow-journal", daemon=True)
             self._thread.start()
@@ -138,7 +142,7 @@ class BufferedMlflowClient(MlflowClient):
             self._closed = True
             return 0.0
         except Exception as err:  # away (or failing): keep the records, look again later
-            reason = redact_uri(str(err))[:300]
+            reason = redact_text(str(err))[:300]
             if server_is_up(self._uri):
                 self._failures += 1
                 log.warning("medrobust: the tracking server %s failed a request (%s); trying again", uri, reason)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +22,7 @@ from mlflow.utils.proto_json_utils import message_to_json, parse_dict
 from medrobust.experiments.tracking.run_journal import RunJournal
 from medrobust.experiments.tracking.server_health import server_is_up
 from medrobust.utilities.errors import InputError
-from medrobust.utilities.tracking_uri import redact_uri
+from medrobust.utilities.tracking_uri import redact_text, redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def send_pending(
             send_group(client, journal, group, tracking_uri)
             sent += len(group)
         except Exception as err:
-            refused = _refused(err, journal, tracking_uri, give_up)
+            refused = _refused(err, client, journal, tracking_uri, give_up)
             if len(group) == 1:
                 set_aside(journal, group, refused)
                 aside += 1
@@ -88,7 +89,7 @@ def send_pending(
                         send_group(client, journal, [record], tracking_uri)
                         sent += 1
                     except Exception as one:
-                        set_aside(journal, [record], _refused(one, journal, tracking_uri, give_up))
+                        set_aside(journal, [record], _refused(one, client, journal, tracking_uri, give_up))
                         aside += 1
         journal.mark_sent(group[-1]["seq"])
         if progress is not None:
@@ -96,17 +97,32 @@ def send_pending(
     return sent, aside
 
 
-def _refused(err: Exception, journal: RunJournal, tracking_uri: str, give_up: bool) -> Exception:
-    """``err`` if the server refused the record for good; raises when sending again later may work, or when the run
-    is not on this server."""
+#: HTTP statuses that say nothing about the record: credentials, permissions, a timeout, rate limiting
+SERVER_LEVEL = (401, 403, 408, 429)
+
+
+def _refused(err: Exception, client: MlflowClient, journal: RunJournal, tracking_uri: str, give_up: bool) -> Exception:
+    """``err`` if the server refused the record for good; raises when sending again later may work (the server away,
+    failing, or refusing us rather than the record; and, when giving up on server errors, unless the run itself can
+    be read), or when the run is not on this server."""
     if f"Run with id={journal.run_id} not found" in str(err):
         raise RunNotOnServer(
             f"run {journal.run_id} is not on {redact_uri(tracking_uri)}: is it the server the run was started on? "
             f"Nothing was sent; the journal {journal.path} is kept"
         ) from None
-    if not server_is_up(tracking_uri) or (_transient(err) and not give_up):
+    if not server_is_up(tracking_uri) or _status(err) in SERVER_LEVEL:
         raise err
+    if _transient(err):
+        if not give_up:
+            raise err
+        client.get_run(journal.run_id)  # the server answers for the run but fails this record: set it aside
     return err
+
+
+def _status(err: Exception) -> int | None:
+    if isinstance(err, MlflowException):
+        return err.get_http_status_code()
+    return getattr(getattr(err, "response", None), "status_code", None)
 
 
 def _transient(err: Exception) -> bool:
@@ -123,7 +139,12 @@ def _transient(err: Exception) -> bool:
 def set_aside(journal: RunJournal, group: list[dict[str, Any]], err: Exception) -> None:
     """Keep what the server refused, with why, beside the journal (it is never silently lost)."""
     rejected = journal.root / f"{journal.run_id}.rejected.jsonl"
-    reason = redact_uri(str(err))[:2000]
+    reason = redact_text(str(err))[:2000]
+    for record in group:  # the files it would have uploaded are kept too
+        if journal.files(record["seq"]).is_dir():
+            kept = journal.root / f"{journal.run_id}.rejected" / str(record["seq"])
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(journal.files(record["seq"]), kept)
     with open(rejected, "a") as out:
         for record in group:
             out.write(json.dumps({**record, "error": reason}) + "\n")

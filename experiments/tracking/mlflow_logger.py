@@ -268,7 +268,7 @@ class MLflowRunLogger(MLFlowLogger):
             return True
         left = client.close(self.flush_timeout)
         for run_id, count in left.items():
-            where = client.journal(run_id).path.resolve()
+            where = client.journal_path(run_id).resolve()
             own_line(
                 f"medrobust: {count} record(s) of MLflow run {run_id} were not sent: the tracking server "
                 f"{redact_uri(self._tracking_uri)} is unreachable. They are kept in {where}; send them with "

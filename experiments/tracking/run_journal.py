@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import threading
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from medrobust.utilities.tracking_uri import redact_uri
+
+log = logging.getLogger(__name__)
 
 #: where a run's journal lives under the default root directory of the runs (``runs/``)
 JOURNAL_FOLDER = "unsent"
@@ -70,10 +73,15 @@ class RunJournal:
         self.root.mkdir(parents=True, exist_ok=True)
         hold = open(self.root / f".{self.run_id}.lock", "a")  # noqa: SIM115 (held until release or exit)
         try:
-            fcntl.flock(hold, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(hold, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            hold.close()
-            raise JournalInUse(f"{self.path} is in use by another process (the run, or another sync)") from None
+            if not wait:
+                hold.close()
+                raise JournalInUse(f"{self.path} is in use by another process (the run, or another sync)") from None
+            log.warning("medrobust: waiting for another process (a `medrobust sync`?) to let go of %s", self.path)
+            fcntl.flock(hold, fcntl.LOCK_EX)
+        except OSError as err:  # a file system without flock (some NFS or Lustre mounts): go on without the lock
+            log.warning("medrobust: %s cannot be locked (%s); do not sync it while the run writes it", self.path, err)
         return hold
 
     def release(self) -> None:
@@ -93,11 +101,18 @@ class RunJournal:
             text = text[: text.rfind("\n") + 1]
             records.write_text(text)
         seqs = [record["seq"] for record in _parse(text)]
-        return max(seqs, default=sent), sent
+        return max([*seqs, sent]), sent
 
     def append(self, op: str, files: list[str | Path] | None = None, **args: Any) -> int:
         """Write one record (fsync'ed), with copies of ``files`` (files or folders); returns its ``seq``."""
         staged = self._stage(files) if files else None  # copied outside the lock: other writers do not wait
+        try:
+            return self._write(op, staged, args)
+        finally:
+            if staged is not None and staged.exists():  # the record failed: no copy is left behind
+                shutil.rmtree(staged, ignore_errors=True)
+
+    def _write(self, op: str, staged: Path | None, args: dict[str, Any]) -> int:
         with self._lock:
             if self._hold is None:  # released (the run ended) and written again
                 self._hold = self._lock_file(True)

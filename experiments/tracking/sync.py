@@ -24,7 +24,7 @@ from medrobust.experiments.tracking.journal_replay import send_pending
 from medrobust.experiments.tracking.run_journal import JOURNAL_FOLDER, JournalInUse, RunJournal
 from medrobust.experiments.tracking.server_health import server_is_up
 from medrobust.utilities.errors import InputError
-from medrobust.utilities.tracking_uri import redact_uri
+from medrobust.utilities.tracking_uri import redact_text, redact_uri
 
 
 def sync_main(argv: list[str]) -> int:
@@ -34,7 +34,9 @@ def sync_main(argv: list[str]) -> int:
     parser.add_argument("--tracking-uri", help="the server to send to (default: the one each journal was written "
                         "for; where that has credentials, which are never stored, $MLFLOW_TRACKING_URI)")  # fmt: skip
     args = parser.parse_args(argv)
-    paths = args.journals or sorted(p for p in (Path("runs") / JOURNAL_FOLDER).glob("*") if p.is_dir())
+    found = (Path("runs") / JOURNAL_FOLDER).glob("*")
+    paths = args.journals or sorted(p for p in found if p.is_dir() and not p.name.startswith(".") and
+                                    not p.name.endswith(".rejected"))  # fmt: skip
     if not paths:
         print(f"medrobust sync: nothing to send (no journal under runs/{JOURNAL_FOLDER})")
         return 0
@@ -44,7 +46,7 @@ def sync_main(argv: list[str]) -> int:
             _sync_one(path, args.tracking_uri)
         except (InputError, FileNotFoundError, JournalInUse, OSError, MlflowException) as err:
             failed += 1
-            print(f"medrobust sync: {path}: {redact_uri(str(err))}", file=sys.stderr)
+            print(f"medrobust sync: {path}: {redact_text(str(err))}", file=sys.stderr)
     return 1 if failed else 0
 
 
