@@ -124,9 +124,7 @@ class BufferedMlflowClient(MlflowClient):
         """One pass over the journals; returns how long to wait before the next (0: go on)."""
         uri = redact_uri(self._uri)
         try:
-            if not self.online and not server_is_up(self._uri):
-                return RETRY_EVERY
-            sent = 0
+            sent = 0  # send_pending looks at /health before each send: away, it raises ConnectionError at once
             for journal in list(self._journals.values()):
                 give_up = self._failures >= MAX_TRIES
                 done, aside = send_pending(self._sender, journal, self._uri, lambda: self._closed, give_up=give_up)
@@ -143,7 +141,7 @@ class BufferedMlflowClient(MlflowClient):
             return 0.0
         except Exception as err:  # away (or failing): keep the records, look again later
             reason = redact_text(str(err))[:300]
-            if server_is_up(self._uri):
+            if not isinstance(err, ConnectionError) and server_is_up(self._uri):
                 self._failures += 1
                 log.warning("medrobust: the tracking server %s failed a request (%s); trying again", uri, reason)
                 return min(RETRY_EVERY * 2**self._failures, LONGEST_BACKOFF)

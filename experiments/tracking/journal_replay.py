@@ -120,6 +120,7 @@ def _refused(err: Exception, client: MlflowClient, journal: RunJournal, tracking
 
 
 def _status(err: Exception) -> int | None:
+    """The HTTP status an MLflow error maps to, or an artifact upload's ``HTTPError`` carries."""
     if isinstance(err, MlflowException):
         return err.get_http_status_code()
     return getattr(getattr(err, "response", None), "status_code", None)
@@ -127,11 +128,9 @@ def _status(err: Exception) -> int | None:
 
 def _transient(err: Exception) -> bool:
     """An error a later try may not repeat: the server's own failure or a request that never reached it."""
-    if isinstance(err, MlflowException):
-        return err.get_http_status_code() >= 500 or "Max retries exceeded" in str(err)
-    status = getattr(getattr(err, "response", None), "status_code", None)  # an artifact upload's HTTPError
+    status = _status(err)
     if status is not None:
-        return status >= 500
+        return status >= 500 or "Max retries exceeded" in str(err)
     # connection refused or reset, a timeout; not a file missing from the journal
     return isinstance(err, ConnectionError | TimeoutError) or type(err).__module__.startswith(("requests", "urllib3"))
 
