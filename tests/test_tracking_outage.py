@@ -227,7 +227,10 @@ def test_a_fit_goes_on_through_a_30_second_outage_and_the_run_is_complete(tmp_pa
     back = time.time() * 1000
     output, _ = fit.communicate(timeout=600)
     assert fit.returncode == 0, output[-3000:]
-    assert "is unreachable" in output and "is back" in output, output[-3000:]
+    # the sender saw the outage between two sends (our messages), or a send was in flight when the server went and
+    # rode it out inside MLflow's own retries (urllib3's warnings; CI hit this once): nothing may be lost either way
+    seen = ("is unreachable" in output and "is back" in output) or "Retrying (Retry(" in output
+    assert seen, output[-3000:]
     run = check_complete(server.url, run_id, epochs)
     during = [
         m
