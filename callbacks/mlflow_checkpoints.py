@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
+from medrobust.callbacks.helpers.checkpoint_upload import log_checkpoint
 from medrobust.callbacks.helpers.mlflow_logger_lookup import mlflow_logger
+from medrobust.callbacks.mlflow_model import MLflowModel
 from medrobust.callbacks.selection_checkpoint import SelectionCheckpoint
-from medrobust.utilities.hashing import file_md5
 from medrobust.utilities.tracking_uri import redact_uri
 
 
@@ -22,14 +21,17 @@ class MLflowCheckpoints(Callback):
 
     * In every checkpoint: ``checkpoint["mlflow"]`` holds the run id, experiment id and the tracking URI with its
       credentials removed, so ``--ckpt_path`` resumes the same run and no password is written to disk.
-    * After fit: the selected checkpoint as the artifact ``checkpoints/best.ckpt`` (weights, hyperparameters and
-      callback states, without optimizer state, so ``medrobust test --ckpt_path`` and ``load_from_checkpoint`` take
-      it), its local path as tag ``best_checkpoint`` and the uploaded file's MD5 as ``best_checkpoint.md5``, and the
-      selection as tags ``selection.rule``, ``selection.metric``, ``selection.epoch`` and ``selection.score`` (see
+    * After fit: the selected checkpoint's local path as tag ``best_checkpoint``; the checkpoint itself goes into the
+      run once. Where :class:`~medrobust.callbacks.MLflowModel` logs the run's model, the model holds it (its
+      ``model.pt2`` the weights, its ``checkpoint.ckpt`` the rest); otherwise, or if the model cannot be logged, it
+      is the artifact ``checkpoints/best.ckpt`` (weights, hyperparameters and callback states, without optimizer
+      state), with the file's MD5 as tag ``best_checkpoint.md5``. ``medrobust test --ckpt_path runs:/<id>``,
+      teachers and construction sources take either. And the selection as tags ``selection.rule``,
+      ``selection.metric``, ``selection.epoch`` and ``selection.score`` (see
       :class:`~medrobust.callbacks.SelectionCheckpoint`).
 
     Args:
-        log_best: upload the selected checkpoint into the run.
+        log_best: upload the selected checkpoint into the run when no logged model holds it.
     """
 
     def __init__(self, log_best: bool = True) -> None:
@@ -60,12 +62,6 @@ class MLflowCheckpoints(Callback):
         if not best:
             return
         client.set_tag(run_id, "best_checkpoint", str(Path(best).resolve()))
-        if self.log_best:
-            checkpoint = torch.load(best, map_location="cpu", weights_only=True)
-            for key in ("optimizer_states", "lr_schedulers"):
-                checkpoint.pop(key, None)
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "best.ckpt"
-                torch.save(checkpoint, path)
-                client.log_artifact(run_id, str(path), "checkpoints")
-                client.set_tag(run_id, "best_checkpoint.md5", file_md5(path))
+        in_model = any(isinstance(c, MLflowModel) and c.log_model for c in trainer.callbacks)
+        if self.log_best and not in_model:  # a logged model holds it, or uploads it if it cannot be logged
+            log_checkpoint(client, run_id, best, resumed=trainer.ckpt_path is not None)

@@ -10,9 +10,11 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
+from medrobust.callbacks.helpers.checkpoint_upload import log_checkpoint
 from medrobust.callbacks.helpers.mlflow_logger_lookup import mlflow_logger
-from medrobust.callbacks.helpers.model_logging import MODEL_ID_TAG, log_selected_model, prepare_model
+from medrobust.callbacks.helpers.model_logging import log_selected_model, prepare_model
 from medrobust.callbacks.mlflow_dataset_inputs import dataset_name
+from medrobust.utilities.mlflow_source import MODEL_ID_TAG
 
 #: the second part of metric names computed on other data than the clean test split (linked to no dataset)
 OTHER_DATA = ("shift", "shortcut", "detect", "saliency", "ood")
@@ -29,7 +31,8 @@ class MLflowModel(Callback):
       "models from code" wrapper (:mod:`~medrobust.callbacks.helpers.pyfunc_image_classifier`, copied into the
       model), which checks the input and converts it. ``mlflow.pytorch``'s own pyfunc cannot take both uint8 and
       float images, nor refuse NaN. Loading a model runs its wrapper's code: load only models you trust
-      (medrobust's own ``models:/`` inputs read the run's checkpoint with ``weights_only=True`` instead).
+      (medrobust's own ``models:/`` inputs read the program's weights as raw tensor records and the checkpoint with
+      ``weights_only=True`` instead: nothing is unpickled).
     * Signature: the output (float32 ``(-1, classes)``) only. An input schema would fix one dtype (uint8 or float32)
       and one layout; the wrapper accepts the documented ones and refuses the rest with the expected shape.
     * Input example: the first two test images, as MedMNIST stores them; pinned ``pip_requirements`` (torch, numpy,
@@ -39,7 +42,11 @@ class MLflowModel(Callback):
       model (``model_id``; the same entries, so the run's history gains no point), those computed on the clean test
       split and attacks on it also to the test dataset; ``search_logged_models`` then ranks models by, for example,
       ``summary/robust_bal_acc_worst``.
-    * A model that cannot be exported or logged does not fail the run: a warning, and the tag ``model.error``.
+    * The weights once: the model holds the selected checkpoint (``artifacts/checkpoint.ckpt``, without the weights
+      ``model.pt2`` holds: hyperparameters, callback states, epoch), so the run uploads no ``checkpoints/best.ckpt``
+      beside it; ``models:/`` and ``runs:/`` sources rebuild the full checkpoint from the two files.
+    * A model that cannot be exported or logged does not fail the run: a warning, the tag ``model.error``, and the
+      selected checkpoint uploaded as ``checkpoints/best.ckpt`` instead.
     * On a tracking server that is away at the end of fit, the model is exported into the run's journal and
       logged when the journal is sent (by the run itself once the server is back, or by ``medrobust sync``); its
       test metrics are then not linked to it.
@@ -80,6 +87,10 @@ class MLflowModel(Callback):
                 f"medrobust: the run's MLflow model was not {'logged' if stage == 'fit' else 'linked'}: {message}"
             )
             logger.experiment.set_tag(logger.run_id, "model.error", message)
+            best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+            wanted = all(getattr(c, "log_best", True) for c in trainer.callbacks)  # MLflowCheckpoints(log_best=False)
+            if stage == "fit" and best and wanted:  # the weights go into the run all the same
+                log_checkpoint(logger.experiment, logger.run_id, best, resumed=trainer.ckpt_path is not None)
 
     def _log(self, trainer: Trainer, pl_module: LightningModule, logger: Any) -> None:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")

@@ -10,6 +10,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import mlflow
@@ -26,8 +27,10 @@ from medrobust.experiments.tracking.mlflow_server import free_port
 from medrobust.lightning_modules.classifier import ClassifierModule
 from medrobust.lightning_modules.features.teacher import load_teacher
 from medrobust.lightning_modules.nets.image_probabilities import ImageProbabilities
+from medrobust.utilities.checkpoint_weights import program_weights, with_weights, without_weights
 from medrobust.utilities.errors import InputError
 from medrobust.utilities.hashing import file_md5
+from medrobust.utilities.mlflow_source import fetch_checkpoint
 
 #: (flag, where its file comes from): the real binary PneumoniaMNIST, synthetic multi-class RGB and multi-label files
 CASES = [("pneumoniamnist", "real"), ("bloodmnist", "synthetic"), ("chestmnist", "synthetic")]
@@ -75,8 +78,18 @@ def test_the_selected_checkpoint_is_a_model_that_predicts_what_the_module_predic
     logged = client.get_logged_model(model_id)
     assert (logged.experiment_id, logged.source_run_id) == (run.info.experiment_id, run.info.run_id)
     assert str(logged.status) == "READY" and logged.name == "model"
-    best = Path(client.download_artifacts(run.info.run_id, "checkpoints/best.ckpt", str(tmp_path / "best")))
+    # the weights once: the model holds the checkpoint (its weights in model.pt2), the run no checkpoints/best.ckpt
+    assert not client.list_artifacts(run.info.run_id, "checkpoints")
+    files = {f.path: f.file_size for f in client.list_logged_model_artifacts(model_id, "artifacts")}
+    assert files["artifacts/checkpoint.ckpt"] < 100_000 < files["artifacts/model.pt2"]
+    best, fetched_run = fetch_checkpoint(f"models:/{model_id}", tracking_uri, tmp_path / "best")
     checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+    local = torch.load(run.data.tags["best_checkpoint"], map_location="cpu", weights_only=True)
+    assert fetched_run == run.info.run_id and checkpoint["state_dict"].keys() == local["state_dict"].keys()
+    assert all(torch.equal(v, local["state_dict"][k]) for k, v in checkpoint["state_dict"].items())
+    assert checkpoint["hyper_parameters"] == local["hyper_parameters"] and "optimizer_states" not in checkpoint
+    again, _ = fetch_checkpoint(run.info.run_id, tracking_uri, tmp_path / "again")  # a run id: its model's
+    assert file_md5(again) == file_md5(best)  # rebuilt byte for byte: the MD5 names the weights
     (output,) = run.outputs.model_outputs  # at the selected checkpoint's global step: its epoch's val/* are linked
     assert output.model_id == model_id and output.step == checkpoint["global_step"]
     assert checkpoint["epoch"] == int(run.data.tags["selection.epoch"])
@@ -117,9 +130,10 @@ def test_the_selected_checkpoint_is_a_model_that_predicts_what_the_module_predic
     assert len(card["class_names"]) == card["num_classes"] == expected.shape[1]
     assert card["selection"]["rule"] == run.data.tags["selection.rule"]
     assert card["selection"]["epoch"] == int(run.data.tags["selection.epoch"])
-    assert card["checkpoint"]["md5"] == file_md5(best) and card["source_run_id"] == run.info.run_id
-    assert card["trained_against"] == "none (standard training)"
-    requirements = (Path(mlflow.artifacts.download_artifacts(f"models:/{model_id}")) / "requirements.txt").read_text()
+    assert card["trained_against"] == "none (standard training)" and card["source_run_id"] == run.info.run_id
+    files = Path(mlflow.artifacts.download_artifacts(f"models:/{model_id}"))
+    assert card["checkpoint"]["md5"] == file_md5(files / "artifacts" / "checkpoint.ckpt")
+    requirements = (files / "requirements.txt").read_text()
     assert all(f"{name}==" in requirements for name in ("mlflow", "torch", "numpy"))
     size = sum(f.file_size or 0 for f in client.list_logged_model_artifacts(model_id, "artifacts"))
     print(f"{flag}: model.pt2 of test_resnet {size / 1e6:.2f} MB")
@@ -180,12 +194,14 @@ def check_models_uris(tmp_path: Path, tracking_uri: str, model_id: str, run, bes
     ]:
         with pytest.raises(InputError, match=message):
             load_teacher(wrong, tracking_uri)
-    # a run whose checkpoint artifact was replaced (a resumed fit) no longer stands for the registered model
-    other = tmp_path / "replaced" / "best.ckpt"
-    other.parent.mkdir()
-    torch.save({**torch.load(best, weights_only=True), "epoch": 99}, other)
-    client.log_artifact(run.info.run_id, str(other), "checkpoints")
-    with pytest.raises(InputError, match="is not the checkpoint the model was made from"):
+    # the run's artifacts changing later (a resumed fit) changes nothing; the model's own checkpoint replaced does
+    client.log_artifact(run.info.run_id, str(best), "checkpoints")
+    assert load_teacher("models:/pneumonia_quick@champion", tracking_uri).md5 == teacher.md5
+    logged = client.get_logged_model(model_id).artifact_location.removeprefix("file://")
+    stored = Path(logged) / "artifacts" / "checkpoint.ckpt"
+    light = torch.load(stored, weights_only=True)
+    torch.save({**light, "epoch": 99}, stored)
+    with pytest.raises(InputError, match="checkpoint.ckpt .* is not the file the model was logged with"):
         load_teacher("models:/pneumonia_quick@champion", tracking_uri)
 
 
@@ -201,7 +217,46 @@ def test_a_model_that_cannot_be_exported_does_not_fail_the_run(tmp_path, trackin
     fit, run = tiny_fit(tmp_path, tracking_uri, f"--data.root={SHARED_MEDMNIST}")
     assert run.info.status == "FINISHED" and "test/bal_acc" in run.data.metrics
     assert "this network cannot be traced" in run.data.tags["model.error"] and "model.id" not in run.data.tags
+    assert [a.path for a in MlflowClient(tracking_uri).list_artifacts(run.info.run_id, "checkpoints")] == [
+        "checkpoints/best.ckpt"
+    ]  # the weights go into the run all the same
     assert "the run's MLflow model was not logged" in fit.stderr
+
+
+def test_a_checkpoint_without_its_weights_is_rebuilt_from_the_program(tmp_path) -> None:
+    """The weights once: a checkpoint loses exactly what the exported program holds, and gets it back bit for bit."""
+    module = ClassifierModule(model_name="test_resnet", num_classes=3, in_chans=1, small_input=True, pretrained=False)
+    state = {**module.state_dict(), "extra.buffer": torch.ones(2)}  # held by no program: stays in the checkpoint
+    state["net.backbone.fc.bias"] = state["net.backbone.fc.bias"].bfloat16()  # another dtype: not the program's
+    checkpoint = {"state_dict": state, "hyper_parameters": dict(module.hparams), "optimizer_states": [{"x": 1}]}
+    program = ImageProbabilities(module.net, "multiclass").export(1, 28)
+    torch.export.save(program, tmp_path / "model.pt2")
+    light = without_weights(checkpoint, program)
+    assert set(light["state_dict"]) == {"extra.buffer", "net.backbone.fc.bias"} and "optimizer_states" not in light
+    torch.save(light, tmp_path / "light.ckpt")
+    assert (tmp_path / "light.ckpt").stat().st_size < 20_000
+    full = with_weights(torch.load(tmp_path / "light.ckpt", weights_only=True), tmp_path / "model.pt2")
+    assert full["state_dict"].keys() == state.keys() and "weights_in_program" not in full
+    assert all(
+        torch.equal(full["state_dict"][k], v) and full["state_dict"][k].dtype == v.dtype for k, v in state.items()
+    )
+    weights = program_weights(tmp_path / "model.pt2")  # read as raw records: what torch.export.load reads
+    assert all(torch.equal(v, weights[k]) for k, v in torch.export.load(tmp_path / "model.pt2").state_dict.items())
+    # a weight stored pickled (a tensor subclass, or a crafted file) is refused, never unpickled
+    with zipfile.ZipFile(tmp_path / "model.pt2") as source, zipfile.ZipFile(tmp_path / "pickled.pt2", "w") as crafted:
+        for name in source.namelist():
+            data = source.read(name)
+            if name.endswith("weights_config.json"):
+                config = json.loads(data)
+                next(iter(config["config"].values()))["use_pickle"] = True
+                data = json.dumps(config).encode()
+            crafted.writestr(name, data)
+    with pytest.raises(ValueError, match="weights stored as pickled objects are not read"):
+        program_weights(tmp_path / "pickled.pt2")
+    assert with_weights(full, tmp_path / "model.pt2") is full  # a full checkpoint as it is
+    light["weights_in_program"]["keys"].append("net.no_such_weight")
+    with pytest.raises(ValueError, match="lacks 1 weight"):
+        with_weights(light, tmp_path / "model.pt2")
 
 
 def test_bad_input_is_refused_naming_the_expected_shape() -> None:

@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 from test_cli import medrobust_in_process
 
 from medrobust.utilities.hashing import file_md5
+from medrobust.utilities.mlflow_source import fetch_checkpoint
 
 PAGE = REPO / "docs" / "recipes.md"
 #: appended to each fit and test of the default run: the same commands, seconds instead of minutes
@@ -54,7 +55,8 @@ def test_the_page_has_three_recipes_of_medrobust_commands() -> None:
 
 def check_records(store: Path, tiny: bool) -> None:
     """What the page promises each recipe leaves in the store."""
-    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri)
 
     def run(experiment: str, name: str):
         found = client.get_experiment_by_name(experiment)
@@ -76,7 +78,7 @@ def check_records(store: Path, tiny: bool) -> None:
     # 2: the student records the teacher run its name resolved to, and the file's MD5
     teacher, student = run("my_distillation", "teacher"), run("my_distillation", "student")
     assert student.data.params["distill.teacher.run_id"] == teacher.info.run_id
-    best = client.download_artifacts(teacher.info.run_id, "checkpoints/best.ckpt", str(store / "teacher"))
+    best, _ = fetch_checkpoint(teacher.info.run_id, tracking_uri, store / "teacher")  # its model's, rebuilt
     assert student.data.params["distill.teacher.md5"] == file_md5(best)
     assert student.data.params["model.model_name"] == ("test_resnet" if tiny else "resnet10t")
     assert {"train/loss/distill/layer3_epoch", "train/loss/distill/logits_epoch"} <= set(student.data.metrics)
@@ -86,7 +88,7 @@ def check_records(store: Path, tiny: bool) -> None:
     tags = evaluated.data.tags
     assert tags["test.checkpoint.source"] == evaluated.data.params["ckpt_path"] == "mlflow:my_defence/fast_at_2"
     assert tags["test.checkpoint.run_id"] == defended.info.run_id
-    best = client.download_artifacts(defended.info.run_id, "checkpoints/best.ckpt", str(store / "defended"))
+    best, _ = fetch_checkpoint(defended.info.run_id, tracking_uri, store / "defended")
     assert tags["test.checkpoint.md5"] == file_md5(best)
     assert evaluated.data.metrics["test/adv/worst/linf_8_255/n"] == 64
     assert "test/adv/autoattack/linf_8_255/bal_acc" in evaluated.data.metrics

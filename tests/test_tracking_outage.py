@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO, SHARED_MEDMNIST, subprocess_env
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
@@ -24,6 +25,7 @@ from medrobust.experiments.tracking.mlflow_server import LocalMlflowServer, free
 from medrobust.experiments.tracking.run_journal import JournalInUse, RunJournal
 from medrobust.experiments.tracking.sync import sync_main
 from medrobust.experiments.tracking.tracking_server_away import TrackingServerAway
+from medrobust.utilities.mlflow_source import fetch_checkpoint
 
 QUICKSTART = REPO / "experiments" / "configs" / "quickstart.yaml"
 
@@ -200,7 +202,7 @@ def wait_for_steps(url: str, steps: int, fit: subprocess.Popen, timeout: float =
     raise AssertionError("the fit logged no training steps")
 
 
-def check_complete(url: str, run_id: str, epochs: int):
+def check_complete(url: str, run_id: str, epochs: int, folder: Path):
     """Every step once, every epoch once, params, the logged model (one), the test metrics, FINISHED."""
     client = MlflowClient(url)
     run = client.get_run(run_id)
@@ -212,6 +214,8 @@ def check_complete(url: str, run_id: str, epochs: int):
     assert run.data.params["model.model_name"] == "test_resnet"
     (model,) = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
     assert str(model.status) == "READY" and run.data.tags["model.id"] == model.model_id
+    best, _ = fetch_checkpoint(run_id, url, folder)  # the weights once, in the model: its checkpoint rebuilds
+    assert torch.load(best, weights_only=True)["hyper_parameters"]["model_name"] == "test_resnet"
     return run
 
 
@@ -231,7 +235,7 @@ def test_a_fit_goes_on_through_a_30_second_outage_and_the_run_is_complete(tmp_pa
     # rode it out inside MLflow's own retries (urllib3's warnings; CI hit this once): nothing may be lost either way
     seen = ("is unreachable" in output and "is back" in output) or "Retrying (Retry(" in output
     assert seen, output[-3000:]
-    run = check_complete(server.url, run_id, epochs)
+    run = check_complete(server.url, run_id, epochs, tmp_path / "fetched")
     during = [
         m
         for m in MlflowClient(server.url).get_metric_history(run_id, "train/loss_step")
@@ -265,4 +269,4 @@ def test_a_fit_whose_server_never_returns_finishes_and_sync_sends_it_once(tmp_pa
         )
         assert sync.returncode == 0, sync.stderr[-3000:]
     assert not journal.exists()
-    check_complete(server.url, run_id, epochs)
+    check_complete(server.url, run_id, epochs, tmp_path / "fetched")

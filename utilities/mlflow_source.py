@@ -1,8 +1,7 @@
 """Where a trained model or a dataset lives in MLflow: ``runs:/<run_id>/<path>``, a run id,
 ``mlflow:<experiment>/<run name>`` (the newest FINISHED run of that name), or a model: ``models:/<model_id>``,
-``models:/<name>@<alias>``, ``models:/<name>/<version>`` (the run that logged it, whose selected checkpoint is the
-model's, checked by MD5). Used by ``medrobust test --ckpt_path``, teachers, construction sources and
-``--data.path``."""
+``models:/<name>@<alias>``, ``models:/<name>/<version>`` (its checkpoint, rebuilt from the model's own files). Used
+by ``medrobust test --ckpt_path``, teachers, construction sources and ``--data.path``."""
 
 from __future__ import annotations
 
@@ -14,8 +13,11 @@ from medrobust.utilities.errors import InputError
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
-#: the artifact a run's selected checkpoint is logged as (:class:`~medrobust.callbacks.MLflowCheckpoints`)
+#: the artifact a run's selected checkpoint is logged as when the run logs no model
+#: (:class:`~medrobust.callbacks.MLflowCheckpoints`)
 BEST_ARTIFACT = "checkpoints/best.ckpt"
+#: the run tag that names the run's logged model (:class:`~medrobust.callbacks.MLflowModel`)
+MODEL_ID_TAG = "model.id"
 
 
 def is_remote(source: str) -> bool:
@@ -87,25 +89,32 @@ def download(uri: str, tracking_uri: str | None, folder: str | Path, what: str =
 def fetch_checkpoint(
     source: str, tracking_uri: str | None, folder: str | Path, what: str = "Source"
 ) -> tuple[Path, str]:
-    """Download the checkpoint a remote ``source`` names (a run without a path: its selected checkpoint,
-    ``checkpoints/best.ckpt``; a model: its run's selected checkpoint, which must have the MD5 the model's card
-    records) into ``folder``; returns the local file and the run it belongs to."""
-    if source.startswith("models:/"):  # resolved once: an alias moved meanwhile changes nothing here
-        source = f"models:/{logged_model(source, tracking_uri, what).model_id}"
-    uri = artifact_uri(source, tracking_uri, BEST_ARTIFACT, what)
-    path = download(uri, tracking_uri, folder, what)
-    if source.startswith("models:/"):
-        from medrobust.utilities.hashing import file_md5
+    """The checkpoint a remote ``source`` names, as a local file in ``folder``, and the run it belongs to.
 
-        expected = (read_model_card(source, tracking_uri, what).get("checkpoint") or {}).get("md5")
-        if expected is None:
-            raise InputError(f"{what} {source!r}: the model records no checkpoint MD5 (not logged by medrobust?)")
-        if file_md5(path) != expected:
-            raise InputError(
-                f"{what} {source!r}: its run's {BEST_ARTIFACT} (MD5 {file_md5(path)}) is not the checkpoint the model "
-                f"was made from (its card records MD5 {expected}); was the run's artifact replaced (a resumed fit)?"
-            )
-    return path, resolve_run_id(uri, tracking_uri, what)
+    A model: :func:`~medrobust.utilities.model_checkpoint.model_checkpoint` (its own checkpoint with the weights of
+    its program put back; for a model logged before models held their checkpoint, its run's
+    ``checkpoints/best.ckpt``). A run (without a path, or with ``checkpoints/best.ckpt``): its logged model's, where
+    it has one that holds its checkpoint (tag ``model.id``), else that artifact."""
+    from medrobust.utilities.model_checkpoint import holds_checkpoint, mlmodel_of, model_checkpoint
+
+    if source.startswith("models:/"):  # resolved once: an alias moved meanwhile changes nothing here
+        model = logged_model(source, tracking_uri, what)
+        return model_checkpoint(model, tracking_uri, folder, what), model.source_run_id
+    uri = artifact_uri(source, tracking_uri, BEST_ARTIFACT, what)
+    run_id = resolve_run_id(uri, tracking_uri, what)
+    if uri == f"runs:/{run_id}/{BEST_ARTIFACT}":
+        from mlflow import MlflowClient
+
+        try:
+            model_id = MlflowClient(tracking_uri).get_run(run_id).data.tags.get(MODEL_ID_TAG)
+        except Exception as err:  # MlflowException for an unknown run
+            raise InputError(f"{what} {source!r}: run {run_id} not found in {tracking_uri}: {err}") from None
+        if model_id:
+            model = logged_model(f"models:/{model_id}", tracking_uri, what)
+            described = mlmodel_of(model, tracking_uri, what)
+            if holds_checkpoint(described):
+                return model_checkpoint(model, tracking_uri, folder, what, described), run_id
+    return download(uri, tracking_uri, folder, what), run_id
 
 
 def logged_model(source: str, tracking_uri: str | None, what: str = "Source") -> Any:
@@ -142,12 +151,7 @@ def logged_model(source: str, tracking_uri: str | None, what: str = "Source") ->
 
 def read_model_card(source: str, tracking_uri: str | None, what: str = "Source") -> dict[str, Any]:
     """The ``model_card`` a logged model's MLmodel file holds (empty for a model medrobust did not log)."""
-    import tempfile
+    from medrobust.utilities.model_checkpoint import mlmodel_of
 
-    import yaml
-
-    model = logged_model(source, tracking_uri, what)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = download(f"{model.artifact_location.rstrip('/')}/MLmodel", tracking_uri, tmp, what)
-        metadata = yaml.safe_load(path.read_text()).get("metadata") or {}
+    metadata = mlmodel_of(logged_model(source, tracking_uri, what), tracking_uri, what).get("metadata") or {}
     return dict(metadata.get("model_card") or {})

@@ -8,16 +8,14 @@ from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 
-from medrobust.utilities.mlflow_source import BEST_ARTIFACT
-
-#: the card's version: bump it when a field changes meaning
-CARD_VERSION = 1
+#: the card's version: bump it when a field changes meaning (2: ``checkpoint`` names the model's own files)
+CARD_VERSION = 2
 
 
 def model_card(trainer: Trainer, pl_module: LightningModule, threat: Any) -> dict[str, Any]:
     """The card of the model made from the selected checkpoint of the fit that just ended, trained against
-    ``threat`` (the module's announced :class:`TrainingThreat`, or None). What the run holds (``source_run_id``, the
-    checkpoint artifact's ``md5``) is None here: the model is filled in when it is logged."""
+    ``threat`` (the module's announced :class:`TrainingThreat`, or None). ``checkpoint`` (the model's files and their
+    MD5s) is filled in when the files are made, ``source_run_id`` when the model is logged."""
     data = trainer.datamodule
     info = data.describe() if hasattr(data, "describe") else {}
     hparams = pl_module.hparams
@@ -54,7 +52,7 @@ def model_card(trainer: Trainer, pl_module: LightningModule, threat: Any) -> dic
             else {"norm": threat.norm, "eps": threat.eps, "full_from_epoch": threat.full_from_epoch}
         ),
         "selection": dict(selection() if callable(selection) else {}),
-        "checkpoint": {"artifact": BEST_ARTIFACT, "md5": None},
+        "checkpoint": None,
         "precision": str(trainer.precision),
         # the training data's planted feature or known-region pattern, where there is one: not a plain classifier
         "shortcut": {k: v for k, v in (info.get("shortcut") or {}).items() if k != "carriers"} or None,

@@ -16,16 +16,17 @@ from lightning.pytorch import LightningModule, Trainer
 from medrobust.callbacks.helpers.model_card import model_card
 from medrobust.lightning_modules.features.teacher import load_teacher
 from medrobust.lightning_modules.nets.image_probabilities import ImageProbabilities
+from medrobust.utilities.checkpoint_weights import without_weights
+from medrobust.utilities.hashing import file_md5
+from medrobust.utilities.model_checkpoint import CHECKPOINT_ARTIFACT, PROGRAM_ARTIFACT
 
 #: the code every logged model runs when it loads (MLflow's "models from code"; not imported here)
 MODEL_CODE = Path(__file__).resolve().parent / "pyfunc_image_classifier.py"
 #: the model's name inside its run (MLflow 3 addresses it as ``models:/<model_id>``)
 MODEL_NAME = "model"
-#: the run tag that names the run's logged model
-MODEL_ID_TAG = "model.id"
 #: the logged model's param that names the prepared folder it was made from
 UPLOAD_PARAM = "medrobust.upload_id"
-PROGRAM, EXAMPLE, MANIFEST = "model.pt2", "input_example.npy", "manifest.json"
+PROGRAM, CHECKPOINT, EXAMPLE, MANIFEST = "model.pt2", "checkpoint.ckpt", "input_example.npy", "manifest.json"
 
 
 def log_selected_model(
@@ -39,19 +40,30 @@ def log_selected_model(
 
 
 def prepare_model(trainer: Trainer, pl_module: LightningModule, checkpoint: Path, threat: Any, folder: Path) -> Path:
-    """Everything the model needs from this process, in ``folder``: the exported program (``model.pt2``), the input
-    example (``input_example.npy``) and ``manifest.json`` (the card without what the run holds, the input size, the
+    """Everything the model needs from this process, in ``folder``: the exported program (``model.pt2``, the
+    weights' one copy), the selected checkpoint without those weights (``checkpoint.ckpt``: hyperparameters and
+    callback states, for ``medrobust test``, teachers and construction sources), the input example
+    (``input_example.npy``) and ``manifest.json`` (the card without what the run holds, the input size, the
     checkpoint's global step, an upload id). :func:`publish_model` logs it, now or later (a model prepared while the
     tracking server is away waits in the run's journal)."""
     folder.mkdir(parents=True, exist_ok=True)
     card = model_card(trainer, pl_module, threat)
     size, in_chans = card["input"]["size"], card["input"]["in_chans"]
     net = load_teacher(str(checkpoint), what="Selected checkpoint").net
-    torch.export.save(ImageProbabilities(net, pl_module.task).export(in_chans, size), folder / PROGRAM)
+    program = ImageProbabilities(net, pl_module.task).export(in_chans, size)
+    selected = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    torch.save(without_weights(selected, program), folder / CHECKPOINT)
+    torch.export.save(program, folder / PROGRAM)
     example = input_example(trainer.datamodule)
     if example is not None:
         np.save(folder / EXAMPLE, example)
-    step = int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
+    step = int(torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True).get("global_step", 0))
+    card["checkpoint"] = {
+        "artifact": f"artifacts/{CHECKPOINT}",  # where MLflow puts it; readers take the MLmodel file's path
+        "md5": file_md5(folder / CHECKPOINT),
+        "weights": f"artifacts/{PROGRAM}",
+        "weights_md5": file_md5(folder / PROGRAM),
+    }
     manifest = {"card": card, "step": step, "upload_id": uuid.uuid4().hex}
     (folder / MANIFEST).write_text(json.dumps(manifest))
     return folder
@@ -76,7 +88,11 @@ def publish_model(folder: Path, run_id: str, tracking_uri: str) -> str:
             return earlier.model_id
         client.delete_logged_model(earlier.model_id)  # an earlier try that the server's going away cut short
     card = manifest["card"] | {"source_run_id": run_id}
-    card["checkpoint"] = card["checkpoint"] | {"md5": run.data.tags.get("best_checkpoint.md5")}
+    artifacts = {PROGRAM_ARTIFACT: str(folder / PROGRAM)}
+    if (folder / CHECKPOINT).is_file():  # the weights once (a journal prepared before then: the run's best.ckpt)
+        artifacts[CHECKPOINT_ARTIFACT] = str(folder / CHECKPOINT)
+    else:
+        card["checkpoint"] = (card["checkpoint"] or {}) | {"md5": run.data.tags.get("best_checkpoint.md5")}
     size, in_chans = card["input"]["size"], card["input"]["in_chans"]
     outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, card["num_classes"]))])
     # created here, not by Model.log: with a run id it still files the model under the default experiment
@@ -92,7 +108,7 @@ def publish_model(folder: Path, run_id: str, tracking_uri: str) -> str:
                 run_id=run_id,
                 name=MODEL_NAME,
                 python_model=str(MODEL_CODE),
-                artifacts={"program": str(folder / PROGRAM)},
+                artifacts=artifacts,
                 model_config={"size": size, "in_chans": in_chans},
                 signature=ModelSignature(inputs=None, outputs=outputs),
                 input_example=np.load(example) if example.is_file() else None,

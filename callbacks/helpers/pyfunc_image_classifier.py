@@ -1,8 +1,9 @@
 """The code of every model medrobust logs to MLflow (MLflow's "models from code"): this file is copied into the model
 and run when the model loads, so it imports only numpy, torch and mlflow, never medrobust.
 
-The model's weights are a ``torch.export`` program (``artifacts/model.pt2``: no pickle code runs when it loads); this
-wrapper checks the input and turns raw MedMNIST images into what the program takes. Accepted, for a model of
+The model's weights are a ``torch.export`` program (``artifacts/model.pt2``: a traced graph and raw weights, not a
+pickled module; ``torch.export.load`` may still unpickle parts of a file it is given: load only models you trust).
+This wrapper checks the input and turns raw MedMNIST images into what the program takes. Accepted, for a model of
 ``size`` px and ``in_chans`` channels (its ``model_config``):
 
 * layout: one image ``(H, W)`` (grey) or ``(H, W, C)``, a batch ``(N, H, W)`` (grey), ``(N, H, W, C)`` (MedMNIST's

@@ -17,11 +17,11 @@ import re
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from medrobust.callbacks.helpers.model_logging import MODEL_ID_TAG
 from medrobust.experiments.registry.selection_rule import SYNTAX, SelectionRule
 from medrobust.experiments.sweeping.sweep_store import child_runs, tested_runs
 from medrobust.experiments.tracking.mlflow_logger import resolve_tracking_uri
 from medrobust.utilities.errors import InputError
+from medrobust.utilities.mlflow_source import MODEL_ID_TAG
 from medrobust.utilities.tracking_uri import redact_uri
 
 #: what runs compared by one rule must share: the data they were trained and tested on

@@ -178,7 +178,8 @@ def send_group(client: MlflowClient, journal: RunJournal, group: list[dict[str, 
     elif op == "inputs":
         client.log_inputs(run_id, [dataset_input_from_json(d) for d in first["datasets"]])
     elif op == "model":
-        from medrobust.callbacks.helpers.model_logging import MODEL_ID_TAG, publish_model
+        from medrobust.callbacks.helpers.model_logging import publish_model
+        from medrobust.utilities.mlflow_source import MODEL_ID_TAG
 
         model_id = publish_model(journal.files(first["seq"]) / first["name"], run_id, tracking_uri)
         client.set_tag(run_id, MODEL_ID_TAG, model_id)

@@ -1,5 +1,5 @@
 """A trained network as a model outside this framework: float images in [0, 1] in, class probabilities out, exported
-with ``torch.export`` so that it loads without running pickle code and without medrobust."""
+with ``torch.export``: a traced graph and raw weights, not a pickled module, that loads without medrobust."""
 
 from __future__ import annotations
 
