@@ -32,7 +32,7 @@ class MLflowModel(Callback):
       model), which checks the input and converts it. ``mlflow.pytorch``'s own pyfunc cannot take both uint8 and
       float images, nor refuse NaN. Loading a model runs its wrapper's code: load only models you trust
       (medrobust's own ``models:/`` inputs read the program's weights as raw tensor records and the checkpoint with
-      ``weights_only=True`` instead: nothing is unpickled).
+      ``weights_only=True`` instead: no code in either runs).
     * Signature: the output (float32 ``(-1, classes)``) only. An input schema would fix one dtype (uint8 or float32)
       and one layout; the wrapper accepts the documented ones and refuses the rest with the expected shape.
     * Input example: the first two test images, as MedMNIST stores them; pinned ``pip_requirements`` (torch, numpy,
@@ -90,7 +90,10 @@ class MLflowModel(Callback):
             best = getattr(trainer.checkpoint_callback, "best_model_path", "")
             wanted = all(getattr(c, "log_best", True) for c in trainer.callbacks)  # MLflowCheckpoints(log_best=False)
             if stage == "fit" and best and wanted:  # the weights go into the run all the same
-                log_checkpoint(logger.experiment, logger.run_id, best, resumed=trainer.ckpt_path is not None)
+                try:
+                    log_checkpoint(logger.experiment, logger.run_id, best, resumed=trainer.ckpt_path is not None)
+                except Exception as again:
+                    rank_zero_warn(f"medrobust: nor was the selected checkpoint uploaded ({again}); it is in {best}")
 
     def _log(self, trainer: Trainer, pl_module: LightningModule, logger: Any) -> None:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")

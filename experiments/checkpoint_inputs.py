@@ -16,7 +16,8 @@ from medrobust.experiments.tracking.mlflow_logger import resolve_tracking_uri
 from medrobust.utilities.console import own_line
 from medrobust.utilities.errors import InputError
 from medrobust.utilities.hashing import file_md5
-from medrobust.utilities.mlflow_source import fetch_checkpoint, logged_model
+from medrobust.utilities.mlflow_source import logged_model
+from medrobust.utilities.model_checkpoint import fetch_checkpoint
 
 #: model settings a checkpoint's own replace without the user's noticing: the network it holds
 ARCHITECTURE_KEYS = ("model_name", "small_input", "timm_kwargs", "class_weights")

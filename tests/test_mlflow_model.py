@@ -21,6 +21,7 @@ from conftest import SHARED_MEDMNIST, subprocess_env, write_medmnist_npz
 from mlflow import MlflowClient
 from test_cli import QUICKSTART, medrobust_in_process
 
+from medrobust.callbacks.helpers.checkpoint_upload import log_checkpoint
 from medrobust.callbacks.helpers.pyfunc_image_classifier import as_images
 from medrobust.experiments.registry.selection_rule import SelectionRule
 from medrobust.experiments.tracking.mlflow_server import free_port
@@ -30,7 +31,7 @@ from medrobust.lightning_modules.nets.image_probabilities import ImageProbabilit
 from medrobust.utilities.checkpoint_weights import program_weights, with_weights, without_weights
 from medrobust.utilities.errors import InputError
 from medrobust.utilities.hashing import file_md5
-from medrobust.utilities.mlflow_source import fetch_checkpoint
+from medrobust.utilities.model_checkpoint import fetch_checkpoint
 
 #: (flag, where its file comes from): the real binary PneumoniaMNIST, synthetic multi-class RGB and multi-label files
 CASES = [("pneumoniamnist", "real"), ("bloodmnist", "synthetic"), ("chestmnist", "synthetic")]
@@ -86,7 +87,11 @@ def test_the_selected_checkpoint_is_a_model_that_predicts_what_the_module_predic
     checkpoint = torch.load(best, map_location="cpu", weights_only=True)
     local = torch.load(run.data.tags["best_checkpoint"], map_location="cpu", weights_only=True)
     assert fetched_run == run.info.run_id and checkpoint["state_dict"].keys() == local["state_dict"].keys()
-    assert all(torch.equal(v, local["state_dict"][k]) for k, v in checkpoint["state_dict"].items())
+    assert list(checkpoint["state_dict"]) == list(local["state_dict"])  # the module's own order
+    assert all(
+        torch.equal(v, local["state_dict"][k]) and v.dtype == local["state_dict"][k].dtype
+        for k, v in checkpoint["state_dict"].items()
+    )
     assert checkpoint["hyper_parameters"] == local["hyper_parameters"] and "optimizer_states" not in checkpoint
     again, _ = fetch_checkpoint(run.info.run_id, tracking_uri, tmp_path / "again")  # a run id: its model's
     assert file_md5(again) == file_md5(best)  # rebuilt byte for byte: the MD5 names the weights
@@ -197,12 +202,37 @@ def check_models_uris(tmp_path: Path, tracking_uri: str, model_id: str, run, bes
     # the run's artifacts changing later (a resumed fit) changes nothing; the model's own checkpoint replaced does
     client.log_artifact(run.info.run_id, str(best), "checkpoints")
     assert load_teacher("models:/pneumonia_quick@champion", tracking_uri).md5 == teacher.md5
-    logged = client.get_logged_model(model_id).artifact_location.removeprefix("file://")
-    stored = Path(logged) / "artifacts" / "checkpoint.ckpt"
-    light = torch.load(stored, weights_only=True)
-    torch.save({**light, "epoch": 99}, stored)
-    with pytest.raises(InputError, match="checkpoint.ckpt .* is not the file the model was logged with"):
-        load_teacher("models:/pneumonia_quick@champion", tracking_uri)
+    assert load_teacher(run.info.run_id, tracking_uri).md5 == teacher.md5  # a run id: its model, not that artifact
+    logged = Path(client.get_logged_model(model_id).artifact_location.removeprefix("file://")) / "artifacts"
+    for name, change in [("checkpoint.ckpt", lambda b: b.replace(b"pneumoniamnist", b"pneumoniamnisx")),
+                         ("model.pt2", lambda b: b + b"\0")]:  # fmt: skip
+        stored = logged / name
+        original = stored.read_bytes()
+        stored.write_bytes(change(original))
+        with pytest.raises(InputError, match=f"{name} .* is not the file the model was logged with"):
+            load_teacher("models:/pneumonia_quick@champion", tracking_uri)
+        stored.write_bytes(original)
+    # a run whose model is gone falls back to its own checkpoints/best.ckpt
+    client.delete_logged_model(model_id)
+    fallback, _ = fetch_checkpoint(run.info.run_id, tracking_uri, tmp_path / "fallback")
+    assert file_md5(fallback) == file_md5(best)
+
+
+def test_a_resumed_fit_that_uploads_its_checkpoint_drops_the_earlier_model_tag(tmp_path, tracking_uri) -> None:
+    """The run's ``model.id`` then names a model of an earlier fit: run-id sources would take its older weights."""
+    client = MlflowClient(tracking_uri)
+    run_id = client.create_run(client.create_experiment("resumed")).info.run_id
+    checkpoint = tmp_path / "epoch=3.ckpt"
+    torch.save({"state_dict": {"net.w": torch.ones(2)}, "optimizer_states": [{"lr": 1}], "epoch": 3}, checkpoint)
+    log_checkpoint(client, run_id, checkpoint, resumed=True)  # no model tag yet: nothing to drop, no error
+    client.set_tag(run_id, "model.id", "m-0123456789abcdef0123456789abcdef")
+    log_checkpoint(client, run_id, checkpoint, resumed=True)
+    tags = client.get_run(run_id).data.tags
+    assert "model.id" not in tags
+    uploaded = client.download_artifacts(run_id, "checkpoints/best.ckpt", str(tmp_path / "uploaded"))
+    assert tags["best_checkpoint.md5"] == file_md5(uploaded) and "optimizer_states" not in torch.load(uploaded)
+    fetched, _ = fetch_checkpoint(run_id, tracking_uri, tmp_path / "fetched")
+    assert file_md5(fetched) == file_md5(uploaded)
 
 
 def test_a_model_that_cannot_be_exported_does_not_fail_the_run(tmp_path, tracking_uri, monkeypatch) -> None:
@@ -236,12 +266,14 @@ def test_a_checkpoint_without_its_weights_is_rebuilt_from_the_program(tmp_path) 
     torch.save(light, tmp_path / "light.ckpt")
     assert (tmp_path / "light.ckpt").stat().st_size < 20_000
     full = with_weights(torch.load(tmp_path / "light.ckpt", weights_only=True), tmp_path / "model.pt2")
-    assert full["state_dict"].keys() == state.keys() and "weights_in_program" not in full
+    assert list(full["state_dict"]) == list(state) and "weights_in_program" not in full  # in Lightning's order
     assert all(
         torch.equal(full["state_dict"][k], v) and full["state_dict"][k].dtype == v.dtype for k, v in state.items()
     )
     weights = program_weights(tmp_path / "model.pt2")  # read as raw records: what torch.export.load reads
-    assert all(torch.equal(v, weights[k]) for k, v in torch.export.load(tmp_path / "model.pt2").state_dict.items())
+    loaded = torch.export.load(tmp_path / "model.pt2").state_dict
+    assert weights.keys() == loaded.keys()
+    assert all(torch.equal(v, weights[k]) and v.dtype == weights[k].dtype for k, v in loaded.items())
     # a weight stored pickled (a tensor subclass, or a crafted file) is refused, never unpickled
     with zipfile.ZipFile(tmp_path / "model.pt2") as source, zipfile.ZipFile(tmp_path / "pickled.pt2", "w") as crafted:
         for name in source.namelist():

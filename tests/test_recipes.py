@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from test_cli import medrobust_in_process
 
 from medrobust.utilities.hashing import file_md5
-from medrobust.utilities.mlflow_source import fetch_checkpoint
+from medrobust.utilities.model_checkpoint import fetch_checkpoint
 
 PAGE = REPO / "docs" / "recipes.md"
 #: appended to each fit and test of the default run: the same commands, seconds instead of minutes

@@ -25,7 +25,7 @@ from medrobust.experiments.tracking.mlflow_server import LocalMlflowServer, free
 from medrobust.experiments.tracking.run_journal import JournalInUse, RunJournal
 from medrobust.experiments.tracking.sync import sync_main
 from medrobust.experiments.tracking.tracking_server_away import TrackingServerAway
-from medrobust.utilities.mlflow_source import fetch_checkpoint
+from medrobust.utilities.model_checkpoint import fetch_checkpoint
 
 QUICKSTART = REPO / "experiments" / "configs" / "quickstart.yaml"
 

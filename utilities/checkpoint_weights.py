@@ -21,7 +21,7 @@ def without_weights(checkpoint: dict[str, Any], program: torch.export.ExportedPr
     moved = sorted(k for k, v in checkpoint["state_dict"].items() if k in held and _same(v, held[k]))
     light = {k: v for k, v in checkpoint.items() if k not in ("optimizer_states", "lr_schedulers")}
     light["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in set(moved)}
-    light[WEIGHTS_KEY] = {"program": "model.pt2", "keys": moved}
+    light[WEIGHTS_KEY] = {"program": "model.pt2", "keys": moved, "order": list(checkpoint["state_dict"])}
     return light
 
 
@@ -39,7 +39,9 @@ def with_weights(checkpoint: dict[str, Any], program_path: Path | str) -> dict[s
             f"the program {program_path} lacks {len(missing)} weight(s) the checkpoint names: {missing[:3]}"
         )
     full = {k: v for k, v in checkpoint.items() if k != WEIGHTS_KEY}
-    full["state_dict"] = {**{k: held[k] for k in record["keys"]}, **checkpoint["state_dict"]}
+    merged = {**{k: held[k] for k in record["keys"]}, **checkpoint["state_dict"]}
+    order = [k for k in record.get("order", []) if k in merged]  # the module's own order, as Lightning saved it
+    full["state_dict"] = {k: merged[k] for k in order + sorted(set(merged) - set(order))}
     return full
 
 

@@ -1,7 +1,8 @@
 """Where a trained model or a dataset lives in MLflow: ``runs:/<run_id>/<path>``, a run id,
 ``mlflow:<experiment>/<run name>`` (the newest FINISHED run of that name), or a model: ``models:/<model_id>``,
 ``models:/<name>@<alias>``, ``models:/<name>/<version>`` (its checkpoint, rebuilt from the model's own files). Used
-by ``medrobust test --ckpt_path``, teachers, construction sources and ``--data.path``."""
+by ``--data.path`` and, through :func:`~medrobust.utilities.model_checkpoint.fetch_checkpoint`, by ``medrobust test
+--ckpt_path``, teachers and construction sources."""
 
 from __future__ import annotations
 
@@ -86,37 +87,6 @@ def download(uri: str, tracking_uri: str | None, folder: str | Path, what: str =
         raise InputError(f"{what} {uri!r} could not be fetched from MLflow ({tracking_uri}): {err}") from None
 
 
-def fetch_checkpoint(
-    source: str, tracking_uri: str | None, folder: str | Path, what: str = "Source"
-) -> tuple[Path, str]:
-    """The checkpoint a remote ``source`` names, as a local file in ``folder``, and the run it belongs to.
-
-    A model: :func:`~medrobust.utilities.model_checkpoint.model_checkpoint` (its own checkpoint with the weights of
-    its program put back; for a model logged before models held their checkpoint, its run's
-    ``checkpoints/best.ckpt``). A run (without a path, or with ``checkpoints/best.ckpt``): its logged model's, where
-    it has one that holds its checkpoint (tag ``model.id``), else that artifact."""
-    from medrobust.utilities.model_checkpoint import holds_checkpoint, mlmodel_of, model_checkpoint
-
-    if source.startswith("models:/"):  # resolved once: an alias moved meanwhile changes nothing here
-        model = logged_model(source, tracking_uri, what)
-        return model_checkpoint(model, tracking_uri, folder, what), model.source_run_id
-    uri = artifact_uri(source, tracking_uri, BEST_ARTIFACT, what)
-    run_id = resolve_run_id(uri, tracking_uri, what)
-    if uri == f"runs:/{run_id}/{BEST_ARTIFACT}":
-        from mlflow import MlflowClient
-
-        try:
-            model_id = MlflowClient(tracking_uri).get_run(run_id).data.tags.get(MODEL_ID_TAG)
-        except Exception as err:  # MlflowException for an unknown run
-            raise InputError(f"{what} {source!r}: run {run_id} not found in {tracking_uri}: {err}") from None
-        if model_id:
-            model = logged_model(f"models:/{model_id}", tracking_uri, what)
-            described = mlmodel_of(model, tracking_uri, what)
-            if holds_checkpoint(described):
-                return model_checkpoint(model, tracking_uri, folder, what, described), run_id
-    return download(uri, tracking_uri, folder, what), run_id
-
-
 def logged_model(source: str, tracking_uri: str | None, what: str = "Source") -> Any:
     """The LoggedModel ``models:/<model_id>``, ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` names."""
     from mlflow import MlflowClient
@@ -147,11 +117,3 @@ def logged_model(source: str, tracking_uri: str | None, what: str = "Source") ->
         raise
     except Exception as err:  # MlflowException: unknown model, name, alias or version
         raise InputError(f"{what} {source!r} not found in {tracking_uri}: {err}") from None
-
-
-def read_model_card(source: str, tracking_uri: str | None, what: str = "Source") -> dict[str, Any]:
-    """The ``model_card`` a logged model's MLmodel file holds (empty for a model medrobust did not log)."""
-    from medrobust.utilities.model_checkpoint import mlmodel_of
-
-    metadata = mlmodel_of(logged_model(source, tracking_uri, what), tracking_uri, what).get("metadata") or {}
-    return dict(metadata.get("model_card") or {})

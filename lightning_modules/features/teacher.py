@@ -12,7 +12,8 @@ import torch
 from medrobust.lightning_modules.nets.normalized_classifier import NormalizedClassifier
 from medrobust.utilities.errors import InputError
 from medrobust.utilities.hashing import file_md5
-from medrobust.utilities.mlflow_source import BEST_ARTIFACT, fetch_checkpoint, is_remote
+from medrobust.utilities.mlflow_source import BEST_ARTIFACT, is_remote
+from medrobust.utilities.model_checkpoint import fetch_checkpoint
 
 
 @dataclass
