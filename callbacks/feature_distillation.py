@@ -35,8 +35,9 @@ class FeatureDistillation(Callback):
     """Distil a frozen teacher's intermediate representations (and optionally its logits) into the student.
 
     The teacher is any trained ``ClassifierModule`` checkpoint of the same task and class count, of any timm
-    architecture: a file, an MLflow artifact ``runs:/<run_id>/checkpoints/best.ckpt``, or a run id (its selected
-    checkpoint). It is loaded with ``weights_only=True``, kept on the callback (never in the student's
+    architecture: a file, a run id, ``runs:/<run_id>`` or ``mlflow:<experiment>/<run name>`` (the run's selected
+    checkpoint: its logged model's, else its ``checkpoints/best.ckpt``), or a model (``models:/...``). It is loaded
+    with ``weights_only=True``, kept on the callback (never in the student's
     ``state_dict``, its checkpoints or DDP), in eval mode without gradients, and sees the same training input as
     the student (``step.x``: adversarial images under PGD-AT, so distillation is robust distillation).
 

@@ -12,7 +12,7 @@ import torch
 from medrobust.lightning_modules.nets.normalized_classifier import NormalizedClassifier
 from medrobust.utilities.errors import InputError
 from medrobust.utilities.hashing import file_md5
-from medrobust.utilities.mlflow_source import BEST_ARTIFACT, is_remote
+from medrobust.utilities.mlflow_source import is_remote
 from medrobust.utilities.model_checkpoint import fetch_checkpoint
 
 
@@ -41,9 +41,9 @@ def check_source(source: str, what: str = "Teacher") -> None:
     """Fail early on a checkpoint path that does not exist (MLflow sources are checked when they are fetched)."""
     if not is_remote(source) and not Path(source).expanduser().is_file():
         raise InputError(
-            f"{what} checkpoint {source!r} does not exist. Give a checkpoint file, an MLflow artifact "
-            f"'runs:/<run_id>/{BEST_ARTIFACT}', a run id, or 'mlflow:<experiment>/<run name>' (the newest FINISHED "
-            f"run of that name; its {BEST_ARTIFACT} is used)."
+            f"{what} checkpoint {source!r} does not exist. Give a checkpoint file, a run id, 'runs:/<run_id>', "
+            "'mlflow:<experiment>/<run name>' (the newest FINISHED run of that name; a run's selected checkpoint is "
+            "its logged model's, else its checkpoints/best.ckpt), or a model 'models:/<name>@<alias>'."
         )
 
 
