@@ -11,6 +11,8 @@ import torch
 
 #: the key a weightless checkpoint records its missing weights under: which program file holds them, and which keys
 WEIGHTS_KEY = "weights_in_program"
+#: what a checkpoint holds only to continue training (a resume reads the local ``last.ckpt``)
+TRAINING_STATE = ("optimizer_states", "lr_schedulers")
 
 
 def without_weights(checkpoint: dict[str, Any], program: torch.export.ExportedProgram) -> dict[str, Any]:
@@ -19,8 +21,9 @@ def without_weights(checkpoint: dict[str, Any], program: torch.export.ExportedPr
     keys went."""
     held = program.state_dict
     moved = sorted(k for k, v in checkpoint["state_dict"].items() if k in held and _same(v, held[k]))
-    light = {k: v for k, v in checkpoint.items() if k not in ("optimizer_states", "lr_schedulers")}
-    light["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in set(moved)}
+    light = {k: v for k, v in checkpoint.items() if k not in TRAINING_STATE}
+    gone = set(moved)
+    light["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in gone}
     light[WEIGHTS_KEY] = {"program": "model.pt2", "keys": moved, "order": list(checkpoint["state_dict"])}
     return light
 

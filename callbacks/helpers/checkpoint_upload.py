@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from medrobust.utilities.checkpoint_weights import TRAINING_STATE
 from medrobust.utilities.hashing import file_md5
 from medrobust.utilities.mlflow_source import BEST_ARTIFACT, MODEL_ID_TAG
 
@@ -19,7 +20,7 @@ def log_checkpoint(client: Any, run_id: str, best: Path | str, resumed: bool = F
     ``best_checkpoint.md5``. In a ``resumed`` fit, the tag ``model.id`` of a model an earlier fit of the run logged
     goes: that model is no longer the run's selected checkpoint (a run id as a source then takes this one)."""
     checkpoint = torch.load(best, map_location="cpu", weights_only=True)
-    for key in ("optimizer_states", "lr_schedulers"):
+    for key in TRAINING_STATE:
         checkpoint.pop(key, None)
     folder, name = BEST_ARTIFACT.rsplit("/", 1)
     with tempfile.TemporaryDirectory() as tmp:

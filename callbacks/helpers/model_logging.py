@@ -57,7 +57,7 @@ def prepare_model(trainer: Trainer, pl_module: LightningModule, checkpoint: Path
     example = input_example(trainer.datamodule)
     if example is not None:
         np.save(folder / EXAMPLE, example)
-    step = int(torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True).get("global_step", 0))
+    step = int(selected.get("global_step", 0))
     card["checkpoint"] = {
         "artifact": f"artifacts/{CHECKPOINT}",  # where MLflow puts it; readers take the MLmodel file's path
         "md5": file_md5(folder / CHECKPOINT),
